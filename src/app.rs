@@ -1,0 +1,200 @@
+//! Wiring: from a config file to running parts. No policy or layout here.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::net::TcpListener;
+
+use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::load::{self, LoadError, LoadReport};
+use crate::sftp::{self, SftpError, Shared};
+use crate::source::{Source, SourceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Sftp(#[from] SftpError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("no data area \"{0}\" in the config")]
+    UnknownArea(String),
+}
+
+/// Everything `config check` checks: the file itself, then the column names
+/// against the source database.
+pub async fn check_config(path: &Path) -> Result<Config, ConfigErrors> {
+    let config = config::load(path)?;
+    let source = Source::connect(&config.source_url).await.map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            message: format!("[source] {e}"),
+        }])
+    })?;
+    let tables: BTreeSet<String> = config
+        .areas
+        .iter()
+        .flat_map(|a| [a.table.clone(), a.journal.clone()])
+        .collect();
+    let columns = source.table_columns(&tables).await;
+    source.close().await;
+    let columns = columns.map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            message: format!("[source] {e}"),
+        }])
+    })?;
+    let errors = config::check_columns(&config, &columns);
+    if errors.is_empty() { Ok(config) } else { Err(ConfigErrors(errors)) }
+}
+
+/// One full load of one area, or of every area when `area` is `None`.
+pub async fn full_loads(config: &Config, area: Option<&str>) -> Result<Vec<LoadReport>, AppError> {
+    let areas: Vec<_> = match area {
+        Some(id) => vec![config.area(id).ok_or_else(|| AppError::UnknownArea(id.into()))?],
+        None => config.areas.iter().collect(),
+    };
+    let source = Source::connect(&config.source_url).await?;
+    let mut reports = Vec::new();
+    for area in areas {
+        let r = load::full_load(config, &source, area).await;
+        match r {
+            Ok(r) => {
+                tracing::info!(
+                    area = %r.area, load = %r.load_id, rows = r.rows_read, authorities = r.authorities,
+                    files = r.files, bytes = r.bytes, elapsed_ms = r.elapsed.as_millis() as u64,
+                    "full load published"
+                );
+                for (reason, n) in &r.withheld {
+                    tracing::warn!(area = %r.area, reason = %reason, rows = n, "rows withheld");
+                }
+                reports.push(r);
+            }
+            Err(e) => {
+                source.close().await;
+                return Err(e.into());
+            }
+        }
+    }
+    source.close().await;
+    Ok(reports)
+}
+
+/// A bound, ready server: the caller decides when to run it.
+pub struct Server {
+    pub addr: SocketAddr,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    key: russh::keys::PrivateKey,
+}
+
+impl Server {
+    pub async fn bind(config: Arc<Config>, listen: SocketAddr) -> Result<Server, AppError> {
+        let key = sftp::host_key(&config.sftp.host_key)?;
+        let shared = Shared::new(config)?;
+        let listener = TcpListener::bind(listen).await.map_err(|source| AppError::Io {
+            what: format!("cannot listen on {listen}"),
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| AppError::Io {
+            what: "listener address".into(),
+            source,
+        })?;
+        Ok(Server {
+            addr,
+            listener,
+            shared,
+            key,
+        })
+    }
+
+    pub async fn run(self) -> Result<(), AppError> {
+        sftp::serve(self.listener, self.shared, self.key).await?;
+        Ok(())
+    }
+}
+
+/// Test keys and the demo config, compiled in so `udstil demo` runs from anywhere.
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+const DEMO_KEYS: &[(&str, &str)] = &[
+    ("bi-alpha", include_str!("../fixtures/keys/bi-alpha")),
+    ("bi-alpha.pub", include_str!("../fixtures/keys/bi-alpha.pub")),
+    ("bi-beta", include_str!("../fixtures/keys/bi-beta")),
+    ("bi-beta.pub", include_str!("../fixtures/keys/bi-beta.pub")),
+    ("bi-gamma", include_str!("../fixtures/keys/bi-gamma")),
+    ("bi-gamma.pub", include_str!("../fixtures/keys/bi-gamma.pub")),
+    ("bi-delta", include_str!("../fixtures/keys/bi-delta")),
+    ("bi-delta.pub", include_str!("../fixtures/keys/bi-delta.pub")),
+];
+
+/// Lays out a demo data folder: keys (mode 0600), `udstil.toml` listening on
+/// `listen`, and a synthetic DFDG if there is none yet. Returns the config path.
+pub async fn prepare_demo(dir: &Path, listen: SocketAddr, citizens: u64, seed: u64) -> Result<PathBuf, AppError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |what: String| move |source| AppError::Io { what, source };
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).map_err(io(format!("creating {}", keys.display())))?;
+    for (name, text) in DEMO_KEYS {
+        let path = keys.join(name);
+        std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
+        // OpenSSH refuses a private key others can read; git keeps no modes.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io(format!("chmod {}", path.display())))?;
+    }
+    let default_listen = "listen = \"127.0.0.1:2222\"";
+    assert!(DEMO_CONFIG.contains(default_listen), "config/demo.toml sets the demo listen address");
+    let text = DEMO_CONFIG.replacen(default_listen, &format!("listen = \"{listen}\""), 1);
+    let config_path = dir.join("udstil.toml");
+    std::fs::write(&config_path, text).map_err(io(format!("writing {}", config_path.display())))?;
+
+    let db = dir.join("dfdg.sqlite");
+    if !db.exists() {
+        let source = Source::create(&format!("sqlite://{}", db.display())).await?;
+        let summary = crate::fixtures::generate(&source, citizens, seed).await?;
+        source.close().await;
+        tracing::info!(citizens = summary.citizens, "generated a synthetic DFDG");
+    }
+    Ok(config_path)
+}
+
+/// What each supplier sees now, for the demo's welcome text.
+pub fn describe_access(config: &Config, config_path: &Path, addr: SocketAddr) -> String {
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    let mut out = String::new();
+    let now = Utc::now();
+    for s in config.suppliers.values() {
+        let key = dir.join("keys").join(&s.id);
+        out.push_str(&format!(
+            "\n  {} ({})\n    sftp -P {} -i {} -o UserKnownHostsFile={} {}@{}\n",
+            s.id,
+            s.name,
+            addr.port(),
+            key.display(),
+            dir.join("known_hosts").display(),
+            s.id,
+            addr.ip()
+        ));
+        let visible = config.agreements.visible(&s.id, now);
+        if visible.is_empty() {
+            out.push_str("    sees: nothing (logs in, empty tree)\n");
+        }
+        for (authority, areas) in visible {
+            out.push_str(&format!(
+                "    sees: /{authority} ({}): {}\n",
+                authority.name().unwrap_or("?"),
+                areas.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,671 @@
+//! Config: raw serde structs -> validation that collects *all* errors -> [`Config`].
+//!
+//! Every error names the file, the line and the offending value. Checks that
+//! need the source database (column names) live in [`check_columns`], which
+//! takes the source's schema as plain data so this module stays free of I/O
+//! beyond reading the config and key files.
+
+mod raw;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::{DateTime, Days, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Europe::Copenhagen;
+use russh::keys::PublicKey;
+use russh::keys::ssh_key::authorized_keys::Entry;
+use toml::Spanned;
+
+use crate::access::{
+    Agreements, CooperationAgreement, ConnectionAgreement, DataProcessingAgreement, Validity,
+};
+use crate::authority::AuthorityId;
+use raw::*;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; `None` when the problem has no single place.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every problem found; a config is accepted only when there are none.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file itself; relative paths in it resolve against its folder.
+    pub file: PathBuf,
+    pub sftp: SftpSettings,
+    pub storage_root: PathBuf,
+    pub source_url: String,
+    pub state_url: Option<String>,
+    pub suppliers: BTreeMap<String, Supplier>,
+    pub agreements: Agreements,
+    pub areas: Vec<Area>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SftpSettings {
+    pub listen: SocketAddr,
+    pub host_key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Supplier {
+    pub id: String,
+    pub name: String,
+    pub keys: Vec<PublicKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Area {
+    pub id: String,
+    pub version: u32,
+    pub table: String,
+    pub journal: String,
+    pub key: Vec<String>,
+    pub sequence_column: String,
+    pub operation_column: String,
+    pub changed_at_column: String,
+    pub route_kommune: Option<String>,
+    pub route_akasse: Option<String>,
+    pub draft_column: Option<String>,
+    pub exclude_columns: Vec<String>,
+    pub schedule_delta: Option<cron::Schedule>,
+    pub schedule_full: Option<cron::Schedule>,
+    pub retention_full_loads: u32,
+    /// Where the area is declared, for errors found later (column checks).
+    pub line: usize,
+}
+
+impl Config {
+    pub fn area(&self, id: &str) -> Option<&Area> {
+        self.areas.iter().find(|a| a.id == id)
+    }
+}
+
+/// Reads and validates a config file, collecting every error.
+pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            message: format!("cannot read config file: {e}"),
+        }])
+    })?;
+    parse(file, &text)
+}
+
+/// Validates config text as if read from `file`.
+pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            line,
+            message: e.message().trim().to_string(),
+        }])
+    })?;
+    let mut v = Validator {
+        file: file.to_path_buf(),
+        dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+        text,
+        errors: Vec::new(),
+    };
+    let config = v.config(raw);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+struct Validator<'a> {
+    file: PathBuf,
+    dir: PathBuf,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line: Some(line_of(self.text, span.start)),
+            message: message.into(),
+        });
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() { p.to_path_buf() } else { self.dir.join(p) }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let listen = match raw.sftp.listen.get_ref().parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.err(
+                    raw.sftp.listen.span(),
+                    format!(
+                        "[sftp] listen = \"{}\" is not an address and port such as 127.0.0.1:2222",
+                        raw.sftp.listen.get_ref()
+                    ),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        };
+        let source_url = self.db_url("[source] url", &raw.source.url);
+        let state_url = raw.state.as_ref().map(|s| self.db_url("[state] url", &s.url));
+
+        let areas = self.areas(&raw.areas);
+        let area_ids: BTreeSet<String> = areas.iter().map(|a| a.id.clone()).collect();
+        let suppliers = self.suppliers(&raw.suppliers);
+        let agreements = self.agreements(&raw.agreements, &suppliers, &area_ids);
+
+        Config {
+            file: self.file.clone(),
+            sftp: SftpSettings {
+                listen,
+                host_key: self.path(raw.sftp.host_key.get_ref()),
+            },
+            storage_root: self.path(raw.storage.root.get_ref()),
+            source_url,
+            state_url,
+            suppliers,
+            agreements,
+            areas,
+        }
+    }
+
+    /// Accepts sqlite and postgres URLs; a relative SQLite path is made absolute.
+    fn db_url(&mut self, what: &str, url: &Spanned<String>) -> String {
+        let u = url.get_ref();
+        if let Some(rest) = u.strip_prefix("sqlite://") {
+            let (path, query) = rest.split_once('?').map_or((rest, None), |(p, q)| (p, Some(q)));
+            if path.is_empty() {
+                self.err(url.span(), format!("{what} = \"{u}\" names no database file"));
+                return u.clone();
+            }
+            let abs = self.path(path);
+            let mut out = format!("sqlite://{}", abs.display());
+            if let Some(q) = query {
+                out.push('?');
+                out.push_str(q);
+            }
+            out
+        } else if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+            u.clone()
+        } else {
+            self.err(
+                url.span(),
+                format!("{what} = \"{u}\" must start with sqlite:// or postgres://"),
+            );
+            u.clone()
+        }
+    }
+
+    fn ident(&mut self, what: &str, name: &Spanned<String>) -> String {
+        let n = name.get_ref();
+        let ok = n
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && n.len() <= 63;
+        if !ok {
+            self.err(
+                name.span(),
+                format!("{what} \"{n}\" is not a plain SQL name (letters, digits, _)"),
+            );
+        }
+        n.clone()
+    }
+
+    fn unique(&mut self, seen: &mut HashSet<String>, what: &str, id: &Spanned<String>) {
+        if !seen.insert(id.get_ref().clone()) {
+            self.err(id.span(), format!("duplicate {what} id \"{}\"", id.get_ref()));
+        }
+    }
+
+    fn areas(&mut self, raw: &[Spanned<RawArea>]) -> Vec<Area> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for spanned in raw {
+            let r = spanned.get_ref();
+            self.unique(&mut seen, "area", &r.id);
+            let id = r.id.get_ref().clone();
+            if !is_name(&id) {
+                self.err(
+                    r.id.span(),
+                    format!("area id \"{id}\" must be lower-case letters, digits and -"),
+                );
+            }
+            let version = match u32::try_from(*r.version.get_ref()) {
+                Ok(v) if v >= 1 => v,
+                _ => {
+                    self.err(
+                        r.version.span(),
+                        format!("area {id}: version {} must be a whole number from 1", r.version.get_ref()),
+                    );
+                    1
+                }
+            };
+            if r.key.is_empty() {
+                self.err(spanned.span(), format!("area {id}: key names no column"));
+            }
+            if r.route.kommune.is_none() && r.route.akasse.is_none() {
+                self.err(
+                    spanned.span(),
+                    format!("area {id}: [route] names neither a kommune nor an akasse column, so no row could be delivered"),
+                );
+            }
+            let retention = match u32::try_from(*r.retention.full_loads.get_ref()) {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    self.err(
+                        r.retention.full_loads.span(),
+                        format!(
+                            "area {id}: retention full_loads = {} must be at least 1",
+                            r.retention.full_loads.get_ref()
+                        ),
+                    );
+                    1
+                }
+            };
+            let area = Area {
+                table: self.ident(&format!("area {id}: table"), &r.table),
+                journal: self.ident(&format!("area {id}: journal"), &r.journal),
+                key: r.key.iter().map(|k| self.ident(&format!("area {id}: key column"), k)).collect(),
+                sequence_column: self.ident(&format!("area {id}: sequence_column"), &r.sequence_column),
+                operation_column: self.ident(&format!("area {id}: operation_column"), &r.operation_column),
+                changed_at_column: self.ident(&format!("area {id}: changed_at_column"), &r.changed_at_column),
+                route_kommune: r.route.kommune.as_ref().map(|c| self.ident(&format!("area {id}: route.kommune"), c)),
+                route_akasse: r.route.akasse.as_ref().map(|c| self.ident(&format!("area {id}: route.akasse"), c)),
+                draft_column: r.draft_column.as_ref().map(|c| self.ident(&format!("area {id}: draft_column"), c)),
+                exclude_columns: r
+                    .exclude_columns
+                    .iter()
+                    .map(|c| self.ident(&format!("area {id}: exclude_columns"), c))
+                    .collect(),
+                schedule_delta: r.schedule.delta.as_ref().and_then(|c| self.cron(&id, "delta", c)),
+                schedule_full: r.schedule.full.as_ref().and_then(|c| self.cron(&id, "full", c)),
+                retention_full_loads: retention,
+                line: line_of(self.text, spanned.span().start),
+                id,
+                version,
+            };
+            // A published column must never be one the operator excluded.
+            for (what, col) in area
+                .key
+                .iter()
+                .map(|k| ("key", k))
+                .chain(area.route_kommune.iter().map(|c| ("route.kommune", c)))
+                .chain(area.route_akasse.iter().map(|c| ("route.akasse", c)))
+            {
+                if area.exclude_columns.contains(col) {
+                    self.err(
+                        spanned.span(),
+                        format!("area {}: {what} column \"{col}\" is also in exclude_columns", area.id),
+                    );
+                }
+            }
+            out.push(area);
+        }
+        out
+    }
+
+    fn cron(&mut self, area: &str, which: &str, expr: &Spanned<String>) -> Option<cron::Schedule> {
+        match cron::Schedule::from_str(expr.get_ref()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.err(
+                    expr.span(),
+                    format!(
+                        "area {area}: schedule.{which} = \"{}\" is not a cron expression (sec min hour day month weekday): {e}",
+                        expr.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn suppliers(&mut self, raw: &[Spanned<RawSupplier>]) -> BTreeMap<String, Supplier> {
+        let mut seen = HashSet::new();
+        let mut out = BTreeMap::new();
+        for spanned in raw {
+            let r = spanned.get_ref();
+            self.unique(&mut seen, "supplier", &r.id);
+            let id = r.id.get_ref().clone();
+            if !is_name(&id) {
+                self.err(
+                    r.id.span(),
+                    format!("supplier id \"{id}\" must be lower-case letters, digits and - (it is the SSH user name)"),
+                );
+            }
+            let mut keys = Vec::new();
+            for k in &r.keys {
+                for (n, line) in k.get_ref().lines().enumerate() {
+                    match parse_key_line(line) {
+                        Ok(Some(key)) => keys.push(key),
+                        Ok(None) => {}
+                        Err(e) => self.err(
+                            k.span(),
+                            format!("supplier {id}: key line {} is not an OpenSSH public key: {e}", n + 1),
+                        ),
+                    }
+                }
+            }
+            for f in &r.key_files {
+                let path = self.path(f.get_ref());
+                match std::fs::read_to_string(&path) {
+                    Err(e) => self.err(
+                        f.span(),
+                        format!("supplier {id}: cannot read key file {}: {e}", path.display()),
+                    ),
+                    Ok(text) => {
+                        for (n, line) in text.lines().enumerate() {
+                            match parse_key_line(line) {
+                                Ok(Some(key)) => keys.push(key),
+                                Ok(None) => {}
+                                Err(e) => self.err(
+                                    f.span(),
+                                    format!(
+                                        "supplier {id}: {}:{}: not an OpenSSH public key: {e}",
+                                        path.display(),
+                                        n + 1
+                                    ),
+                                ),
+                            }
+                        }
+                    }
+                }
+            }
+            if keys.is_empty() && r.keys.is_empty() && r.key_files.is_empty() {
+                self.err(spanned.span(), format!("supplier {id} has no public key, so it can never log in"));
+            }
+            out.insert(
+                id.clone(),
+                Supplier {
+                    id,
+                    name: r.name.clone(),
+                    keys,
+                },
+            );
+        }
+        out
+    }
+
+    fn agreements(
+        &mut self,
+        raw: &RawAgreements,
+        suppliers: &BTreeMap<String, Supplier>,
+        areas: &BTreeSet<String>,
+    ) -> Agreements {
+        let mut seen = HashSet::new();
+        let mut out = Agreements::default();
+        for c in &raw.connection {
+            let c = c.get_ref();
+            self.unique(&mut seen, "agreement", &c.id);
+            let what = format!("connection agreement {}", c.id.get_ref());
+            let authority = self.authority(&what, &c.authority);
+            let validity = self.validity(&what, &c.valid_from, c.valid_to.as_ref());
+            if c.suppliers.is_empty() {
+                self.err(c.id.span(), format!("{what} lists no supplier"));
+            }
+            for s in &c.suppliers {
+                self.supplier_ref(&what, s, suppliers);
+            }
+            if let (Some(authority), Some(validity)) = (authority, validity) {
+                out.connection.push(ConnectionAgreement {
+                    id: c.id.get_ref().clone(),
+                    authority,
+                    suppliers: c.suppliers.iter().map(|s| s.get_ref().clone()).collect(),
+                    validity,
+                });
+            }
+        }
+        for d in &raw.data_processing {
+            let d = d.get_ref();
+            self.unique(&mut seen, "agreement", &d.id);
+            let what = format!("data-processing agreement {}", d.id.get_ref());
+            let authority = self.authority(&what, &d.authority);
+            let validity = self.validity(&what, &d.valid_from, d.valid_to.as_ref());
+            self.supplier_ref(&what, &d.supplier, suppliers);
+            if let (Some(authority), Some(validity)) = (authority, validity) {
+                out.data_processing.push(DataProcessingAgreement {
+                    id: d.id.get_ref().clone(),
+                    supplier: d.supplier.get_ref().clone(),
+                    authority,
+                    validity,
+                });
+            }
+        }
+        for c in &raw.cooperation {
+            let c = c.get_ref();
+            self.unique(&mut seen, "agreement", &c.id);
+            let what = format!("cooperation agreement {}", c.id.get_ref());
+            let validity = self.validity(&what, &c.valid_from, c.valid_to.as_ref());
+            self.supplier_ref(&what, &c.supplier, suppliers);
+            for a in &c.areas {
+                if !areas.contains(a.get_ref()) {
+                    self.err(
+                        a.span(),
+                        format!("{what} names unknown data area \"{}\"", a.get_ref()),
+                    );
+                }
+            }
+            if let Some(validity) = validity {
+                out.cooperation.push(CooperationAgreement {
+                    id: c.id.get_ref().clone(),
+                    supplier: c.supplier.get_ref().clone(),
+                    areas: c.areas.iter().map(|a| a.get_ref().clone()).collect(),
+                    validity,
+                });
+            }
+        }
+        out
+    }
+
+    fn authority(&mut self, what: &str, a: &Spanned<String>) -> Option<AuthorityId> {
+        match a.get_ref().parse::<AuthorityId>() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.err(a.span(), format!("{what} names unknown authority: {e}"));
+                None
+            }
+        }
+    }
+
+    fn supplier_ref(&mut self, what: &str, s: &Spanned<String>, suppliers: &BTreeMap<String, Supplier>) {
+        if !suppliers.contains_key(s.get_ref()) {
+            self.err(s.span(), format!("{what} names unknown supplier \"{}\"", s.get_ref()));
+        }
+    }
+
+    fn validity(
+        &mut self,
+        what: &str,
+        from: &Spanned<toml::Value>,
+        to: Option<&Spanned<toml::Value>>,
+    ) -> Option<Validity> {
+        let f = self.instant(what, "valid_from", from, false);
+        let t = to.map(|t| self.instant(what, "valid_to", t, true));
+        let (from_at, to_at) = match (f, t) {
+            (Some(f), None) => (f, None),
+            (Some(f), Some(Some(t))) => (f, Some(t)),
+            _ => return None,
+        };
+        if let (Some(to_at), Some(to)) = (to_at, to) {
+            if to_at <= from_at {
+                self.err(
+                    to.span(),
+                    format!(
+                        "{what}: valid_to ({}) is not after valid_from ({})",
+                        value_text(to.get_ref()),
+                        value_text(from.get_ref())
+                    ),
+                );
+                return None;
+            }
+        }
+        Some(Validity {
+            from: from_at,
+            to: to_at,
+        })
+    }
+
+    fn instant(&mut self, what: &str, field: &str, v: &Spanned<toml::Value>, end: bool) -> Option<DateTime<Utc>> {
+        let text = value_text(v.get_ref());
+        match parse_instant(&text, end) {
+            Some(t) => Some(t),
+            None => {
+                self.err(
+                    v.span(),
+                    format!("{what}: {field} = {text} is not a date (2026-01-31) or an RFC 3339 time (2026-01-31T08:00:00+01:00)"),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A bare date is a Danish calendar day: `valid_from` starts at its first
+/// second, `valid_to` ends after its last (agreements are written inclusive).
+pub fn parse_instant(text: &str, end_of_day: bool) -> Option<DateTime<Utc>> {
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        let day = if end_of_day { d.checked_add_days(Days::new(1))? } else { d };
+        return Copenhagen
+            .from_local_datetime(&day.and_hms_opt(0, 0, 0)?)
+            .earliest()
+            .map(|t| t.with_timezone(&Utc));
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    // A local time without offset is Danish time.
+    let local = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S").ok()?;
+    Copenhagen
+        .from_local_datetime(&local)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+}
+
+/// One `authorized_keys` line; blank lines and comments give `None`.
+fn parse_key_line(line: &str) -> Result<Option<PublicKey>, String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    Entry::from_str(line)
+        .map(|e| Some(e.public_key().clone()))
+        .map_err(|e| e.to_string())
+}
+
+/// The columns a source table has, as found by introspection.
+pub type TableColumns = BTreeMap<String, BTreeSet<String>>;
+
+/// Checks every column an area names against the source's tables.
+pub fn check_columns(config: &Config, tables: &TableColumns) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for area in &config.areas {
+        let mut err = |message: String| {
+            errors.push(ConfigError {
+                file: config.file.clone(),
+                line: Some(area.line),
+                message,
+            })
+        };
+        let Some(table) = tables.get(&area.table) else {
+            err(format!("area {}: source has no table \"{}\"", area.id, area.table));
+            continue;
+        };
+        let table_cols = area
+            .key
+            .iter()
+            .map(|c| ("key", c))
+            .chain(area.route_kommune.iter().map(|c| ("route.kommune", c)))
+            .chain(area.route_akasse.iter().map(|c| ("route.akasse", c)))
+            .chain(area.draft_column.iter().map(|c| ("draft_column", c)))
+            .chain(area.exclude_columns.iter().map(|c| ("exclude_columns", c)));
+        for (what, col) in table_cols {
+            if !table.contains(col) {
+                err(format!(
+                    "area {}: {what} names unknown column \"{col}\" of table {} (it has: {})",
+                    area.id,
+                    area.table,
+                    table.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        let Some(journal) = tables.get(&area.journal) else {
+            err(format!("area {}: source has no journal table \"{}\"", area.id, area.journal));
+            continue;
+        };
+        for (what, col) in [
+            ("sequence_column", &area.sequence_column),
+            ("operation_column", &area.operation_column),
+            ("changed_at_column", &area.changed_at_column),
+        ] {
+            if !journal.contains(col) {
+                err(format!(
+                    "area {}: {what} names unknown column \"{col}\" of journal {}",
+                    area.id, area.journal
+                ));
+            }
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+//! The config file as written: serde structs, nothing checked beyond syntax.
+//! Every field's doc comment is user documentation (see config/README.md).
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub sftp: RawSftp,
+    pub storage: RawStorage,
+    pub source: RawSource,
+    pub state: Option<RawState>,
+    /// `[[supplier]]`: BI suppliers that log in over SFTP.
+    #[serde(default, rename = "supplier")]
+    pub suppliers: Vec<Spanned<RawSupplier>>,
+    #[serde(default)]
+    pub agreements: RawAgreements,
+    /// `[[area]]`: the data areas extracted from DFDG.
+    #[serde(default, rename = "area")]
+    pub areas: Vec<Spanned<RawArea>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSftp {
+    /// Address and port to listen on, e.g. `127.0.0.1:2222`.
+    pub listen: Spanned<String>,
+    /// The server's ed25519 host key (OpenSSH format); generated on first start.
+    pub host_key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    /// Folder holding the published tree (one folder per authority).
+    pub root: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// DFDG: `sqlite://file.sqlite` or `postgres://user@host/db`.
+    pub url: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// The platform's own state database (loads, watermarks, audit).
+    pub url: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSupplier {
+    /// The SSH user name; lower-case letters, digits, `-`, `_`, `.`.
+    pub id: Spanned<String>,
+    pub name: String,
+    /// Public keys as `authorized_keys` lines.
+    #[serde(default)]
+    pub keys: Vec<Spanned<String>>,
+    /// Files in `authorized_keys` format.
+    #[serde(default)]
+    pub key_files: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgreements {
+    /// `[[agreements.connection]]`: an authority's agreement with STAR; lists its suppliers.
+    #[serde(default)]
+    pub connection: Vec<Spanned<RawConnection>>,
+    /// `[[agreements.data_processing]]`: a supplier's agreement with an authority.
+    #[serde(default)]
+    pub data_processing: Vec<Spanned<RawDataProcessing>>,
+    /// `[[agreements.cooperation]]`: a supplier's agreement with STAR; lists data areas.
+    #[serde(default)]
+    pub cooperation: Vec<Spanned<RawCooperation>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnection {
+    pub id: Spanned<String>,
+    /// `kommune/<code>` or `akasse/<code>`.
+    pub authority: Spanned<String>,
+    pub suppliers: Vec<Spanned<String>>,
+    /// A date (`2026-01-01`, from the start of that day, Danish time) or an RFC 3339 instant.
+    pub valid_from: Spanned<toml::Value>,
+    /// A date (until the end of that day, Danish time) or an RFC 3339 instant (exclusive).
+    pub valid_to: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDataProcessing {
+    pub id: Spanned<String>,
+    pub supplier: Spanned<String>,
+    pub authority: Spanned<String>,
+    pub valid_from: Spanned<toml::Value>,
+    pub valid_to: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCooperation {
+    pub id: Spanned<String>,
+    pub supplier: Spanned<String>,
+    pub areas: Vec<Spanned<String>>,
+    pub valid_from: Spanned<toml::Value>,
+    pub valid_to: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArea {
+    /// The area's name in the tree, e.g. `joblog`.
+    pub id: Spanned<String>,
+    /// Bumped when DFDG changes the area's format; the tree gets `v<version>/`.
+    pub version: Spanned<i64>,
+    /// The current-state table.
+    pub table: Spanned<String>,
+    /// The change journal: one row per insert, update or delete.
+    pub journal: Spanned<String>,
+    /// The key column(s) identifying a row.
+    pub key: Vec<Spanned<String>>,
+    /// Journal column with the rising sequence number.
+    pub sequence_column: Spanned<String>,
+    /// Journal column holding `I`, `U` or `D`.
+    pub operation_column: Spanned<String>,
+    /// Journal column with the time of the change.
+    pub changed_at_column: Spanned<String>,
+    pub route: RawRoute,
+    /// A boolean column; rows where it is true are drafts and never published.
+    pub draft_column: Option<Spanned<String>>,
+    /// Columns never published (e.g. third-party data such as income from SKAT).
+    #[serde(default)]
+    pub exclude_columns: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub schedule: RawSchedule,
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Column holding the citizen's responsible municipality (3-digit code).
+    pub kommune: Option<Spanned<String>>,
+    /// Column holding the member's unemployment-insurance fund (3-digit code).
+    pub akasse: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    /// Cron expression (sec min hour day month weekday), Europe/Copenhagen time.
+    pub delta: Option<Spanned<String>>,
+    pub full: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// How many full loads to keep.
+    #[serde(default = "default_full_loads")]
+    pub full_loads: Spanned<i64>,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        RawRetention {
+            full_loads: Spanned::new(0..0, default_full_loads().into_inner()),
+        }
+    }
+}
+
+fn default_full_loads() -> Spanned<i64> {
+    Spanned::new(0..0, 3)
+}

@@ -1,0 +1,12 @@
+//! udstil: exposes DFDG extracts as per-authority Parquet trees over SFTP.
+//! See ARCHITECTURE.md for the code map.
+
+pub mod access;
+pub mod app;
+pub mod authority;
+pub mod config;
+pub mod fixtures;
+pub mod load;
+pub mod sftp;
+pub mod source;
+pub mod tree;

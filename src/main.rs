@@ -1,0 +1,298 @@
+//! The `udstil` command: parses the command line, sets up logging, calls `app`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use udstil::app;
+use udstil::source::Source;
+
+#[derive(Parser)]
+#[command(name = "udstil", version, about = "DFDG extracts as per-authority Parquet trees, served over SFTP")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a synthetic DFDG, run full loads of every area and serve SFTP.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:2222")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "demo-data")]
+        data_dir: PathBuf,
+        /// Citizens in the generated DFDG (used only when it does not exist yet).
+        #[arg(long, default_value_t = 5000)]
+        citizens: u64,
+    },
+    /// Serve SFTP with a config file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run one load now.
+    Load {
+        #[arg(long)]
+        config: PathBuf,
+        /// The data area; every area when left out.
+        #[arg(long)]
+        area: Option<String>,
+        /// A full load (the current state). Delta loads are not built yet.
+        #[arg(long, required = true)]
+        full: bool,
+    },
+    /// Config file commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Synthetic DFDG commands.
+    Fixtures {
+        #[command(subcommand)]
+        command: FixturesCommand,
+    },
+    /// Benchmarks that print figures.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file (and its columns against the source); print every error.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum FixturesCommand {
+    /// Create the DFDG schema and deterministic synthetic data (drops existing tables).
+    Generate {
+        /// sqlite://FILE or postgres://...
+        #[arg(long)]
+        source: String,
+        #[arg(long, default_value_t = 1000)]
+        citizens: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Generate a DFDG and time full loads of every area: rows/s and peak memory.
+    Load {
+        #[arg(long)]
+        source: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        citizens: u64,
+        /// Folder for the tree and config (emptied first).
+        #[arg(long, default_value = "target/bench-load")]
+        work_dir: PathBuf,
+        /// Reuse the data already in the source.
+        #[arg(long)]
+        no_generate: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "udstil=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => match app::check_config(&config).await {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} suppliers, {} agreements, {} data areas)",
+                    config.display(),
+                    c.suppliers.len(),
+                    c.agreements.connection.len() + c.agreements.data_processing.len() + c.agreements.cooperation.len(),
+                    c.areas.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("{e}");
+                }
+                eprintln!("{}: {} error(s)", config.display(), errors.0.len());
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Serve { config } => {
+            let c = checked(&config).await?;
+            let listen = c.sftp.listen;
+            let server = app::Server::bind(Arc::new(c), listen).await?;
+            tracing::info!(addr = %server.addr, "serving SFTP");
+            serve_until_signal(server).await
+        }
+        Command::Load { config, area, full: _ } => {
+            let c = checked(&config).await?;
+            for r in app::full_loads(&c, area.as_deref()).await? {
+                println!(
+                    "{}: full load {} published: {} rows read, {} rows written to {} authorities, {} files, {} bytes, watermark {}, {:.1}s",
+                    r.area, r.load_id, r.rows_read, r.rows_written, r.authorities, r.files, r.bytes, r.watermark_to,
+                    r.elapsed.as_secs_f64()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fixtures {
+            command: FixturesCommand::Generate { source, citizens, seed },
+        } => {
+            let s = Source::create(&source).await?;
+            let summary = udstil::fixtures::generate(&s, citizens, seed).await?;
+            s.close().await;
+            println!(
+                "generated {} citizens: current rows {:?}, journal rows {:?} (joblog, plan_aktivitet, akasse_medlemskab)",
+                summary.citizens, summary.rows, summary.journal_rows
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { listen, data_dir, citizens } => demo(listen, &data_dir, citizens).await,
+        Command::Bench {
+            command: BenchCommand::Load { source, citizens, work_dir, no_generate },
+        } => bench_load(&source, citizens, &work_dir, no_generate).await,
+    }
+}
+
+/// Loads a config and refuses to go on with any error, printing them all.
+async fn checked(path: &Path) -> anyhow::Result<udstil::config::Config> {
+    app::check_config(path)
+        .await
+        .map_err(|e| anyhow::anyhow!("refusing to start, the config has errors:\n{e}"))
+}
+
+async fn serve_until_signal(server: app::Server) -> anyhow::Result<ExitCode> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = server.run() => { r?; }
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = term.recv() => tracing::info!("terminated; stopping"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(listen: SocketAddr, dir: &Path, citizens: u64) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = std::fs::canonicalize(dir)?;
+    let config_path = app::prepare_demo(&dir, listen, citizens, 1).await?;
+    let config = checked(&config_path).await?;
+    for r in app::full_loads(&config, None).await? {
+        println!("loaded {:<30} {:>8} rows into {:>3} authorities ({})", r.area, r.rows_read, r.authorities, r.load_id);
+    }
+    let config = Arc::new(config);
+    let server = app::Server::bind(config.clone(), listen).await?;
+    // A known_hosts entry so the printed commands connect without a prompt.
+    let host = udstil::sftp::host_key(&config.sftp.host_key)?;
+    let line = format!(
+        "[{}]:{} {}\n",
+        server.addr.ip(),
+        server.addr.port(),
+        host.public_key().to_openssh().context("host key")?
+    );
+    std::fs::write(dir.join("known_hosts"), line)?;
+    println!(
+        "\nudstil demo: SFTP on {} (data in {}; config {})\nConnect as each demo supplier:{}\nStop with Ctrl-C. `udstil serve --config {}` serves the same folder again.",
+        server.addr,
+        dir.display(),
+        config_path.display(),
+        app::describe_access(&config, &config_path, server.addr),
+        config_path.display()
+    );
+    serve_until_signal(server).await
+}
+
+/// Peak resident memory of this process since the last reset, in bytes.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+async fn bench_load(source: &str, citizens: u64, work: &Path, no_generate: bool) -> anyhow::Result<ExitCode> {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work)?;
+    let work = std::fs::canonicalize(work)?;
+    let cfg_text = include_str!("../config/demo.toml").replace("url = \"sqlite://dfdg.sqlite\"", &format!("url = \"{source}\""));
+    std::fs::create_dir_all(work.join("keys"))?;
+    for s in ["bi-alpha", "bi-beta", "bi-gamma", "bi-delta"] {
+        std::fs::write(work.join("keys").join(format!("{s}.pub")), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF96/5qags1wXylJFqn17qwSlFgmPXR3ZBHYg5E1eGEH bench\n")?;
+    }
+    let cfg_path = work.join("udstil.toml");
+    std::fs::write(&cfg_path, cfg_text)?;
+    if !no_generate {
+        let t = std::time::Instant::now();
+        let s = Source::create(source).await?;
+        let summary = udstil::fixtures::generate(&s, citizens, 1).await?;
+        s.close().await;
+        println!(
+            "generated {citizens} citizens in {:.0}s: current rows {:?}, journal rows {:?}",
+            t.elapsed().as_secs_f64(),
+            summary.rows,
+            summary.journal_rows
+        );
+    }
+    let config = checked(&cfg_path).await?;
+    // Reset the peak-RSS counter so generation does not count (Linux: clear_refs 5).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let base = peak_rss();
+    println!("{:<30} {:>10} {:>10} {:>12} {:>14}", "area", "rows", "seconds", "rows/s", "peak RSS MiB");
+    let mut total_rows = 0u64;
+    let mut total_secs = 0f64;
+    for area in &config.areas {
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let r = app::full_loads(&config, Some(&area.id)).await?.remove(0);
+        let secs = r.elapsed.as_secs_f64();
+        total_rows += r.rows_read;
+        total_secs += secs;
+        println!(
+            "{:<30} {:>10} {:>10.2} {:>12.0} {:>14.1}",
+            r.area,
+            r.rows_read,
+            secs,
+            r.rows_read as f64 / secs,
+            peak_rss() as f64 / (1 << 20) as f64
+        );
+    }
+    println!(
+        "{:<30} {:>10} {:>10.2} {:>12.0}   (source {}, baseline RSS {:.1} MiB)",
+        "all areas",
+        total_rows,
+        total_secs,
+        total_rows as f64 / total_secs,
+        udstil::source::redact(source),
+        base as f64 / (1 << 20) as f64
+    );
+    Ok(ExitCode::SUCCESS)
+}

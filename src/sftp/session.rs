@@ -1,0 +1,399 @@
+//! One supplier's SFTP session: read-only, confined to its view. Every path
+//! goes through [`tree::resolve`], then the access policy at the current
+//! time, then to the disk. File-system and policy errors become SFTP status
+//! codes here and nowhere else.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::Utc;
+use russh_sftp::protocol::{
+    Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
+    StatusCode, Version,
+};
+use russh_sftp::server::StatusReply;
+
+use crate::authority::AuthorityKind;
+use crate::config::Config;
+use crate::tree::{self, Location};
+
+/// Largest read answered (as OpenSSH's sftp-server: 256 KiB less headers).
+pub const MAX_READ: u32 = 261_120;
+const MAX_PACKET: u64 = 262_144;
+const MAX_HANDLES: usize = 256;
+
+pub struct SftpSession {
+    supplier: String,
+    config: Arc<Config>,
+    /// The storage root with symlinks resolved; every real path must stay under it.
+    root: PathBuf,
+    handles: HashMap<String, OpenHandle>,
+    next_handle: u64,
+    version_seen: bool,
+}
+
+enum OpenHandle {
+    Dir { entries: Option<Vec<File>> },
+    File { file: Arc<std::fs::File>, size: u64, mtime: u32 },
+}
+
+type Reply<T> = Result<T, StatusReply>;
+
+fn denied(what: &str) -> StatusReply {
+    StatusCode::PermissionDenied.with_message(format!("{what}: the platform is read-only"))
+}
+
+fn not_found() -> StatusReply {
+    StatusCode::NoSuchFile.with_message("no such file or folder")
+}
+
+fn failure(e: std::io::Error) -> StatusReply {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        not_found()
+    } else {
+        tracing::warn!(error = %e, "sftp file-system error");
+        StatusCode::Failure.with_message("internal error")
+    }
+}
+
+fn dir_attrs(mtime: u32) -> FileAttributes {
+    FileAttributes {
+        size: Some(0),
+        uid: Some(0),
+        gid: Some(0),
+        permissions: Some(0o040_555),
+        atime: Some(mtime),
+        mtime: Some(mtime),
+        ..FileAttributes::empty()
+    }
+}
+
+fn attrs_of(meta: &std::fs::Metadata) -> FileAttributes {
+    let mtime = meta.mtime().clamp(0, u32::MAX as i64) as u32;
+    if meta.is_dir() {
+        dir_attrs(mtime)
+    } else {
+        FileAttributes {
+            size: Some(meta.len()),
+            uid: Some(0),
+            gid: Some(0),
+            permissions: Some(0o100_444),
+            atime: Some(mtime),
+            mtime: Some(mtime),
+            ..FileAttributes::empty()
+        }
+    }
+}
+
+fn ok(id: u32) -> Status {
+    Status {
+        id,
+        status_code: StatusCode::Ok,
+        error_message: "Ok".into(),
+        language_tag: "en-US".into(),
+    }
+}
+
+impl SftpSession {
+    pub fn new(supplier: String, config: Arc<Config>, root: PathBuf) -> Self {
+        SftpSession {
+            supplier,
+            config,
+            root,
+            handles: HashMap::new(),
+            next_handle: 0,
+            version_seen: false,
+        }
+    }
+
+    /// Resolves a client path to a visible location, evaluated now.
+    fn locate(&self, path: &str) -> Reply<Location> {
+        let loc = tree::resolve(path).map_err(|_| not_found())?;
+        let visible = self.config.agreements.visible(&self.supplier, Utc::now());
+        if loc.is_visible(&visible) { Ok(loc) } else { Err(not_found()) }
+    }
+
+    /// The real path of an area location, refused if a symlink anywhere in it
+    /// would lead elsewhere.
+    async fn real(&self, loc: &Location) -> Reply<PathBuf> {
+        let real = loc.real_path(&self.root).ok_or_else(not_found)?;
+        let canonical = tokio::fs::canonicalize(&real).await.map_err(failure)?;
+        if canonical != real {
+            tracing::warn!(path = %loc.virtual_path(), "refused a path that goes through a symlink");
+            return Err(not_found());
+        }
+        Ok(real)
+    }
+
+    async fn root_mtime(&self) -> u32 {
+        tokio::fs::metadata(&self.root)
+            .await
+            .map(|m| m.mtime().clamp(0, u32::MAX as i64) as u32)
+            .unwrap_or(0)
+    }
+
+    async fn attrs(&self, loc: &Location) -> Reply<FileAttributes> {
+        match loc {
+            Location::Area { .. } => {
+                let real = self.real(loc).await?;
+                let meta = tokio::fs::symlink_metadata(&real).await.map_err(failure)?;
+                Ok(attrs_of(&meta))
+            }
+            _ => {
+                // A visible authority or area folder exists only once something is published.
+                if let Location::Authority(a) = loc {
+                    let dir = self.root.join(a.kind.as_str()).join(a.code_str());
+                    if tokio::fs::metadata(&dir).await.is_err() {
+                        return Err(not_found());
+                    }
+                }
+                Ok(dir_attrs(self.root_mtime().await))
+            }
+        }
+    }
+
+    async fn list(&self, loc: &Location) -> Reply<Vec<File>> {
+        let now = Utc::now();
+        let visible = self.config.agreements.visible(&self.supplier, now);
+        let mtime = self.root_mtime().await;
+        let mut out = vec![
+            File::new(".", dir_attrs(mtime)),
+            File::new("..", dir_attrs(mtime)),
+        ];
+        let exists = |p: PathBuf| async move { tokio::fs::metadata(p).await.is_ok() };
+        match loc {
+            Location::Root => {
+                for kind in AuthorityKind::ALL {
+                    if Location::Kind(kind).is_visible(&visible) {
+                        out.push(File::new(kind.as_str(), dir_attrs(mtime)));
+                    }
+                }
+            }
+            Location::Kind(kind) => {
+                for a in visible.keys().filter(|a| a.kind == *kind) {
+                    if exists(self.root.join(a.kind.as_str()).join(a.code_str())).await {
+                        out.push(File::new(a.code_str(), dir_attrs(mtime)));
+                    }
+                }
+            }
+            Location::Authority(a) => {
+                for area in visible.get(a).into_iter().flatten() {
+                    if exists(tree::area_dir(&self.root, *a, area)).await {
+                        out.push(File::new(area.clone(), dir_attrs(mtime)));
+                    }
+                }
+            }
+            Location::Area { .. } => {
+                let real = self.real(loc).await?;
+                let mut rd = tokio::fs::read_dir(&real).await.map_err(failure)?;
+                let mut files = Vec::new();
+                while let Some(e) = rd.next_entry().await.map_err(failure)? {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let Ok(meta) = e.metadata().await else { continue };
+                    // Staging and temporary names and symlinks are not part of the view.
+                    if name.starts_with('.') || meta.file_type().is_symlink() {
+                        continue;
+                    }
+                    files.push(File::new(name, attrs_of(&meta)));
+                }
+                files.sort_by(|a, b| a.filename.cmp(&b.filename));
+                out.extend(files);
+            }
+        }
+        Ok(out)
+    }
+
+    fn new_handle(&mut self, h: OpenHandle) -> Reply<String> {
+        if self.handles.len() >= MAX_HANDLES {
+            return Err(StatusCode::Failure.with_message("too many open handles"));
+        }
+        self.next_handle += 1;
+        let id = self.next_handle.to_string();
+        self.handles.insert(id.clone(), h);
+        Ok(id)
+    }
+}
+
+impl russh_sftp::server::Handler for SftpSession {
+    type Error = StatusReply;
+
+    fn unimplemented(&self) -> Self::Error {
+        StatusCode::OpUnsupported.into()
+    }
+
+    async fn init(&mut self, _version: u32, _ext: HashMap<String, String>) -> Reply<Version> {
+        if self.version_seen {
+            return Err(StatusCode::ConnectionLost.into());
+        }
+        self.version_seen = true;
+        let mut v = Version::new();
+        v.extensions.insert("limits@openssh.com".into(), "1".into());
+        Ok(v)
+    }
+
+    async fn open(&mut self, id: u32, filename: String, pflags: OpenFlags, _attrs: FileAttributes) -> Reply<Handle> {
+        let writes = OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::EXCLUDE;
+        if pflags.intersects(writes) {
+            return Err(denied("open for writing"));
+        }
+        let loc = self.locate(&filename)?;
+        let real = self.real(&loc).await?;
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&real)?;
+            let meta = f.metadata()?;
+            Ok((f, meta))
+        })
+        .await
+        .map_err(|_| StatusReply::from(StatusCode::Failure))?
+        .map_err(failure)?;
+        let (file, meta) = file;
+        if !meta.is_file() {
+            return Err(StatusCode::Failure.with_message("not a regular file"));
+        }
+        let handle = self.new_handle(OpenHandle::File {
+            file: Arc::new(file),
+            size: meta.len(),
+            mtime: meta.mtime().clamp(0, u32::MAX as i64) as u32,
+        })?;
+        tracing::info!(supplier = %self.supplier, path = %loc.virtual_path(), "file opened");
+        Ok(Handle { id, handle })
+    }
+
+    async fn close(&mut self, id: u32, handle: String) -> Reply<Status> {
+        self.handles.remove(&handle).ok_or_else(|| StatusReply::from(StatusCode::Failure))?;
+        Ok(ok(id))
+    }
+
+    async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Reply<Data> {
+        let Some(OpenHandle::File { file, size, .. }) = self.handles.get(&handle) else {
+            return Err(StatusCode::Failure.with_message("not an open file handle"));
+        };
+        if offset >= *size {
+            return Err(StatusCode::Eof.into());
+        }
+        let len = len.min(MAX_READ) as usize;
+        let file = file.clone();
+        let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut buf = vec![0u8; len];
+            let n = file.read_at(&mut buf, offset)?;
+            buf.truncate(n);
+            Ok(buf)
+        })
+        .await
+        .map_err(|_| StatusReply::from(StatusCode::Failure))?
+        .map_err(failure)?;
+        if data.is_empty() {
+            return Err(StatusCode::Eof.into());
+        }
+        Ok(Data { id, data })
+    }
+
+    async fn write(&mut self, _id: u32, _h: String, _o: u64, _d: Vec<u8>) -> Reply<Status> {
+        Err(denied("write"))
+    }
+
+    async fn lstat(&mut self, id: u32, path: String) -> Reply<Attrs> {
+        let loc = self.locate(&path)?;
+        Ok(Attrs { id, attrs: self.attrs(&loc).await? })
+    }
+
+    async fn stat(&mut self, id: u32, path: String) -> Reply<Attrs> {
+        self.lstat(id, path).await
+    }
+
+    async fn fstat(&mut self, id: u32, handle: String) -> Reply<Attrs> {
+        match self.handles.get(&handle) {
+            Some(OpenHandle::File { size, mtime, .. }) => Ok(Attrs {
+                id,
+                attrs: FileAttributes {
+                    size: Some(*size),
+                    uid: Some(0),
+                    gid: Some(0),
+                    permissions: Some(0o100_444),
+                    atime: Some(*mtime),
+                    mtime: Some(*mtime),
+                    ..FileAttributes::empty()
+                },
+            }),
+            Some(OpenHandle::Dir { .. }) => Ok(Attrs { id, attrs: dir_attrs(self.root_mtime().await) }),
+            None => Err(StatusCode::Failure.with_message("unknown handle")),
+        }
+    }
+
+    async fn setstat(&mut self, _id: u32, _p: String, _a: FileAttributes) -> Reply<Status> {
+        Err(denied("setstat"))
+    }
+
+    async fn fsetstat(&mut self, _id: u32, _h: String, _a: FileAttributes) -> Reply<Status> {
+        Err(denied("setstat"))
+    }
+
+    async fn opendir(&mut self, id: u32, path: String) -> Reply<Handle> {
+        let loc = self.locate(&path)?;
+        // Listing happens now, so the handle shows the view as it was when opened.
+        let entries = self.list(&loc).await?;
+        let handle = self.new_handle(OpenHandle::Dir { entries: Some(entries) })?;
+        Ok(Handle { id, handle })
+    }
+
+    async fn readdir(&mut self, id: u32, handle: String) -> Reply<Name> {
+        match self.handles.get_mut(&handle) {
+            Some(OpenHandle::Dir { entries }) => match entries.take() {
+                Some(files) => Ok(Name { id, files }),
+                None => Err(StatusCode::Eof.into()),
+            },
+            _ => Err(StatusCode::Failure.with_message("not an open folder handle")),
+        }
+    }
+
+    async fn remove(&mut self, _id: u32, _f: String) -> Reply<Status> {
+        Err(denied("remove"))
+    }
+
+    async fn mkdir(&mut self, _id: u32, _p: String, _a: FileAttributes) -> Reply<Status> {
+        Err(denied("mkdir"))
+    }
+
+    async fn rmdir(&mut self, _id: u32, _p: String) -> Reply<Status> {
+        Err(denied("rmdir"))
+    }
+
+    async fn realpath(&mut self, id: u32, path: String) -> Reply<Name> {
+        let loc = self.locate(&path)?;
+        Ok(Name {
+            id,
+            files: vec![File::dummy(loc.virtual_path())],
+        })
+    }
+
+    async fn rename(&mut self, _id: u32, _o: String, _n: String) -> Reply<Status> {
+        Err(denied("rename"))
+    }
+
+    async fn readlink(&mut self, _id: u32, _p: String) -> Reply<Name> {
+        Err(not_found())
+    }
+
+    async fn symlink(&mut self, _id: u32, _l: String, _t: String) -> Reply<Status> {
+        Err(denied("symlink"))
+    }
+
+    async fn extended(&mut self, id: u32, request: String, _data: Vec<u8>) -> Reply<Packet> {
+        match request.as_str() {
+            "limits@openssh.com" => {
+                let mut data = Vec::with_capacity(32);
+                for v in [MAX_PACKET, MAX_READ as u64, 0, MAX_HANDLES as u64] {
+                    data.extend_from_slice(&v.to_be_bytes());
+                }
+                Ok(Packet::ExtendedReply(ExtendedReply { id, data }))
+            }
+            _ => Err(StatusCode::OpUnsupported.into()),
+        }
+    }
+}

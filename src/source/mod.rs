@@ -1,0 +1,530 @@
+//! The DFDG reader: schema introspection and streaming extracts, for SQLite
+//! and PostgreSQL alike. Rows leave this module only as Arrow record batches.
+//! Drafts and excluded columns are filtered in the query itself, so they are
+//! never even read from the database.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_array::builder::{
+    BooleanBuilder, Date32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder,
+    StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use futures::TryStreamExt;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, Row, ValueRef};
+use tokio::sync::mpsc;
+
+use crate::config::{Area, TableColumns};
+
+/// The same decoding for SQLite and PostgreSQL rows (their row types differ,
+/// the code does not). Errors name the column and row, never the value.
+macro_rules! append_row {
+    ($batcher:expr, $row:expr) => {{
+        let row = &$row;
+        for i in 0..$batcher.builders.len() {
+            let null = row.try_get_raw(i).map_err(|e| $batcher.bad(i, e))?.is_null();
+            let res: Result<(), sqlx::Error> = match &mut $batcher.builders[i] {
+                ColBuilder::Bool(b) => row.try_get::<Option<bool>, _>(i).map(|v| b.append_option(v)),
+                ColBuilder::Int16(b) => row.try_get::<Option<i16>, _>(i).map(|v| b.append_option(v)),
+                ColBuilder::Int32(b) => row.try_get::<Option<i32>, _>(i).map(|v| b.append_option(v)),
+                ColBuilder::Int64(b) => row.try_get::<Option<i64>, _>(i).map(|v| b.append_option(v)),
+                ColBuilder::Float64(b) => row.try_get::<Option<f64>, _>(i).map(|v| b.append_option(v)),
+                ColBuilder::Text(b) => row.try_get::<Option<&str>, _>(i).map(|v| b.append_option(v)),
+                ColBuilder::Date(b) => row
+                    .try_get::<Option<NaiveDate>, _>(i)
+                    .map(|v| b.append_option(v.map(|d| (d - EPOCH).num_days() as i32))),
+                ColBuilder::Timestamp(b) => {
+                    if null {
+                        b.append_null();
+                        Ok(())
+                    } else {
+                        // Either kind of timestamp column; a naive one is taken as UTC.
+                        row.try_get::<DateTime<Utc>, _>(i)
+                            .or_else(|_| row.try_get::<NaiveDateTime, _>(i).map(|n| n.and_utc()))
+                            .map(|t| b.append_value(t.timestamp_micros()))
+                    }
+                }
+            };
+            res.map_err(|e| $batcher.bad(i, e))?;
+        }
+        $batcher.len += 1;
+        $batcher.total += 1;
+    }};
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot connect to source {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("source query on {table} failed: {source}")]
+    Query { table: String, source: sqlx::Error },
+    #[error("source table {table} has no columns (does it exist?)")]
+    NoTable { table: String },
+    #[error("source column {table}.{column} has type {sql_type}, which udstil cannot publish")]
+    UnsupportedType {
+        table: String,
+        column: String,
+        sql_type: String,
+    },
+    #[error("source row {row} of {table}: column {column} does not hold a valid {expected}: {source}")]
+    BadValue {
+        table: String,
+        column: String,
+        row: u64,
+        expected: &'static str,
+        source: sqlx::Error,
+    },
+    #[error("the load stopped reading (its writer failed)")]
+    ConsumerGone,
+}
+
+/// The column types udstil publishes; every source type maps to one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Bool,
+    Int16,
+    Int32,
+    Int64,
+    Float64,
+    Text,
+    Date,
+    Timestamp,
+}
+
+impl ColumnType {
+    fn from_sqlite(declared: &str) -> Option<Self> {
+        let d = declared.to_ascii_uppercase();
+        Some(if d.contains("BOOL") {
+            ColumnType::Bool
+        } else if d.contains("INT") {
+            ColumnType::Int64
+        } else if d.contains("REAL") || d.contains("DOUB") || d.contains("FLOA") {
+            ColumnType::Float64
+        } else if d.contains("TIMESTAMP") || d.contains("DATETIME") {
+            ColumnType::Timestamp
+        } else if d == "DATE" {
+            ColumnType::Date
+        } else if d.contains("CHAR") || d.contains("TEXT") || d.contains("CLOB") {
+            ColumnType::Text
+        } else {
+            return None;
+        })
+    }
+
+    fn from_postgres(data_type: &str) -> Option<Self> {
+        Some(match data_type {
+            "boolean" => ColumnType::Bool,
+            "smallint" => ColumnType::Int16,
+            "integer" => ColumnType::Int32,
+            "bigint" => ColumnType::Int64,
+            "double precision" => ColumnType::Float64,
+            "text" | "character varying" | "character" => ColumnType::Text,
+            "date" => ColumnType::Date,
+            "timestamp with time zone" | "timestamp without time zone" => ColumnType::Timestamp,
+            _ => return None,
+        })
+    }
+
+    pub fn arrow(self) -> DataType {
+        match self {
+            ColumnType::Bool => DataType::Boolean,
+            ColumnType::Int16 => DataType::Int16,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Text => DataType::Utf8,
+            ColumnType::Date => DataType::Date32,
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            ColumnType::Bool => "boolean",
+            ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64 => "integer",
+            ColumnType::Float64 => "number",
+            ColumnType::Text => "text",
+            ColumnType::Date => "date",
+            ColumnType::Timestamp => "timestamp",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+    pub sql_type: String,
+}
+
+/// A connection pool to DFDG; the URL decides the database.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// What a full extract saw: the journal's high-water mark at the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub watermark: i64,
+    pub rows: u64,
+}
+
+pub const BATCH_ROWS: usize = 8192;
+
+impl Source {
+    pub async fn connect(url: &str) -> Result<Source, SourceError> {
+        let err = |source| SourceError::Connect {
+            url: redact(url),
+            source,
+        };
+        if url.starts_with("sqlite:") {
+            let opts: SqliteConnectOptions = url.parse().map_err(err)?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(opts.read_only(false))
+                .await
+                .map_err(err)?;
+            Ok(Source::Sqlite(pool))
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(std::time::Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(err)?;
+            Ok(Source::Postgres(pool))
+        }
+    }
+
+    /// Creates the SQLite file if missing (for `fixtures generate`).
+    pub async fn create(url: &str) -> Result<Source, SourceError> {
+        if url.starts_with("sqlite:") {
+            let err = |source| SourceError::Connect {
+                url: redact(url),
+                source,
+            };
+            let opts: SqliteConnectOptions = url.parse().map_err(err)?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(
+                    opts.create_if_missing(true)
+                        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal),
+                )
+                .await
+                .map_err(err)?;
+            Ok(Source::Sqlite(pool))
+        } else {
+            Source::connect(url).await
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Source::Sqlite(p) => p.close().await,
+            Source::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// The columns of one table in declaration order.
+    pub async fn columns(&self, table: &str) -> Result<Vec<Column>, SourceError> {
+        let qerr = |source| SourceError::Query {
+            table: table.to_string(),
+            source,
+        };
+        let raw: Vec<(String, String)> = match self {
+            Source::Sqlite(p) => sqlx::query_as("SELECT name, type FROM pragma_table_info(?1) ORDER BY cid")
+                .bind(table)
+                .fetch_all(p)
+                .await
+                .map_err(qerr)?,
+            Source::Postgres(p) => sqlx::query_as(
+                "SELECT column_name::text, data_type::text FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+            )
+            .bind(table)
+            .fetch_all(p)
+            .await
+            .map_err(qerr)?,
+        };
+        if raw.is_empty() {
+            return Err(SourceError::NoTable {
+                table: table.to_string(),
+            });
+        }
+        raw.into_iter()
+            .map(|(name, sql_type)| {
+                let ty = match self {
+                    Source::Sqlite(_) => ColumnType::from_sqlite(&sql_type),
+                    Source::Postgres(_) => ColumnType::from_postgres(&sql_type),
+                };
+                match ty {
+                    Some(ty) => Ok(Column { name, ty, sql_type }),
+                    None => Err(SourceError::UnsupportedType {
+                        table: table.to_string(),
+                        column: name,
+                        sql_type,
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// Column names of every table the config's areas name (missing tables are left out).
+    pub async fn table_columns(&self, tables: &BTreeSet<String>) -> Result<TableColumns, SourceError> {
+        let mut out = BTreeMap::new();
+        for t in tables {
+            match self.columns(t).await {
+                Ok(cols) => {
+                    out.insert(t.clone(), cols.into_iter().map(|c| c.name).collect());
+                }
+                Err(SourceError::NoTable { .. }) => {}
+                // A column of a type we cannot publish is still a known name here;
+                // the load reports the type problem.
+                Err(SourceError::UnsupportedType { .. }) => {
+                    let names: Vec<(String,)> = match self {
+                        Source::Sqlite(p) => sqlx::query_as("SELECT name FROM pragma_table_info(?1)")
+                            .bind(t)
+                            .fetch_all(p)
+                            .await,
+                        Source::Postgres(p) => sqlx::query_as(
+                            "SELECT column_name::text FROM information_schema.columns \
+                             WHERE table_schema = current_schema() AND table_name = $1",
+                        )
+                        .bind(t)
+                        .fetch_all(p)
+                        .await,
+                    }
+                    .map_err(|source| SourceError::Query {
+                        table: t.clone(),
+                        source,
+                    })?;
+                    out.insert(t.clone(), names.into_iter().map(|(n,)| n).collect());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The columns a full load of `area` publishes: the table's columns less the
+    /// excluded ones and the draft flag, in table order.
+    pub async fn published_columns(&self, area: &Area) -> Result<Vec<Column>, SourceError> {
+        Ok(self
+            .columns(&area.table)
+            .await?
+            .into_iter()
+            .filter(|c| !area.exclude_columns.contains(&c.name) && area.draft_column.as_ref() != Some(&c.name))
+            .collect())
+    }
+
+    /// Streams the current state of `area` (drafts left out) as record batches
+    /// into `out`, from one consistent snapshot that also gives the watermark.
+    /// Memory is bounded by the channel's capacity times [`BATCH_ROWS`].
+    pub async fn full_extract(
+        &self,
+        area: &Area,
+        columns: &[Column],
+        out: mpsc::Sender<RecordBatch>,
+    ) -> Result<Snapshot, SourceError> {
+        let schema = arrow_schema(columns);
+        let select = columns.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
+        let filter = match &area.draft_column {
+            Some(d) => format!(" WHERE NOT COALESCE({}, FALSE)", quote(d)),
+            None => String::new(),
+        };
+        let order = area.key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
+        let sql = format!("SELECT {select} FROM {}{filter} ORDER BY {order}", quote(&area.table));
+        let hwm_sql = format!(
+            "SELECT COALESCE(MAX({}), 0) FROM {}",
+            quote(&area.sequence_column),
+            quote(&area.journal)
+        );
+        let qerr = |table: &str| {
+            let table = table.to_string();
+            move |source| SourceError::Query { table, source }
+        };
+        let mut batcher = Batcher::new(schema, columns, &area.table);
+        macro_rules! stream_rows {
+            ($pool:expr, $begin:expr) => {{
+                let mut tx = $pool.begin().await.map_err(qerr(&area.table))?;
+                if let Some(stmt) = $begin {
+                    sqlx::query(stmt).execute(&mut *tx).await.map_err(qerr(&area.table))?;
+                }
+                let (watermark,): (i64,) = sqlx::query_as(AssertSqlSafe(hwm_sql.as_str()))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(qerr(&area.journal))?;
+                {
+                    let mut rows = sqlx::query(AssertSqlSafe(sql.as_str())).fetch(&mut *tx);
+                    while let Some(row) = rows.try_next().await.map_err(qerr(&area.table))? {
+                        append_row!(batcher, row);
+                        if batcher.len() >= BATCH_ROWS {
+                            out.send(batcher.finish()).await.map_err(|_| SourceError::ConsumerGone)?;
+                        }
+                    }
+                }
+                tx.rollback().await.map_err(qerr(&area.table))?;
+                watermark
+            }};
+        }
+        let watermark = match self {
+            // SQLite: a read transaction is a snapshot (WAL mode).
+            Source::Sqlite(p) => stream_rows!(p, None::<&str>),
+            Source::Postgres(p) => stream_rows!(
+                p,
+                Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            ),
+        };
+        let rows = batcher.total;
+        if batcher.len() > 0 {
+            out.send(batcher.finish()).await.map_err(|_| SourceError::ConsumerGone)?;
+        }
+        Ok(Snapshot { watermark, rows })
+    }
+}
+
+/// Hides a password in a URL before it reaches an error message or a log.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub fn quote(ident: &str) -> String {
+    // Config validation allows only [A-Za-z0-9_] names; quoting keeps case in PostgreSQL.
+    format!("\"{ident}\"")
+}
+
+pub fn arrow_schema(columns: &[Column]) -> SchemaRef {
+    Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.ty.arrow(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+enum ColBuilder {
+    Bool(BooleanBuilder),
+    Int16(Int16Builder),
+    Int32(Int32Builder),
+    Int64(Int64Builder),
+    Float64(Float64Builder),
+    Text(StringBuilder),
+    Date(Date32Builder),
+    Timestamp(TimestampMicrosecondBuilder),
+}
+
+/// Accumulates rows into Arrow columns and cuts record batches.
+pub struct Batcher {
+    schema: SchemaRef,
+    table: String,
+    names: Vec<String>,
+    types: Vec<ColumnType>,
+    builders: Vec<ColBuilder>,
+    len: usize,
+    pub total: u64,
+}
+
+impl Batcher {
+    pub fn new(schema: SchemaRef, columns: &[Column], table: &str) -> Self {
+        let types: Vec<ColumnType> = columns.iter().map(|c| c.ty).collect();
+        Batcher {
+            builders: types.iter().map(|t| new_builder(*t)).collect(),
+            names: columns.iter().map(|c| c.name.clone()).collect(),
+            types,
+            schema,
+            table: table.to_string(),
+            len: 0,
+            total: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn finish(&mut self) -> RecordBatch {
+        let arrays = self
+            .builders
+            .iter_mut()
+            .map(|b| -> arrow_array::ArrayRef {
+                match b {
+                    ColBuilder::Bool(b) => Arc::new(b.finish()),
+                    ColBuilder::Int16(b) => Arc::new(b.finish()),
+                    ColBuilder::Int32(b) => Arc::new(b.finish()),
+                    ColBuilder::Int64(b) => Arc::new(b.finish()),
+                    ColBuilder::Float64(b) => Arc::new(b.finish()),
+                    ColBuilder::Text(b) => Arc::new(b.finish()),
+                    ColBuilder::Date(b) => Arc::new(b.finish()),
+                    ColBuilder::Timestamp(b) => Arc::new(b.finish().with_timezone("UTC")),
+                }
+            })
+            .collect();
+        self.len = 0;
+        RecordBatch::try_new(self.schema.clone(), arrays).expect("builders follow the schema")
+    }
+
+    fn bad(&self, col: usize, source: sqlx::Error) -> SourceError {
+        SourceError::BadValue {
+            table: self.table.clone(),
+            column: self.names[col].clone(),
+            row: self.total + 1,
+            expected: self.types[col].expected(),
+            source,
+        }
+    }
+}
+
+fn new_builder(t: ColumnType) -> ColBuilder {
+    match t {
+        ColumnType::Bool => ColBuilder::Bool(BooleanBuilder::new()),
+        ColumnType::Int16 => ColBuilder::Int16(Int16Builder::new()),
+        ColumnType::Int32 => ColBuilder::Int32(Int32Builder::new()),
+        ColumnType::Int64 => ColBuilder::Int64(Int64Builder::new()),
+        ColumnType::Float64 => ColBuilder::Float64(Float64Builder::new()),
+        ColumnType::Text => ColBuilder::Text(StringBuilder::new()),
+        ColumnType::Date => ColBuilder::Date(Date32Builder::new()),
+        ColumnType::Timestamp => ColBuilder::Timestamp(TimestampMicrosecondBuilder::new()),
+    }
+}
+
+const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite:///x.db"), "sqlite:///x.db");
+    }
+
+    #[test]
+    fn maps_declared_types() {
+        assert_eq!(ColumnType::from_sqlite("BIGINT"), Some(ColumnType::Int64));
+        assert_eq!(ColumnType::from_sqlite("TIMESTAMPTZ"), Some(ColumnType::Timestamp));
+        assert_eq!(ColumnType::from_sqlite("DATE"), Some(ColumnType::Date));
+        assert_eq!(ColumnType::from_sqlite("BLOB"), None);
+        assert_eq!(ColumnType::from_postgres("numeric"), None);
+        assert_eq!(ColumnType::from_postgres("integer"), Some(ColumnType::Int32));
+    }
+}
