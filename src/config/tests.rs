@@ -1,0 +1,84 @@
+use super::*;
+
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF96/5qags1wXylJFqn17qwSlFgmPXR3ZBHYg5E1eGEH test";
+
+fn minimal(extra: &str) -> String {
+    format!(
+        r#"[sftp]
+listen = "127.0.0.1:2222"
+host_key = "host_key"
+[storage]
+root = "tree"
+[source]
+url = "sqlite://dfdg.sqlite"
+[[supplier]]
+id = "bi-a"
+name = "A"
+keys = ["{KEY}"]
+{extra}"#
+    )
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(Path::new("/etc/udstil/u.toml"), text) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn minimal_config_is_valid_and_resolves_paths() {
+    let c = parse(Path::new("/etc/udstil/u.toml"), &minimal("")).unwrap();
+    assert_eq!(c.storage_root, Path::new("/etc/udstil/tree"));
+    assert_eq!(c.source_url, "sqlite:///etc/udstil/dfdg.sqlite");
+    assert_eq!(c.suppliers["bi-a"].keys.len(), 1);
+}
+
+#[test]
+fn collects_every_error_with_file_and_line() {
+    let text = minimal(
+        r#"[[agreements.data_processing]]
+id = "dpa-1"
+supplier = "bi-x"
+authority = "kommune/999"
+valid_from = "2026-02-30"
+[[agreements.data_processing]]
+id = "dpa-1"
+supplier = "bi-a"
+authority = "kommune/101"
+valid_from = "2026-03-01"
+valid_to = "2026-01-01"
+"#,
+    );
+    let errs = errors(&text);
+    let want = [
+        "/etc/udstil/u.toml:15: data-processing agreement dpa-1 names unknown authority: `kommune/999` is not on the official list of kommunes",
+        "/etc/udstil/u.toml:16: data-processing agreement dpa-1: valid_from = 2026-02-30 is not a date",
+        "/etc/udstil/u.toml:14: data-processing agreement dpa-1 names unknown supplier \"bi-x\"",
+        "/etc/udstil/u.toml:18: duplicate agreement id \"dpa-1\"",
+        "/etc/udstil/u.toml:22: data-processing agreement dpa-1: valid_to (2026-01-01) is not after valid_from (2026-03-01)",
+    ];
+    for w in want {
+        assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+}
+
+#[test]
+fn syntax_and_unknown_fields_name_the_line() {
+    let errs = errors(&minimal("[sftp2]\nx = 1\n"));
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("/etc/udstil/u.toml:12: unknown field `sftp2`"), "{errs:?}");
+    let errs = errors(&minimal("[[supplier]]\nid = \"b\"\nname = \"B\"\nkeyz = []\n"));
+    assert!(errs[0].contains("unknown field `keyz`"), "{errs:?}");
+}
+
+#[test]
+fn danish_calendar_days_bound_agreements() {
+    // Winter: CET is UTC+1, so 1 January starts at 23:00 UTC the day before.
+    assert_eq!(parse_instant("2026-01-01", false).unwrap().to_rfc3339(), "2025-12-31T23:00:00+00:00");
+    // valid_to is inclusive of the day: ends when the next day starts (CEST in June).
+    assert_eq!(parse_instant("2026-06-30", true).unwrap().to_rfc3339(), "2026-06-30T22:00:00+00:00");
+    assert_eq!(parse_instant("2026-06-30T12:00:00Z", true).unwrap().to_rfc3339(), "2026-06-30T12:00:00+00:00");
+    assert!(parse_instant("30-06-2026", false).is_none());
+}

@@ -1,0 +1,126 @@
+//! Shared test set-up: a demo data folder with a small synthetic DFDG, loads
+//! built, and the server running in-process on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use udstil::app;
+use udstil::config::Config;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub config: Arc<Config>,
+    pub addr: SocketAddr,
+}
+
+impl Env {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn key(&self, supplier: &str) -> PathBuf {
+        self.path().join("keys").join(supplier)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.config.storage_root
+    }
+
+    /// Runs the OpenSSH `sftp` client in batch mode as `supplier`.
+    /// Blocks this test's thread only; the server keeps running on the others.
+    pub fn sftp(&self, supplier: &str, batch: &str, extra: &[&str]) -> Output {
+        tokio::task::block_in_place(|| sftp_with_key(self.addr, supplier, &self.key(supplier), batch, extra))
+    }
+}
+
+pub fn sftp_with_key(addr: SocketAddr, user: &str, key: &Path, batch: &str, extra: &[&str]) -> Output {
+    let batch_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(batch_file.path(), batch).unwrap();
+    let mut cmd = Command::new("sftp");
+    cmd.args(["-b"]).arg(batch_file.path());
+    cmd.args(["-P", &addr.port().to_string(), "-i"]).arg(key);
+    cmd.args(ssh_opts());
+    cmd.args(extra);
+    cmd.arg(format!("{user}@{}", addr.ip()));
+    cmd.stdin(std::process::Stdio::null());
+    cmd.output().expect("the OpenSSH sftp client is installed")
+}
+
+/// Options that make the OpenSSH client non-interactive and deterministic.
+pub fn ssh_opts() -> Vec<String> {
+    [
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "IdentitiesOnly=yes",
+        "-o", "IdentityAgent=none",
+        "-o", "LogLevel=ERROR",
+        "-o", "ConnectTimeout=20",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Builds a demo folder (`citizens` synthetic citizens), runs full loads of
+/// every area and starts the server.
+pub async fn start(citizens: u64) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = app::prepare_demo(dir.path(), "127.0.0.1:0".parse().unwrap(), citizens, 7)
+        .await
+        .unwrap();
+    let config = app::check_config(&config_path).await.unwrap();
+    app::full_loads(&config, None).await.unwrap();
+    let config = Arc::new(config);
+    let server = app::Server::bind(config.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.addr;
+    tokio::spawn(server.run());
+    Env {
+        dir,
+        config_path,
+        config,
+        addr,
+    }
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+/// Every file under `root` with its hash, and every folder: a fingerprint of the tree.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            if p.is_dir() {
+                out.insert(rel, "dir".into());
+                stack.push(p);
+            } else {
+                out.insert(rel, sha256_file(&p));
+            }
+        }
+    }
+    out
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
