@@ -352,6 +352,9 @@ impl Validator<'_> {
         match cron::Schedule::from_str(expr.get_ref()) {
             Ok(s) => Some(s),
             Err(e) => {
+                // The cron crate's message draws a caret under the expression; keep its last line.
+                let e = e.to_string();
+                let e = e.lines().last().unwrap_or_default().trim().to_string();
                 self.err(
                     expr.span(),
                     format!(
