@@ -24,7 +24,10 @@ pub enum AppError {
     #[error(transparent)]
     Sftp(#[from] SftpError),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("no data area \"{0}\" in the config")]
     UnknownArea(String),
 }
@@ -55,13 +58,21 @@ pub async fn check_config(path: &Path) -> Result<Config, ConfigErrors> {
         }])
     })?;
     let errors = config::check_columns(&config, &columns);
-    if errors.is_empty() { Ok(config) } else { Err(ConfigErrors(errors)) }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// One full load of one area, or of every area when `area` is `None`.
 pub async fn full_loads(config: &Config, area: Option<&str>) -> Result<Vec<LoadReport>, AppError> {
     let areas: Vec<_> = match area {
-        Some(id) => vec![config.area(id).ok_or_else(|| AppError::UnknownArea(id.into()))?],
+        Some(id) => vec![
+            config
+                .area(id)
+                .ok_or_else(|| AppError::UnknownArea(id.into()))?,
+        ],
         None => config.areas.iter().collect(),
     };
     let source = Source::connect(&config.source_url).await?;
@@ -102,10 +113,12 @@ impl Server {
     pub async fn bind(config: Arc<Config>, listen: SocketAddr) -> Result<Server, AppError> {
         let key = sftp::host_key(&config.sftp.host_key)?;
         let shared = Shared::new(config)?;
-        let listener = TcpListener::bind(listen).await.map_err(|source| AppError::Io {
-            what: format!("cannot listen on {listen}"),
-            source,
-        })?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| AppError::Io {
+                what: format!("cannot listen on {listen}"),
+                source,
+            })?;
         let addr = listener.local_addr().map_err(|source| AppError::Io {
             what: "listener address".into(),
             source,
@@ -128,18 +141,32 @@ impl Server {
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 const DEMO_KEYS: &[(&str, &str)] = &[
     ("bi-alpha", include_str!("../fixtures/keys/bi-alpha")),
-    ("bi-alpha.pub", include_str!("../fixtures/keys/bi-alpha.pub")),
+    (
+        "bi-alpha.pub",
+        include_str!("../fixtures/keys/bi-alpha.pub"),
+    ),
     ("bi-beta", include_str!("../fixtures/keys/bi-beta")),
     ("bi-beta.pub", include_str!("../fixtures/keys/bi-beta.pub")),
     ("bi-gamma", include_str!("../fixtures/keys/bi-gamma")),
-    ("bi-gamma.pub", include_str!("../fixtures/keys/bi-gamma.pub")),
+    (
+        "bi-gamma.pub",
+        include_str!("../fixtures/keys/bi-gamma.pub"),
+    ),
     ("bi-delta", include_str!("../fixtures/keys/bi-delta")),
-    ("bi-delta.pub", include_str!("../fixtures/keys/bi-delta.pub")),
+    (
+        "bi-delta.pub",
+        include_str!("../fixtures/keys/bi-delta.pub"),
+    ),
 ];
 
 /// Lays out a demo data folder: keys (mode 0600), `udstil.toml` listening on
 /// `listen`, and a synthetic DFDG if there is none yet. Returns the config path.
-pub async fn prepare_demo(dir: &Path, listen: SocketAddr, citizens: u64, seed: u64) -> Result<PathBuf, AppError> {
+pub async fn prepare_demo(
+    dir: &Path,
+    listen: SocketAddr,
+    citizens: u64,
+    seed: u64,
+) -> Result<PathBuf, AppError> {
     use std::os::unix::fs::PermissionsExt;
     let io = |what: String| move |source| AppError::Io { what, source };
     let keys = dir.join("keys");
@@ -152,7 +179,10 @@ pub async fn prepare_demo(dir: &Path, listen: SocketAddr, citizens: u64, seed: u
             .map_err(io(format!("chmod {}", path.display())))?;
     }
     let default_listen = "listen = \"127.0.0.1:2222\"";
-    assert!(DEMO_CONFIG.contains(default_listen), "config/demo.toml sets the demo listen address");
+    assert!(
+        DEMO_CONFIG.contains(default_listen),
+        "config/demo.toml sets the demo listen address"
+    );
     let text = DEMO_CONFIG.replacen(default_listen, &format!("listen = \"{listen}\""), 1);
     let config_path = dir.join("udstil.toml");
     std::fs::write(&config_path, text).map_err(io(format!("writing {}", config_path.display())))?;

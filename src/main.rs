@@ -11,7 +11,11 @@ use udstil::app;
 use udstil::source::Source;
 
 #[derive(Parser)]
-#[command(name = "udstil", version, about = "DFDG extracts as per-authority Parquet trees, served over SFTP")]
+#[command(
+    name = "udstil",
+    version,
+    about = "DFDG extracts as per-authority Parquet trees, served over SFTP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -131,7 +135,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "{}: ok ({} suppliers, {} agreements, {} data areas)",
                     config.display(),
                     c.suppliers.len(),
-                    c.agreements.connection.len() + c.agreements.data_processing.len() + c.agreements.cooperation.len(),
+                    c.agreements.connection.len()
+                        + c.agreements.data_processing.len()
+                        + c.agreements.cooperation.len(),
                     c.areas.len()
                 );
                 Ok(ExitCode::SUCCESS)
@@ -151,19 +157,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!(addr = %server.addr, "serving SFTP");
             serve_until_signal(server).await
         }
-        Command::Load { config, area, full: _ } => {
+        Command::Load {
+            config,
+            area,
+            full: _,
+        } => {
             let c = checked(&config).await?;
             for r in app::full_loads(&c, area.as_deref()).await? {
                 println!(
                     "{}: full load {} published: {} rows read, {} rows written to {} authorities, {} files, {} bytes, watermark {}, {:.1}s",
-                    r.area, r.load_id, r.rows_read, r.rows_written, r.authorities, r.files, r.bytes, r.watermark_to,
+                    r.area,
+                    r.load_id,
+                    r.rows_read,
+                    r.rows_written,
+                    r.authorities,
+                    r.files,
+                    r.bytes,
+                    r.watermark_to,
                     r.elapsed.as_secs_f64()
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Fixtures {
-            command: FixturesCommand::Generate { source, citizens, seed },
+            command:
+                FixturesCommand::Generate {
+                    source,
+                    citizens,
+                    seed,
+                },
         } => {
             let s = Source::create(&source).await?;
             let summary = udstil::fixtures::generate(&s, citizens, seed).await?;
@@ -174,9 +196,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { listen, data_dir, citizens } => demo(listen, &data_dir, citizens).await,
+        Command::Demo {
+            listen,
+            data_dir,
+            citizens,
+        } => demo(listen, &data_dir, citizens).await,
         Command::Bench {
-            command: BenchCommand::Load { source, citizens, work_dir, no_generate },
+            command:
+                BenchCommand::Load {
+                    source,
+                    citizens,
+                    work_dir,
+                    no_generate,
+                },
         } => bench_load(&source, citizens, &work_dir, no_generate).await,
     }
 }
@@ -204,7 +236,10 @@ async fn demo(listen: SocketAddr, dir: &Path, citizens: u64) -> anyhow::Result<E
     let config_path = app::prepare_demo(&dir, listen, citizens, 1).await?;
     let config = checked(&config_path).await?;
     for r in app::full_loads(&config, None).await? {
-        println!("loaded {:<30} {:>8} rows into {:>3} authorities ({})", r.area, r.rows_read, r.authorities, r.load_id);
+        println!(
+            "loaded {:<30} {:>8} rows into {:>3} authorities ({})",
+            r.area, r.rows_read, r.authorities, r.load_id
+        );
     }
     let config = Arc::new(config);
     let server = app::Server::bind(config.clone(), listen).await?;
@@ -240,14 +275,25 @@ fn peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-async fn bench_load(source: &str, citizens: u64, work: &Path, no_generate: bool) -> anyhow::Result<ExitCode> {
+async fn bench_load(
+    source: &str,
+    citizens: u64,
+    work: &Path,
+    no_generate: bool,
+) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
     let work = std::fs::canonicalize(work)?;
-    let cfg_text = include_str!("../config/demo.toml").replace("url = \"sqlite://dfdg.sqlite\"", &format!("url = \"{source}\""));
+    let cfg_text = include_str!("../config/demo.toml").replace(
+        "url = \"sqlite://dfdg.sqlite\"",
+        &format!("url = \"{source}\""),
+    );
     std::fs::create_dir_all(work.join("keys"))?;
     for s in ["bi-alpha", "bi-beta", "bi-gamma", "bi-delta"] {
-        std::fs::write(work.join("keys").join(format!("{s}.pub")), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF96/5qags1wXylJFqn17qwSlFgmPXR3ZBHYg5E1eGEH bench\n")?;
+        std::fs::write(
+            work.join("keys").join(format!("{s}.pub")),
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF96/5qags1wXylJFqn17qwSlFgmPXR3ZBHYg5E1eGEH bench\n",
+        )?;
     }
     let cfg_path = work.join("udstil.toml");
     std::fs::write(&cfg_path, cfg_text)?;
@@ -267,7 +313,10 @@ async fn bench_load(source: &str, citizens: u64, work: &Path, no_generate: bool)
     // Reset the peak-RSS counter so generation does not count (Linux: clear_refs 5).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let base = peak_rss();
-    println!("{:<30} {:>10} {:>10} {:>12} {:>14}", "area", "rows", "seconds", "rows/s", "peak RSS MiB");
+    println!(
+        "{:<30} {:>10} {:>10} {:>12} {:>14}",
+        "area", "rows", "seconds", "rows/s", "peak RSS MiB"
+    );
     let mut total_rows = 0u64;
     let mut total_secs = 0f64;
     for area in &config.areas {

@@ -13,24 +13,94 @@ fn udstil(args: &[&str]) -> Output {
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
-    text[..text.find(needle).unwrap_or_else(|| panic!("{needle} not in config"))].matches('\n').count() + 1
+    text[..text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle} not in config"))]
+        .matches('\n')
+        .count()
+        + 1
 }
 
 /// (what is broken, text replaced, replacement, expected message)
 const CASES: &[(&str, &str, &str, &str)] = &[
-    ("unknown authority", "authority = \"kommune/751\"", "authority = \"kommune/752\"", "names unknown authority: `kommune/752` is not on the official list"),
-    ("duplicate id", "id = \"dba-beta-751\"", "id = \"dba-beta-101\"", "duplicate agreement id \"dba-beta-101\""),
-    ("bad date", "valid_to = \"2026-06-30\"", "valid_to = \"2026-06-31\"", "valid_to = 2026-06-31 is not a date"),
-    ("end before start", "valid_to = \"2026-03-31\"", "valid_to = \"2024-03-31\"", "valid_to (2024-03-31) is not after valid_from (2025-01-01)"),
-    ("unknown data area", "areas = [\"joblog\"]", "areas = [\"joblog\", \"payroll\"]", "names unknown data area \"payroll\""),
-    ("bad cron", "delta = \"0 45 1 * * *\"", "delta = \"0 61 1 * * *\"", "schedule.delta = \"0 61 1 * * *\" is not a cron expression"),
-    ("unreadable key file", "key_files = [\"keys/bi-gamma.pub\"]", "key_files = [\"keys/missing.pub\"]", "supplier bi-gamma: cannot read key file"),
-    ("malformed key", "key_files = [\"keys/bi-delta.pub\"]", "keys = [\"ssh-ed25519 AAAAnotakey bi-delta\"]", "supplier bi-delta: key line 1 is not an OpenSSH public key"),
-    ("unknown column", "exclude_columns = [\"anden_aktoer_notat\"]", "exclude_columns = [\"anden_aktor_notat\"]", "exclude_columns names unknown column \"anden_aktor_notat\" of table plan_aktivitet"),
-    ("unknown supplier", "suppliers = [\"bi-alpha\"]", "suppliers = [\"bi-alpha\", \"bi-omega\"]", "names unknown supplier \"bi-omega\""),
-    ("bad listen address", "listen = \"127.0.0.1:2222\"", "listen = \"localhost\"", "[sftp] listen = \"localhost\" is not an address and port"),
-    ("bad source url", "url = \"sqlite://dfdg.sqlite\"", "url = \"mysql://dfdg\"", "[source] url = \"mysql://dfdg\" must start with sqlite:// or postgres://"),
-    ("misspelt field", "draft_column = \"kladde\"\nexclude_columns = [\"skat_indkomst\"]\nschedule = { delta = \"0 0", "draft_colum = \"kladde\"\nexclude_columns = [\"skat_indkomst\"]\nschedule = { delta = \"0 0", "unknown field `draft_colum`"),
+    (
+        "unknown authority",
+        "authority = \"kommune/751\"",
+        "authority = \"kommune/752\"",
+        "names unknown authority: `kommune/752` is not on the official list",
+    ),
+    (
+        "duplicate id",
+        "id = \"dba-beta-751\"",
+        "id = \"dba-beta-101\"",
+        "duplicate agreement id \"dba-beta-101\"",
+    ),
+    (
+        "bad date",
+        "valid_to = \"2026-06-30\"",
+        "valid_to = \"2026-06-31\"",
+        "valid_to = 2026-06-31 is not a date",
+    ),
+    (
+        "end before start",
+        "valid_to = \"2026-03-31\"",
+        "valid_to = \"2024-03-31\"",
+        "valid_to (2024-03-31) is not after valid_from (2025-01-01)",
+    ),
+    (
+        "unknown data area",
+        "areas = [\"joblog\"]",
+        "areas = [\"joblog\", \"payroll\"]",
+        "names unknown data area \"payroll\"",
+    ),
+    (
+        "bad cron",
+        "delta = \"0 45 1 * * *\"",
+        "delta = \"0 61 1 * * *\"",
+        "schedule.delta = \"0 61 1 * * *\" is not a cron expression",
+    ),
+    (
+        "unreadable key file",
+        "key_files = [\"keys/bi-gamma.pub\"]",
+        "key_files = [\"keys/missing.pub\"]",
+        "supplier bi-gamma: cannot read key file",
+    ),
+    (
+        "malformed key",
+        "key_files = [\"keys/bi-delta.pub\"]",
+        "keys = [\"ssh-ed25519 AAAAnotakey bi-delta\"]",
+        "supplier bi-delta: key line 1 is not an OpenSSH public key",
+    ),
+    (
+        "unknown column",
+        "exclude_columns = [\"anden_aktoer_notat\"]",
+        "exclude_columns = [\"anden_aktor_notat\"]",
+        "exclude_columns names unknown column \"anden_aktor_notat\" of table plan_aktivitet",
+    ),
+    (
+        "unknown supplier",
+        "suppliers = [\"bi-alpha\"]",
+        "suppliers = [\"bi-alpha\", \"bi-omega\"]",
+        "names unknown supplier \"bi-omega\"",
+    ),
+    (
+        "bad listen address",
+        "listen = \"127.0.0.1:2222\"",
+        "listen = \"localhost\"",
+        "[sftp] listen = \"localhost\" is not an address and port",
+    ),
+    (
+        "bad source url",
+        "url = \"sqlite://dfdg.sqlite\"",
+        "url = \"mysql://dfdg\"",
+        "[source] url = \"mysql://dfdg\" must start with sqlite:// or postgres://",
+    ),
+    (
+        "misspelt field",
+        "draft_column = \"kladde\"\nexclude_columns = [\"skat_indkomst\"]\nschedule = { delta = \"0 0",
+        "draft_colum = \"kladde\"\nexclude_columns = [\"skat_indkomst\"]\nschedule = { delta = \"0 0",
+        "unknown field `draft_colum`",
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +112,11 @@ async fn each_broken_config_gets_a_clear_error_and_the_daemon_refuses_it() {
     let good = std::fs::read_to_string(&config).unwrap();
     let path = config.to_str().unwrap();
     let ok = udstil(&["config", "check", "--config", path]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 
     let mut all = good.clone();
     for (what, from, to, message) in CASES {
@@ -61,7 +135,10 @@ async fn each_broken_config_gets_a_clear_error_and_the_daemon_refuses_it() {
 
         let out = udstil(&["serve", "--config", path]);
         assert!(!out.status.success(), "{what}: serve started");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to start"), "{what}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("refusing to start"),
+            "{what}"
+        );
         if *what != "misspelt field" && *what != "unknown column" {
             all = all.replacen(from, to, 1);
         }
@@ -71,8 +148,14 @@ async fn each_broken_config_gets_a_clear_error_and_the_daemon_refuses_it() {
     std::fs::write(&config, &all).unwrap();
     let out = udstil(&["config", "check", "--config", path]);
     let err = String::from_utf8_lossy(&out.stderr);
-    for (what, _, _, message) in CASES.iter().filter(|c| c.0 != "misspelt field" && c.0 != "unknown column") {
-        assert!(err.contains(message), "{what} missing when all errors are present:\n{err}");
+    for (what, _, _, message) in CASES
+        .iter()
+        .filter(|c| c.0 != "misspelt field" && c.0 != "unknown column")
+    {
+        assert!(
+            err.contains(message),
+            "{what} missing when all errors are present:\n{err}"
+        );
     }
     assert!(Path::new(path).exists());
 }

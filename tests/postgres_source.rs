@@ -11,7 +11,8 @@ use udstil::load::Manifest;
 use udstil::source::Source;
 
 fn admin_url() -> String {
-    std::env::var("UDSTIL_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("UDSTIL_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 struct TempDb {
@@ -25,18 +26,28 @@ impl TempDb {
         let mut conn = PgConnection::connect(&admin)
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL must run at {admin} for this test: {e}"));
-        let name = format!("udstil_test_{}_{}", std::process::id(), chrono::Utc::now().timestamp_micros());
-        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+        let name = format!(
+            "udstil_test_{}_{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        );
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
         TempDb { name, url }
     }
 
     async fn drop(self) {
         let mut conn = PgConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        sqlx::query(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     }
 }
 
@@ -49,18 +60,28 @@ async fn full_load_from_postgres_routes_every_row_to_its_authorities_only() {
     assert!(summary.rows[0] > 0);
 
     // The demo config with the PostgreSQL source.
-    let config_path = udstil::app::prepare_demo(dir.path(), "127.0.0.1:0".parse().unwrap(), 1, 1).await.unwrap();
-    let text = std::fs::read_to_string(&config_path)
-        .unwrap()
-        .replace("url = \"sqlite://dfdg.sqlite\"", &format!("url = \"{}\"", db.url));
+    let config_path = udstil::app::prepare_demo(dir.path(), "127.0.0.1:0".parse().unwrap(), 1, 1)
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&config_path).unwrap().replace(
+        "url = \"sqlite://dfdg.sqlite\"",
+        &format!("url = \"{}\"", db.url),
+    );
     std::fs::write(&config_path, text).unwrap();
     let config = udstil::app::check_config(&config_path).await.unwrap();
     assert!(config.source_url.starts_with("postgres"));
-    let reports = udstil::app::full_loads(&config, Some("joblog")).await.unwrap();
+    let reports = udstil::app::full_loads(&config, Some("joblog"))
+        .await
+        .unwrap();
     let report = &reports[0];
 
-    let Source::Postgres(pool) = &source else { unreachable!() };
-    let (watermark,): (i64,) = sqlx::query_as("SELECT MAX(seq) FROM joblog_journal").fetch_one(pool).await.unwrap();
+    let Source::Postgres(pool) = &source else {
+        unreachable!()
+    };
+    let (watermark,): (i64,) = sqlx::query_as("SELECT MAX(seq) FROM joblog_journal")
+        .fetch_one(pool)
+        .await
+        .unwrap();
     assert_eq!(report.watermark_to, watermark);
 
     // Every published row, per authority, is exactly the source's non-draft rows for it.
@@ -71,24 +92,47 @@ async fn full_load_from_postgres_routes_every_row_to_its_authorities_only() {
         if kind.starts_with('.') {
             continue;
         }
-        let column = if kind == "kommune" { "kommune_kode" } else { "akasse_kode" };
+        let column = if kind == "kommune" {
+            "kommune_kode"
+        } else {
+            "akasse_kode"
+        };
         for auth in std::fs::read_dir(&kind_dir).unwrap() {
             let auth = auth.unwrap().path();
             let code = auth.file_name().unwrap().to_string_lossy().into_owned();
             let full = auth.join("joblog/v1/full");
-            let load = std::fs::read_dir(&full).unwrap().next().unwrap().unwrap().path();
-            let manifest: Manifest = serde_json::from_slice(&std::fs::read(load.join("MANIFEST.json")).unwrap()).unwrap();
+            let load = std::fs::read_dir(&full)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path();
+            let manifest: Manifest =
+                serde_json::from_slice(&std::fs::read(load.join("MANIFEST.json")).unwrap())
+                    .unwrap();
             assert_eq!(manifest.watermark_to, watermark);
-            assert!(manifest.schema.iter().all(|f| f.name != "skat_indkomst" && f.name != "kladde"));
+            assert!(
+                manifest
+                    .schema
+                    .iter()
+                    .all(|f| f.name != "skat_indkomst" && f.name != "kladde")
+            );
             let mut got = BTreeSet::new();
             for f in &manifest.files {
-                let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(load.join(&f.name)).unwrap())
-                    .unwrap()
-                    .build()
-                    .unwrap();
+                let reader = ParquetRecordBatchReaderBuilder::try_new(
+                    std::fs::File::open(load.join(&f.name)).unwrap(),
+                )
+                .unwrap()
+                .build()
+                .unwrap();
                 for batch in reader {
                     let batch = batch.unwrap();
-                    let ids = batch.column_by_name("joblog_id").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+                    let ids = batch
+                        .column_by_name("joblog_id")
+                        .unwrap()
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap();
                     got.extend(ids.iter().map(|v| v.unwrap()));
                 }
             }
@@ -111,7 +155,10 @@ async fn full_load_from_postgres_routes_every_row_to_its_authorities_only() {
     .fetch_one(pool)
     .await
     .unwrap();
-    assert_eq!(published_total, routable as u64, "each row once per authority it belongs to");
+    assert_eq!(
+        published_total, routable as u64,
+        "each row once per authority it belongs to"
+    );
     assert_eq!(report.rows_written, published_total);
     source.close().await;
     db.drop().await;
@@ -120,14 +167,31 @@ async fn full_load_from_postgres_routes_every_row_to_its_authorities_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_source_fails_the_load_and_publishes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let config_path = udstil::app::prepare_demo(dir.path(), "127.0.0.1:0".parse().unwrap(), 50, 1).await.unwrap();
+    let config_path = udstil::app::prepare_demo(dir.path(), "127.0.0.1:0".parse().unwrap(), 50, 1)
+        .await
+        .unwrap();
     let config = udstil::app::check_config(&config_path).await.unwrap();
-    udstil::app::full_loads(&config, Some("joblog")).await.unwrap();
-    let before = std::fs::read_dir(config.storage_root.join("kommune/101/joblog/v1/full")).unwrap().count();
+    udstil::app::full_loads(&config, Some("joblog"))
+        .await
+        .unwrap();
+    let before = std::fs::read_dir(config.storage_root.join("kommune/101/joblog/v1/full"))
+        .unwrap()
+        .count();
     let mut broken = config.clone();
     // Port 1 on loopback: nothing listens there.
     broken.source_url = "postgres://postgres@127.0.0.1:1/none".into();
-    let err = udstil::app::full_loads(&broken, Some("joblog")).await.unwrap_err();
-    assert!(err.to_string().contains("cannot connect to source postgres://postgres@127.0.0.1:1/none"), "{err}");
-    assert_eq!(std::fs::read_dir(config.storage_root.join("kommune/101/joblog/v1/full")).unwrap().count(), before);
+    let err = udstil::app::full_loads(&broken, Some("joblog"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot connect to source postgres://postgres@127.0.0.1:1/none"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(config.storage_root.join("kommune/101/joblog/v1/full"))
+            .unwrap()
+            .count(),
+        before
+    );
 }

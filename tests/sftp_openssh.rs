@@ -15,7 +15,8 @@ use udstil::source::Source;
 /// Keys (as text) in every Parquet file of a downloaded load folder, after
 /// checking SHA256SUMS and the manifest against the files.
 fn check_load_folder(dir: &Path, key: &str, forbidden: &[&str]) -> BTreeSet<String> {
-    let manifest: Manifest = serde_json::from_slice(&std::fs::read(dir.join("MANIFEST.json")).unwrap()).unwrap();
+    let manifest: Manifest =
+        serde_json::from_slice(&std::fs::read(dir.join("MANIFEST.json")).unwrap()).unwrap();
     let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
     assert_eq!(sums.lines().count(), manifest.files.len());
     let mut keys = BTreeSet::new();
@@ -34,7 +35,10 @@ fn check_load_folder(dir: &Path, key: &str, forbidden: &[&str]) -> BTreeSet<Stri
         for batch in reader {
             let batch = batch.unwrap();
             for f in forbidden {
-                assert!(batch.schema().field_with_name(f).is_err(), "column {f} published");
+                assert!(
+                    batch.schema().field_with_name(f).is_err(),
+                    "column {f} published"
+                );
             }
             rows += batch.num_rows();
             let col = batch.column_by_name(key).unwrap();
@@ -47,23 +51,43 @@ fn check_load_folder(dir: &Path, key: &str, forbidden: &[&str]) -> BTreeSet<Stri
         }
         assert_eq!(rows as u64, entry.rows);
     }
-    assert_eq!(keys.len() as u64, manifest.rows, "keys are unique and all counted");
+    assert_eq!(
+        keys.len() as u64,
+        manifest.rows,
+        "keys are unique and all counted"
+    );
     keys
 }
 
 /// The keys an authority may see in an area, straight from the source.
-async fn expected_keys(env: &Env, table: &str, key: &str, route: &str, authority: AuthorityId) -> BTreeSet<String> {
+async fn expected_keys(
+    env: &Env,
+    table: &str,
+    key: &str,
+    route: &str,
+    authority: AuthorityId,
+) -> BTreeSet<String> {
     let Source::Sqlite(pool) = Source::connect(&env.config.source_url).await.unwrap() else {
         unreachable!("the demo uses SQLite")
     };
     let sql = format!("SELECT CAST({key} AS TEXT) FROM {table} WHERE {route} = ?1 AND NOT kladde");
-    let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(authority.code_str()).fetch_all(&pool).await.unwrap();
-    assert!(!rows.is_empty(), "the fixture gives {authority} rows in {table}");
+    let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(authority.code_str())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(
+        !rows.is_empty(),
+        "the fixture gives {authority} rows in {table}"
+    );
     rows.into_iter().map(|(k,)| k).collect()
 }
 
 fn only_load_folder(dir: &Path) -> std::path::PathBuf {
-    let mut loads: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut loads: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(loads.len(), 1, "{}", dir.display());
     loads.pop().unwrap()
 }
@@ -77,54 +101,145 @@ async fn two_suppliers_download_exactly_their_authorities_rows() {
     std::fs::create_dir_all(&alpha).unwrap();
     std::fs::create_dir_all(&beta).unwrap();
 
-    let out = env.sftp("bi-alpha", &format!("ls /\nls /kommune\nls /kommune/101\nget -r /kommune {}\n", alpha.display()), &[]);
+    let out = env.sftp(
+        "bi-alpha",
+        &format!(
+            "ls /\nls /kommune\nls /kommune/101\nget -r /kommune {}\n",
+            alpha.display()
+        ),
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let listing = stdout(&out);
-    assert!(listing.contains("kommune/101") && listing.contains("kommune/147") && listing.contains("kommune/151"), "{listing}");
-    assert!(!listing.contains("751") && !listing.contains("akasse"), "{listing}");
+    assert!(
+        listing.contains("kommune/101")
+            && listing.contains("kommune/147")
+            && listing.contains("kommune/151"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("751") && !listing.contains("akasse"),
+        "{listing}"
+    );
 
-    let out = env.sftp("bi-beta", &format!("ls /kommune\nls /kommune/101\nget -r /kommune {}\n", beta.display()), &[]);
+    let out = env.sftp(
+        "bi-beta",
+        &format!(
+            "ls /kommune\nls /kommune/101\nget -r /kommune {}\n",
+            beta.display()
+        ),
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let listing = stdout(&out);
-    assert!(listing.contains("kommune/101/joblog") && !listing.contains("plans-and-activities") && !listing.contains("751"), "{listing}");
+    assert!(
+        listing.contains("kommune/101/joblog")
+            && !listing.contains("plans-and-activities")
+            && !listing.contains("751"),
+        "{listing}"
+    );
 
     // What each downloaded: exactly the permitted authorities and areas.
-    let dirs = |p: &Path| -> BTreeSet<String> { std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect() };
-    assert_eq!(dirs(&alpha.join("kommune")), BTreeSet::from(["101".into(), "147".into(), "151".into()]));
-    assert_eq!(dirs(&alpha.join("kommune/147")), BTreeSet::from(["joblog".into(), "plans-and-activities".into()]));
+    let dirs = |p: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(
+        dirs(&alpha.join("kommune")),
+        BTreeSet::from(["101".into(), "147".into(), "151".into()])
+    );
+    assert_eq!(
+        dirs(&alpha.join("kommune/147")),
+        BTreeSet::from(["joblog".into(), "plans-and-activities".into()])
+    );
     assert_eq!(dirs(&beta.join("kommune")), BTreeSet::from(["101".into()]));
-    assert_eq!(dirs(&beta.join("kommune/101")), BTreeSet::from(["joblog".into()]));
+    assert_eq!(
+        dirs(&beta.join("kommune/101")),
+        BTreeSet::from(["joblog".into()])
+    );
 
     for code in ["101", "147", "151"] {
         let authority: AuthorityId = format!("kommune/{code}").parse().unwrap();
         let base = alpha.join("kommune").join(code);
         let load = only_load_folder(&base.join("joblog/v1/full"));
         let got = check_load_folder(&load, "joblog_id", &["kladde", "skat_indkomst"]);
-        assert_eq!(got, expected_keys(&env, "joblog", "joblog_id", "kommune_kode", authority).await, "joblog {code}");
+        assert_eq!(
+            got,
+            expected_keys(&env, "joblog", "joblog_id", "kommune_kode", authority).await,
+            "joblog {code}"
+        );
         let load = only_load_folder(&base.join("plans-and-activities/v1/full"));
         let got = check_load_folder(&load, "aktivitet_id", &["kladde", "anden_aktoer_notat"]);
-        assert_eq!(got, expected_keys(&env, "plan_aktivitet", "aktivitet_id", "kommune_kode", authority).await, "plans {code}");
+        assert_eq!(
+            got,
+            expected_keys(
+                &env,
+                "plan_aktivitet",
+                "aktivitet_id",
+                "kommune_kode",
+                authority
+            )
+            .await,
+            "plans {code}"
+        );
     }
     let load = only_load_folder(&beta.join("kommune/101/joblog/v1/full"));
     let got = check_load_folder(&load, "joblog_id", &["kladde", "skat_indkomst"]);
-    assert_eq!(got, expected_keys(&env, "joblog", "joblog_id", "kommune_kode", "kommune/101".parse().unwrap()).await);
+    assert_eq!(
+        got,
+        expected_keys(
+            &env,
+            "joblog",
+            "joblog_id",
+            "kommune_kode",
+            "kommune/101".parse().unwrap()
+        )
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fund_supplier_sees_the_akasse_side_and_gamma_sees_nothing() {
     let env = start(800).await;
     let dl = tempfile::tempdir().unwrap();
-    let out = env.sftp("bi-delta", &format!("ls /\nls /akasse\nget -r /akasse/902 {}\n", dl.path().display()), &[]);
+    let out = env.sftp(
+        "bi-delta",
+        &format!(
+            "ls /\nls /akasse\nget -r /akasse/902 {}\n",
+            dl.path().display()
+        ),
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let listing = stdout(&out);
-    assert!(listing.contains("akasse/902") && listing.contains("akasse/905") && !listing.contains("kommune"), "{listing}");
+    assert!(
+        listing.contains("akasse/902")
+            && listing.contains("akasse/905")
+            && !listing.contains("kommune"),
+        "{listing}"
+    );
     let load = only_load_folder(&dl.path().join("902/unemployment-fund-membership/v1/full"));
     let got = check_load_folder(&load, "medlemskab_id", &["kladde", "skat_indkomst"]);
-    assert_eq!(got, expected_keys(&env, "akasse_medlemskab", "medlemskab_id", "akasse_kode", "akasse/902".parse().unwrap()).await);
+    assert_eq!(
+        got,
+        expected_keys(
+            &env,
+            "akasse_medlemskab",
+            "medlemskab_id",
+            "akasse_kode",
+            "akasse/902".parse().unwrap()
+        )
+        .await
+    );
 
     // Step 1 passes (login works), step 2 shows nothing: the cooperation agreement ended.
     let out = env.sftp("bi-gamma", "ls -a /\nls /kommune\n", &[]);
-    assert!(!out.status.success(), "listing /kommune must fail for bi-gamma");
+    assert!(
+        !out.status.success(),
+        "listing /kommune must fail for bi-gamma"
+    );
     let listing = stdout(&out);
     let root: Vec<&str> = listing
         .split("sftp> ls -a /\n")
@@ -134,7 +249,11 @@ async fn fund_supplier_sees_the_akasse_side_and_gamma_sees_nothing() {
         .split_whitespace()
         .collect();
     assert_eq!(root, ["/.", "/.."], "bi-gamma's root holds only . and ..");
-    assert!(stderr(&out).contains("\"/kommune\" not found"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("\"/kommune\" not found"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,8 +262,16 @@ async fn writes_and_escapes_fail_and_leave_the_tree_unchanged() {
     let before = snapshot(env.root());
     let local = env.path().join("upload.txt");
     std::fs::write(&local, "x").unwrap();
-    let load = std::fs::read_dir(env.root().join("kommune/101/joblog/v1/full")).unwrap().next().unwrap().unwrap().file_name();
-    let file = format!("/kommune/101/joblog/v1/full/{}/MANIFEST.json", load.to_string_lossy());
+    let load = std::fs::read_dir(env.root().join("kommune/101/joblog/v1/full"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let file = format!(
+        "/kommune/101/joblog/v1/full/{}/MANIFEST.json",
+        load.to_string_lossy()
+    );
     // Each command alone, so one failure does not hide the next.
     let attempts = [
         format!("put {} /kommune/101/joblog/new.txt", local.display()),
@@ -168,7 +295,10 @@ async fn writes_and_escapes_fail_and_leave_the_tree_unchanged() {
         assert!(!out.status.success(), "{cmd} succeeded: {}", stdout(&out));
         let err = stderr(&out);
         assert!(
-            err.contains("Permission denied") || err.contains("No such file") || err.contains("not found") || err.contains("Can't ls"),
+            err.contains("Permission denied")
+                || err.contains("No such file")
+                || err.contains("not found")
+                || err.contains("Can't ls"),
             "{cmd}: {err}"
         );
     }
@@ -176,21 +306,33 @@ async fn writes_and_escapes_fail_and_leave_the_tree_unchanged() {
     // `cd ..` at the root stays at the root, as in a chroot.
     let out = env.sftp("bi-beta", "cd ../../..\npwd\nls\n", &[]);
     assert!(out.status.success());
-    assert!(stdout(&out).contains("Remote working directory: /\n"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("Remote working directory: /\n"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_keys_other_users_keys_and_passwords_are_refused() {
     let env = start(100).await;
     let stranger = env.path().join("stranger");
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/keys/stranger"), &stranger).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/keys/stranger"),
+        &stranger,
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&stranger, std::fs::Permissions::from_mode(0o600)).unwrap();
     let addr = env.addr;
     let refused = |user: &str, key: &Path| {
         let out = tokio::task::block_in_place(|| sftp_with_key(addr, user, key, "ls\n", &[]));
         assert!(!out.status.success(), "{user} logged in");
-        assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("Permission denied"),
+            "{}",
+            stderr(&out)
+        );
     };
     refused("bi-alpha", &stranger);
     refused("nobody", &stranger);
@@ -200,14 +342,29 @@ async fn unknown_keys_other_users_keys_and_passwords_are_refused() {
     let out = tokio::task::block_in_place(|| {
         std::process::Command::new("ssh")
             .args(ssh_opts())
-            .args(["-o", "PreferredAuthentications=password,keyboard-interactive", "-o", "PubkeyAuthentication=no"])
-            .args(["-p", &addr.port().to_string(), "-s", &format!("bi-alpha@{}", addr.ip()), "sftp"])
+            .args([
+                "-o",
+                "PreferredAuthentications=password,keyboard-interactive",
+                "-o",
+                "PubkeyAuthentication=no",
+            ])
+            .args([
+                "-p",
+                &addr.port().to_string(),
+                "-s",
+                &format!("bi-alpha@{}", addr.ip()),
+                "sftp",
+            ])
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap()
     });
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("Permission denied (publickey)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Permission denied (publickey)"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,13 +386,30 @@ async fn shell_exec_and_forwarding_are_refused() {
     };
     let target = format!("bi-alpha@{}", env.addr.ip());
     let out = ssh(&[&target, "cat /etc/passwd"]);
-    assert!(!out.status.success() && !stdout(&out).contains("root:"), "exec ran: {}", stdout(&out));
+    assert!(
+        !out.status.success() && !stdout(&out).contains("root:"),
+        "exec ran: {}",
+        stdout(&out)
+    );
     let out = ssh(&["-T", &target]);
-    assert!(!out.status.success() || stdout(&out).is_empty(), "shell ran");
-    let out = ssh(&["-N", "-o", "ExitOnForwardFailure=yes", "-L", "127.0.0.1:0:127.0.0.1:22", &target]);
+    assert!(
+        !out.status.success() || stdout(&out).is_empty(),
+        "shell ran"
+    );
+    let out = ssh(&[
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-L",
+        "127.0.0.1:0:127.0.0.1:22",
+        &target,
+    ]);
     assert!(!out.status.success(), "local forwarding accepted");
     let out = ssh(&["-W", "127.0.0.1:22", &target]);
-    assert!(!out.status.success() && !stdout(&out).starts_with("SSH-"), "direct-tcpip accepted");
+    assert!(
+        !out.status.success() && !stdout(&out).starts_with("SSH-"),
+        "direct-tcpip accepted"
+    );
 }
 
 /// 1 GiB through many outstanding requests and large reads must not stall
@@ -243,7 +417,9 @@ async fn shell_exec_and_forwarding_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_download_with_many_outstanding_large_reads() {
     let env = start(50).await;
-    let dir = env.root().join("kommune/101/joblog/v1/full/000999_20261122T000000Z");
+    let dir = env
+        .root()
+        .join("kommune/101/joblog/v1/full/000999_20261122T000000Z");
     std::fs::create_dir_all(&dir).unwrap();
     let big = dir.join("big.bin");
     {
@@ -258,9 +434,19 @@ async fn one_gib_download_with_many_outstanding_large_reads() {
     }
     let want = sha256_file(&big);
     let dl = tempfile::tempdir().unwrap();
-    for (i, extra) in [&["-R", "256"][..], &["-R", "256", "-B", "261120"][..]].iter().enumerate() {
+    for (i, extra) in [&["-R", "256"][..], &["-R", "256", "-B", "261120"][..]]
+        .iter()
+        .enumerate()
+    {
         let local = dl.path().join(format!("big{i}.bin"));
-        let out = env.sftp("bi-alpha", &format!("get /kommune/101/joblog/v1/full/000999_20261122T000000Z/big.bin {}\n", local.display()), extra);
+        let out = env.sftp(
+            "bi-alpha",
+            &format!(
+                "get /kommune/101/joblog/v1/full/000999_20261122T000000Z/big.bin {}\n",
+                local.display()
+            ),
+            extra,
+        );
         assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
         assert_eq!(sha256_file(&local), want, "{extra:?}");
         std::fs::remove_file(&local).unwrap();

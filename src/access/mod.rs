@@ -172,7 +172,11 @@ impl Agreements {
 
     /// Everything the supplier may read at `now`: authority -> data areas.
     /// An authority appears only with at least one area.
-    pub fn visible(&self, supplier: &str, now: DateTime<Utc>) -> BTreeMap<AuthorityId, BTreeSet<String>> {
+    pub fn visible(
+        &self,
+        supplier: &str,
+        now: DateTime<Utc>,
+    ) -> BTreeMap<AuthorityId, BTreeSet<String>> {
         let areas: BTreeSet<&String> = self
             .cooperation
             .iter()
@@ -198,12 +202,23 @@ impl Agreements {
     }
 
     /// Shortcut used on every path lookup of an SFTP session.
-    pub fn may_read(&self, supplier: &str, authority: AuthorityId, area: &str, now: DateTime<Utc>) -> bool {
+    pub fn may_read(
+        &self,
+        supplier: &str,
+        authority: AuthorityId,
+        area: &str,
+        now: DateTime<Utc>,
+    ) -> bool {
         self.decide(supplier, authority, area, now).is_ok()
     }
 
     /// Whether any area of `authority` is visible to `supplier` at `now`.
-    pub fn may_see_authority(&self, supplier: &str, authority: AuthorityId, now: DateTime<Utc>) -> bool {
+    pub fn may_see_authority(
+        &self,
+        supplier: &str,
+        authority: AuthorityId,
+        now: DateTime<Utc>,
+    ) -> bool {
         self.visible(supplier, now).contains_key(&authority)
     }
 }

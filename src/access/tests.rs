@@ -74,11 +74,18 @@ fn with(kind: AgreementKind, change: Change) -> Agreements {
         }
         (AgreementKind::Cooperation, Change::Remove) => ag.cooperation.clear(),
         (AgreementKind::Connection, c) => {
-            ag.connection.iter_mut().find(|x| x.authority == a()).unwrap().validity = validity(c)
+            ag.connection
+                .iter_mut()
+                .find(|x| x.authority == a())
+                .unwrap()
+                .validity = validity(c)
         }
         (AgreementKind::DataProcessing, c) => {
-            ag.data_processing.iter_mut().find(|x| x.authority == a()).unwrap().validity =
-                validity(c)
+            ag.data_processing
+                .iter_mut()
+                .find(|x| x.authority == a())
+                .unwrap()
+                .validity = validity(c)
         }
         (AgreementKind::Cooperation, c) => ag.cooperation[0].validity = validity(c),
     }
@@ -98,7 +105,11 @@ fn check(ag: &Agreements, now: &str, visible: &[(AuthorityId, &[&str])], denial:
     for auth in [a(), b()] {
         for area in ["joblog", "plans", "other"] {
             let allowed = want.get(&auth).is_some_and(|s| s.contains(area));
-            assert_eq!(ag.may_read(S, auth, area, now), allowed, "{auth} {area} at {now}");
+            assert_eq!(
+                ag.may_read(S, auth, area, now),
+                allowed,
+                "{auth} {area} at {now}"
+            );
         }
     }
     match denial {
@@ -123,7 +134,12 @@ fn each_agreement_missing_not_started_or_ended_hides_only_what_it_covers() {
             _ => "dpa-101",
         };
         // Missing: A disappears, B stays.
-        check(&with(kind, Change::Remove), NOW, &[(b(), BOTH)], Some(Denial::Missing(kind)));
+        check(
+            &with(kind, Change::Remove),
+            NOW,
+            &[(b(), BOTH)],
+            Some(Denial::Missing(kind)),
+        );
 
         // Not yet started: hidden one second before, visible at the instant.
         let ag = with(kind, Change::Window("2026-12-01T00:00:00Z", None));
@@ -137,11 +153,24 @@ fn each_agreement_missing_not_started_or_ended_hides_only_what_it_covers() {
                 from: t("2026-12-01T00:00:00Z"),
             }),
         );
-        check(&ag, "2026-12-01T00:00:00Z", &[(a(), BOTH), (b(), BOTH)], None);
+        check(
+            &ag,
+            "2026-12-01T00:00:00Z",
+            &[(a(), BOTH), (b(), BOTH)],
+            None,
+        );
 
         // Ended: visible one second before the end, hidden at the end.
-        let ag = with(kind, Change::Window("2020-01-01T00:00:00Z", Some("2026-11-22T12:00:00Z")));
-        check(&ag, "2026-11-22T11:59:59Z", &[(a(), BOTH), (b(), BOTH)], None);
+        let ag = with(
+            kind,
+            Change::Window("2020-01-01T00:00:00Z", Some("2026-11-22T12:00:00Z")),
+        );
+        check(
+            &ag,
+            "2026-11-22T11:59:59Z",
+            &[(a(), BOTH), (b(), BOTH)],
+            None,
+        );
         check(
             &ag,
             "2026-11-22T12:00:00Z",
@@ -155,7 +184,12 @@ fn each_agreement_missing_not_started_or_ended_hides_only_what_it_covers() {
     }
 
     // The cooperation agreement is the supplier's own: without it nothing is visible.
-    check(&with(Cooperation, Change::Remove), NOW, &[], Some(Denial::Missing(Cooperation)));
+    check(
+        &with(Cooperation, Change::Remove),
+        NOW,
+        &[],
+        Some(Denial::Missing(Cooperation)),
+    );
     let ag = with(Cooperation, Change::Window("2026-12-01T00:00:00Z", None));
     check(
         &ag,
@@ -167,8 +201,16 @@ fn each_agreement_missing_not_started_or_ended_hides_only_what_it_covers() {
             from: t("2026-12-01T00:00:00Z"),
         }),
     );
-    check(&ag, "2026-12-01T00:00:00Z", &[(a(), BOTH), (b(), BOTH)], None);
-    let ag = with(Cooperation, Change::Window("2020-01-01T00:00:00Z", Some(NOW)));
+    check(
+        &ag,
+        "2026-12-01T00:00:00Z",
+        &[(a(), BOTH), (b(), BOTH)],
+        None,
+    );
+    let ag = with(
+        Cooperation,
+        Change::Window("2020-01-01T00:00:00Z", Some(NOW)),
+    );
     let before = (t(NOW) - Duration::seconds(1)).to_rfc3339();
     check(&ag, &before, &[(a(), BOTH), (b(), BOTH)], None);
     check(
@@ -198,7 +240,12 @@ fn area_missing_from_cooperation_hides_just_that_area() {
 fn supplier_not_listed_in_connection_annex_is_denied() {
     let mut ag = base();
     ag.connection[0].suppliers.remove(S);
-    check(&ag, NOW, &[(b(), BOTH)], Some(Denial::Missing(AgreementKind::Connection)));
+    check(
+        &ag,
+        NOW,
+        &[(b(), BOTH)],
+        Some(Denial::Missing(AgreementKind::Connection)),
+    );
 }
 
 #[test]

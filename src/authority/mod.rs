@@ -68,7 +68,10 @@ impl AuthorityId {
             let mut t = [[false; 1000]; 2];
             for (i, list) in [KOMMUNER, AKASSER].into_iter().enumerate() {
                 for line in list.lines().skip(1) {
-                    if let Some(code) = line.split_once(',').and_then(|(c, _)| c.parse::<usize>().ok()) {
+                    if let Some(code) = line
+                        .split_once(',')
+                        .and_then(|(c, _)| c.parse::<usize>().ok())
+                    {
                         t[i][code] = true;
                     }
                 }
@@ -141,7 +144,8 @@ impl FromStr for AuthorityId {
         if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ParseAuthorityError::Syntax(s.to_string()));
         }
-        AuthorityId::known(kind, code).ok_or_else(|| ParseAuthorityError::Unknown(s.to_string(), kind))
+        AuthorityId::known(kind, code)
+            .ok_or_else(|| ParseAuthorityError::Unknown(s.to_string(), kind))
     }
 }
 
@@ -152,8 +156,14 @@ mod tests {
     #[test]
     fn lists_hold_98_municipalities_and_21_funds() {
         let all = AuthorityId::all();
-        let k = all.iter().filter(|a| a.kind == AuthorityKind::Kommune).count();
-        let a = all.iter().filter(|a| a.kind == AuthorityKind::Akasse).count();
+        let k = all
+            .iter()
+            .filter(|a| a.kind == AuthorityKind::Kommune)
+            .count();
+        let a = all
+            .iter()
+            .filter(|a| a.kind == AuthorityKind::Akasse)
+            .count();
         assert_eq!((k, a), (98, 21));
     }
 
@@ -169,9 +179,18 @@ mod tests {
                 AuthorityKind::Kommune
             ))
         );
-        for bad in ["101", "kommune/0101", "kommune/1x1", "region/101", "akasse/"] {
+        for bad in [
+            "101",
+            "kommune/0101",
+            "kommune/1x1",
+            "region/101",
+            "akasse/",
+        ] {
             assert!(
-                matches!(bad.parse::<AuthorityId>(), Err(ParseAuthorityError::Syntax(_))),
+                matches!(
+                    bad.parse::<AuthorityId>(),
+                    Err(ParseAuthorityError::Syntax(_))
+                ),
                 "{bad}"
             );
         }

@@ -21,7 +21,7 @@ use russh::keys::ssh_key::authorized_keys::Entry;
 use toml::Spanned;
 
 use crate::access::{
-    Agreements, CooperationAgreement, ConnectionAgreement, DataProcessingAgreement, Validity,
+    Agreements, ConnectionAgreement, CooperationAgreement, DataProcessingAgreement, Validity,
 };
 use crate::authority::AuthorityId;
 use raw::*;
@@ -150,7 +150,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 struct Validator<'a> {
@@ -171,7 +175,11 @@ impl Validator<'_> {
 
     fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_path_buf() } else { self.dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
@@ -189,7 +197,10 @@ impl Validator<'_> {
             }
         };
         let source_url = self.db_url("[source] url", &raw.source.url);
-        let state_url = raw.state.as_ref().map(|s| self.db_url("[state] url", &s.url));
+        let state_url = raw
+            .state
+            .as_ref()
+            .map(|s| self.db_url("[state] url", &s.url));
 
         let areas = self.areas(&raw.areas);
         let area_ids: BTreeSet<String> = areas.iter().map(|a| a.id.clone()).collect();
@@ -215,9 +226,14 @@ impl Validator<'_> {
     fn db_url(&mut self, what: &str, url: &Spanned<String>) -> String {
         let u = url.get_ref();
         if let Some(rest) = u.strip_prefix("sqlite://") {
-            let (path, query) = rest.split_once('?').map_or((rest, None), |(p, q)| (p, Some(q)));
+            let (path, query) = rest
+                .split_once('?')
+                .map_or((rest, None), |(p, q)| (p, Some(q)));
             if path.is_empty() {
-                self.err(url.span(), format!("{what} = \"{u}\" names no database file"));
+                self.err(
+                    url.span(),
+                    format!("{what} = \"{u}\" names no database file"),
+                );
                 return u.clone();
             }
             let abs = self.path(path);
@@ -257,7 +273,10 @@ impl Validator<'_> {
 
     fn unique(&mut self, seen: &mut HashSet<String>, what: &str, id: &Spanned<String>) {
         if !seen.insert(id.get_ref().clone()) {
-            self.err(id.span(), format!("duplicate {what} id \"{}\"", id.get_ref()));
+            self.err(
+                id.span(),
+                format!("duplicate {what} id \"{}\"", id.get_ref()),
+            );
         }
     }
 
@@ -279,7 +298,10 @@ impl Validator<'_> {
                 _ => {
                     self.err(
                         r.version.span(),
-                        format!("area {id}: version {} must be a whole number from 1", r.version.get_ref()),
+                        format!(
+                            "area {id}: version {} must be a whole number from 1",
+                            r.version.get_ref()
+                        ),
                     );
                     1
                 }
@@ -309,20 +331,48 @@ impl Validator<'_> {
             let area = Area {
                 table: self.ident(&format!("area {id}: table"), &r.table),
                 journal: self.ident(&format!("area {id}: journal"), &r.journal),
-                key: r.key.iter().map(|k| self.ident(&format!("area {id}: key column"), k)).collect(),
-                sequence_column: self.ident(&format!("area {id}: sequence_column"), &r.sequence_column),
-                operation_column: self.ident(&format!("area {id}: operation_column"), &r.operation_column),
-                changed_at_column: self.ident(&format!("area {id}: changed_at_column"), &r.changed_at_column),
-                route_kommune: r.route.kommune.as_ref().map(|c| self.ident(&format!("area {id}: route.kommune"), c)),
-                route_akasse: r.route.akasse.as_ref().map(|c| self.ident(&format!("area {id}: route.akasse"), c)),
-                draft_column: r.draft_column.as_ref().map(|c| self.ident(&format!("area {id}: draft_column"), c)),
+                key: r
+                    .key
+                    .iter()
+                    .map(|k| self.ident(&format!("area {id}: key column"), k))
+                    .collect(),
+                sequence_column: self
+                    .ident(&format!("area {id}: sequence_column"), &r.sequence_column),
+                operation_column: self
+                    .ident(&format!("area {id}: operation_column"), &r.operation_column),
+                changed_at_column: self.ident(
+                    &format!("area {id}: changed_at_column"),
+                    &r.changed_at_column,
+                ),
+                route_kommune: r
+                    .route
+                    .kommune
+                    .as_ref()
+                    .map(|c| self.ident(&format!("area {id}: route.kommune"), c)),
+                route_akasse: r
+                    .route
+                    .akasse
+                    .as_ref()
+                    .map(|c| self.ident(&format!("area {id}: route.akasse"), c)),
+                draft_column: r
+                    .draft_column
+                    .as_ref()
+                    .map(|c| self.ident(&format!("area {id}: draft_column"), c)),
                 exclude_columns: r
                     .exclude_columns
                     .iter()
                     .map(|c| self.ident(&format!("area {id}: exclude_columns"), c))
                     .collect(),
-                schedule_delta: r.schedule.delta.as_ref().and_then(|c| self.cron(&id, "delta", c)),
-                schedule_full: r.schedule.full.as_ref().and_then(|c| self.cron(&id, "full", c)),
+                schedule_delta: r
+                    .schedule
+                    .delta
+                    .as_ref()
+                    .and_then(|c| self.cron(&id, "delta", c)),
+                schedule_full: r
+                    .schedule
+                    .full
+                    .as_ref()
+                    .and_then(|c| self.cron(&id, "full", c)),
                 retention_full_loads: retention,
                 line: line_of(self.text, spanned.span().start),
                 id,
@@ -339,7 +389,10 @@ impl Validator<'_> {
                 if area.exclude_columns.contains(col) {
                     self.err(
                         spanned.span(),
-                        format!("area {}: {what} column \"{col}\" is also in exclude_columns", area.id),
+                        format!(
+                            "area {}: {what} column \"{col}\" is also in exclude_columns",
+                            area.id
+                        ),
                     );
                 }
             }
@@ -388,7 +441,10 @@ impl Validator<'_> {
                         Ok(None) => {}
                         Err(e) => self.err(
                             k.span(),
-                            format!("supplier {id}: key line {} is not an OpenSSH public key: {e}", n + 1),
+                            format!(
+                                "supplier {id}: key line {} is not an OpenSSH public key: {e}",
+                                n + 1
+                            ),
                         ),
                     }
                 }
@@ -398,7 +454,10 @@ impl Validator<'_> {
                 match std::fs::read_to_string(&path) {
                     Err(e) => self.err(
                         f.span(),
-                        format!("supplier {id}: cannot read key file {}: {e}", path.display()),
+                        format!(
+                            "supplier {id}: cannot read key file {}: {e}",
+                            path.display()
+                        ),
                     ),
                     Ok(text) => {
                         for (n, line) in text.lines().enumerate() {
@@ -419,7 +478,10 @@ impl Validator<'_> {
                 }
             }
             if keys.is_empty() && r.keys.is_empty() && r.key_files.is_empty() {
-                self.err(spanned.span(), format!("supplier {id} has no public key, so it can never log in"));
+                self.err(
+                    spanned.span(),
+                    format!("supplier {id} has no public key, so it can never log in"),
+                );
             }
             out.insert(
                 id.clone(),
@@ -514,9 +576,17 @@ impl Validator<'_> {
         }
     }
 
-    fn supplier_ref(&mut self, what: &str, s: &Spanned<String>, suppliers: &BTreeMap<String, Supplier>) {
+    fn supplier_ref(
+        &mut self,
+        what: &str,
+        s: &Spanned<String>,
+        suppliers: &BTreeMap<String, Supplier>,
+    ) {
         if !suppliers.contains_key(s.get_ref()) {
-            self.err(s.span(), format!("{what} names unknown supplier \"{}\"", s.get_ref()));
+            self.err(
+                s.span(),
+                format!("{what} names unknown supplier \"{}\"", s.get_ref()),
+            );
         }
     }
 
@@ -552,7 +622,13 @@ impl Validator<'_> {
         })
     }
 
-    fn instant(&mut self, what: &str, field: &str, v: &Spanned<toml::Value>, end: bool) -> Option<DateTime<Utc>> {
+    fn instant(
+        &mut self,
+        what: &str,
+        field: &str,
+        v: &Spanned<toml::Value>,
+        end: bool,
+    ) -> Option<DateTime<Utc>> {
         let text = value_text(v.get_ref());
         match parse_instant(&text, end) {
             Some(t) => Some(t),
@@ -578,7 +654,11 @@ fn value_text(v: &toml::Value) -> String {
 /// second, `valid_to` ends after its last (agreements are written inclusive).
 pub fn parse_instant(text: &str, end_of_day: bool) -> Option<DateTime<Utc>> {
     if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        let day = if end_of_day { d.checked_add_days(Days::new(1))? } else { d };
+        let day = if end_of_day {
+            d.checked_add_days(Days::new(1))?
+        } else {
+            d
+        };
         return Copenhagen
             .from_local_datetime(&day.and_hms_opt(0, 0, 0)?)
             .earliest()
@@ -598,7 +678,9 @@ pub fn parse_instant(text: &str, end_of_day: bool) -> Option<DateTime<Utc>> {
 fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }
@@ -629,7 +711,10 @@ pub fn check_columns(config: &Config, tables: &TableColumns) -> Vec<ConfigError>
             })
         };
         let Some(table) = tables.get(&area.table) else {
-            err(format!("area {}: source has no table \"{}\"", area.id, area.table));
+            err(format!(
+                "area {}: source has no table \"{}\"",
+                area.id, area.table
+            ));
             continue;
         };
         let table_cols = area
@@ -651,7 +736,10 @@ pub fn check_columns(config: &Config, tables: &TableColumns) -> Vec<ConfigError>
             }
         }
         let Some(journal) = tables.get(&area.journal) else {
-            err(format!("area {}: source has no journal table \"{}\"", area.id, area.journal));
+            err(format!(
+                "area {}: source has no journal table \"{}\"",
+                area.id, area.journal
+            ));
             continue;
         };
         for (what, col) in [

@@ -1,6 +1,7 @@
 use super::*;
 
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF96/5qags1wXylJFqn17qwSlFgmPXR3ZBHYg5E1eGEH test";
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF96/5qags1wXylJFqn17qwSlFgmPXR3ZBHYg5E1eGEH test";
 
 fn minimal(extra: &str) -> String {
     format!(
@@ -59,7 +60,10 @@ valid_to = "2026-01-01"
         "/etc/udstil/u.toml:22: data-processing agreement dpa-1: valid_to (2026-01-01) is not after valid_from (2026-03-01)",
     ];
     for w in want {
-        assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+        assert!(
+            errs.iter().any(|e| e.starts_with(w)),
+            "missing {w:?} in {errs:#?}"
+        );
     }
     assert_eq!(errs.len(), want.len(), "{errs:#?}");
 }
@@ -68,17 +72,33 @@ valid_to = "2026-01-01"
 fn syntax_and_unknown_fields_name_the_line() {
     let errs = errors(&minimal("[sftp2]\nx = 1\n"));
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("/etc/udstil/u.toml:12: unknown field `sftp2`"), "{errs:?}");
-    let errs = errors(&minimal("[[supplier]]\nid = \"b\"\nname = \"B\"\nkeyz = []\n"));
+    assert!(
+        errs[0].starts_with("/etc/udstil/u.toml:12: unknown field `sftp2`"),
+        "{errs:?}"
+    );
+    let errs = errors(&minimal(
+        "[[supplier]]\nid = \"b\"\nname = \"B\"\nkeyz = []\n",
+    ));
     assert!(errs[0].contains("unknown field `keyz`"), "{errs:?}");
 }
 
 #[test]
 fn danish_calendar_days_bound_agreements() {
     // Winter: CET is UTC+1, so 1 January starts at 23:00 UTC the day before.
-    assert_eq!(parse_instant("2026-01-01", false).unwrap().to_rfc3339(), "2025-12-31T23:00:00+00:00");
+    assert_eq!(
+        parse_instant("2026-01-01", false).unwrap().to_rfc3339(),
+        "2025-12-31T23:00:00+00:00"
+    );
     // valid_to is inclusive of the day: ends when the next day starts (CEST in June).
-    assert_eq!(parse_instant("2026-06-30", true).unwrap().to_rfc3339(), "2026-06-30T22:00:00+00:00");
-    assert_eq!(parse_instant("2026-06-30T12:00:00Z", true).unwrap().to_rfc3339(), "2026-06-30T12:00:00+00:00");
+    assert_eq!(
+        parse_instant("2026-06-30", true).unwrap().to_rfc3339(),
+        "2026-06-30T22:00:00+00:00"
+    );
+    assert_eq!(
+        parse_instant("2026-06-30T12:00:00Z", true)
+            .unwrap()
+            .to_rfc3339(),
+        "2026-06-30T12:00:00+00:00"
+    );
     assert!(parse_instant("30-06-2026", false).is_none());
 }

@@ -24,7 +24,9 @@ use writer::{AuthorityOutput, Fanout};
 pub enum LoadError {
     #[error("area {area}: {source}")]
     Source { area: String, source: SourceError },
-    #[error("area {area}: key or routing column {column} is not published (excluded, or the draft flag)")]
+    #[error(
+        "area {area}: key or routing column {column} is not published (excluded, or the draft flag)"
+    )]
     ColumnNotPublished { area: String, column: String },
     #[error("area {area}: routing column {column} must be text (3-digit codes)")]
     RouteNotText { area: String, column: String },
@@ -93,7 +95,11 @@ pub struct LoadReport {
 }
 
 /// Runs one full load of `area` now and publishes it.
-pub async fn full_load(config: &Config, source: &Source, area: &Area) -> Result<LoadReport, LoadError> {
+pub async fn full_load(
+    config: &Config,
+    source: &Source,
+    area: &Area,
+) -> Result<LoadReport, LoadError> {
     let started = Instant::now();
     let serr = |source| LoadError::Source {
         area: area.id.clone(),
@@ -101,7 +107,12 @@ pub async fn full_load(config: &Config, source: &Source, area: &Area) -> Result<
     };
     let columns = source.published_columns(area).await.map_err(serr)?;
     let index_of = |name: &str| columns.iter().position(|c| c.name == name);
-    for k in area.key.iter().chain(&area.route_kommune).chain(&area.route_akasse) {
+    for k in area
+        .key
+        .iter()
+        .chain(&area.route_kommune)
+        .chain(&area.route_akasse)
+    {
         if index_of(k).is_none() {
             return Err(LoadError::ColumnNotPublished {
                 area: area.id.clone(),
@@ -148,7 +159,9 @@ pub async fn full_load(config: &Config, source: &Source, area: &Area) -> Result<
             AuthorityKind::Akasse => area.route_akasse.is_some(),
         };
         if routed {
-            outputs.entry(c.authority).or_insert_with(AuthorityOutput::default);
+            outputs
+                .entry(c.authority)
+                .or_insert_with(AuthorityOutput::default);
         }
     }
 
@@ -164,16 +177,35 @@ pub async fn full_load(config: &Config, source: &Source, area: &Area) -> Result<
         bytes: 0,
         elapsed: Duration::ZERO,
     };
-    let publish = publish_all(root, &staging, area, &columns, load_id, snapshot.watermark, now, outputs, &mut report);
+    let publish = publish_all(
+        root,
+        &staging,
+        area,
+        &columns,
+        load_id,
+        snapshot.watermark,
+        now,
+        outputs,
+        &mut report,
+    );
     let _ = std::fs::remove_dir_all(&staging);
     publish?;
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
-type Extracted = (crate::source::Snapshot, BTreeMap<AuthorityId, AuthorityOutput>, BTreeMap<String, u64>);
+type Extracted = (
+    crate::source::Snapshot,
+    BTreeMap<AuthorityId, AuthorityOutput>,
+    BTreeMap<String, u64>,
+);
 
-async fn extract_and_write(source: &Source, area: &Area, columns: &[Column], staging: &Path) -> Result<Extracted, LoadError> {
+async fn extract_and_write(
+    source: &Source,
+    area: &Area,
+    columns: &[Column],
+    staging: &Path,
+) -> Result<Extracted, LoadError> {
     // A small bounded channel: the extract waits for the writer, so memory stays flat.
     let (tx, mut rx) = mpsc::channel(4);
     let mut fanout = Fanout::new(staging.to_path_buf(), area, columns);
@@ -191,7 +223,10 @@ async fn extract_and_write(source: &Source, area: &Area, columns: &[Column], sta
     })?;
     // The writer's own error explains a dropped channel better than the extract's.
     let (outputs, withheld) = written?;
-    let snapshot = extract.map_err(|source| LoadError::Source { area: area_id, source })?;
+    let snapshot = extract.map_err(|source| LoadError::Source {
+        area: area_id,
+        source,
+    })?;
     Ok((snapshot, outputs, withheld))
 }
 
@@ -224,7 +259,9 @@ fn publish_all(
     // failure before the renames publishes nothing at all.
     let mut ready = Vec::new();
     for (authority, out) in outputs {
-        let dir = staging.join(authority.kind.as_str()).join(authority.code_str());
+        let dir = staging
+            .join(authority.kind.as_str())
+            .join(authority.code_str());
         std::fs::create_dir_all(&dir).map_err(ioerr(&dir))?;
         let manifest = Manifest {
             load_id: load_id.to_string(),
@@ -254,7 +291,14 @@ fn publish_all(
         ready.push((authority, dir));
     }
     for (authority, dir) in ready {
-        let target = tree::load_dir(root, authority, &area.id, area.version, LoadKind::Full, load_id);
+        let target = tree::load_dir(
+            root,
+            authority,
+            &area.id,
+            area.version,
+            LoadKind::Full,
+            load_id,
+        );
         let parent = target.parent().expect("load dir has a parent");
         std::fs::create_dir_all(parent).map_err(ioerr(parent))?;
         std::fs::rename(&dir, &target).map_err(ioerr(&target))?;

@@ -43,7 +43,10 @@ mod tests {
     #[test]
     fn routes_to_municipality_and_fund_only() {
         assert_eq!(ids(&route(Some("101"), None)), ["kommune/101"]);
-        assert_eq!(ids(&route(Some("101"), Some("902"))), ["kommune/101", "akasse/902"]);
+        assert_eq!(
+            ids(&route(Some("101"), Some("902"))),
+            ["kommune/101", "akasse/902"]
+        );
         assert_eq!(ids(&route(None, Some("902"))), ["akasse/902"]);
         assert!(route(None, None).targets.is_empty());
     }

@@ -76,7 +76,9 @@ impl Fanout {
                 .and_then(|n| columns.iter().position(|c| &c.name == n))
         };
         let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).expect("valid level"),
+            ))
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .build();
         Fanout {
@@ -114,13 +116,19 @@ impl Fanout {
         for row in 0..batch.num_rows() {
             let r = plan::route(value(kommune, row), value(akasse, row));
             if r.unknown_kommune {
-                *self.withheld.entry("unknown municipality code".into()).or_default() += 1;
+                *self
+                    .withheld
+                    .entry("unknown municipality code".into())
+                    .or_default() += 1;
             }
             if r.unknown_akasse {
                 *self.withheld.entry("unknown fund code".into()).or_default() += 1;
             }
             if r.targets.is_empty() {
-                *self.withheld.entry("row routes to no authority".into()).or_default() += 1;
+                *self
+                    .withheld
+                    .entry("row routes to no authority".into())
+                    .or_default() += 1;
             }
             for t in r.targets {
                 rows_for.entry(t).or_default().push(row as u32);
@@ -131,9 +139,11 @@ impl Fanout {
                 batch.clone()
             } else {
                 let idx = UInt32Array::from(rows);
-                arrow_select::take::take_record_batch(batch, &idx).map_err(|e| LoadError::Writer {
-                    area: self.area.clone(),
-                    message: e.to_string(),
+                arrow_select::take::take_record_batch(batch, &idx).map_err(|e| {
+                    LoadError::Writer {
+                        area: self.area.clone(),
+                        message: e.to_string(),
+                    }
                 })?
             };
             self.write_to(authority, &part)?;
@@ -143,7 +153,10 @@ impl Fanout {
 
     fn write_to(&mut self, authority: AuthorityId, part: &RecordBatch) -> Result<(), LoadError> {
         let perr = self.perr();
-        let dir = self.staging.join(authority.kind.as_str()).join(authority.code_str());
+        let dir = self
+            .staging
+            .join(authority.kind.as_str())
+            .join(authority.code_str());
         let out = self.outputs.entry(authority).or_default();
         if out.current.is_none() {
             let name = format!("part-{:05}.parquet", out.files.len());
@@ -164,8 +177,15 @@ impl Fanout {
                 bytes: 0,
             };
             let writer = ArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))
-                .map_err(|source| LoadError::Parquet { area: self.area.clone(), source })?;
-            out.current = Some(OpenFile { name, writer, rows: 0 });
+                .map_err(|source| LoadError::Parquet {
+                    area: self.area.clone(),
+                    source,
+                })?;
+            out.current = Some(OpenFile {
+                name,
+                writer,
+                rows: 0,
+            });
         }
         let open = out.current.as_mut().expect("opened above");
         open.writer.write(part).map_err(perr)?;
@@ -173,7 +193,11 @@ impl Fanout {
         if open.rows >= MAX_ROWS_PER_FILE {
             let open = out.current.take().expect("open");
             let entry = close(open, &self.area)?;
-            self.outputs.get_mut(&authority).expect("exists").files.push(entry);
+            self.outputs
+                .get_mut(&authority)
+                .expect("exists")
+                .files
+                .push(entry);
         }
         Ok(())
     }
@@ -193,7 +217,11 @@ impl Fanout {
         let mut sizes: Vec<(usize, AuthorityId)> = self
             .outputs
             .iter()
-            .filter_map(|(a, o)| o.current.as_ref().map(|f| (f.writer.in_progress_size(), *a)))
+            .filter_map(|(a, o)| {
+                o.current
+                    .as_ref()
+                    .map(|f| (f.writer.in_progress_size(), *a))
+            })
             .collect();
         sizes.sort_unstable_by(|a, b| b.cmp(a));
         let mut remaining = total;
@@ -202,7 +230,11 @@ impl Fanout {
                 break;
             }
             let perr = self.perr();
-            if let Some(f) = self.outputs.get_mut(&authority).and_then(|o| o.current.as_mut()) {
+            if let Some(f) = self
+                .outputs
+                .get_mut(&authority)
+                .and_then(|o| o.current.as_mut())
+            {
                 f.writer.flush().map_err(perr)?;
             }
             remaining -= size;
@@ -210,7 +242,15 @@ impl Fanout {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<(BTreeMap<AuthorityId, AuthorityOutput>, BTreeMap<String, u64>), LoadError> {
+    pub fn finish(
+        mut self,
+    ) -> Result<
+        (
+            BTreeMap<AuthorityId, AuthorityOutput>,
+            BTreeMap<String, u64>,
+        ),
+        LoadError,
+    > {
         for out in self.outputs.values_mut() {
             if let Some(open) = out.current.take() {
                 out.files.push(close(open, &self.area)?);
@@ -221,11 +261,18 @@ impl Fanout {
 }
 
 fn close(open: OpenFile, area: &str) -> Result<FileEntry, LoadError> {
-    let sink = open.writer.into_inner().map_err(|source| LoadError::Parquet {
-        area: area.to_string(),
-        source,
-    })?;
-    let HashingWriter { inner, hasher, bytes } = sink;
+    let sink = open
+        .writer
+        .into_inner()
+        .map_err(|source| LoadError::Parquet {
+            area: area.to_string(),
+            source,
+        })?;
+    let HashingWriter {
+        inner,
+        hasher,
+        bytes,
+    } = sink;
     let file = inner.into_inner().map_err(|e| LoadError::Io {
         area: area.to_string(),
         path: PathBuf::from(&open.name),

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use russh::keys::{HashAlg, PrivateKey, PublicKey};
-use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Server as _, Session, VerifiedPublicKey};
+use russh::server::{
+    Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Server as _, Session, VerifiedPublicKey,
+};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use tokio::net::TcpListener;
 
@@ -28,7 +30,10 @@ pub enum SftpError {
     #[error("host key {path}: {message}")]
     HostKey { path: PathBuf, message: String },
     #[error("storage root {path}: {source}")]
-    Root { path: PathBuf, source: std::io::Error },
+    Root {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("ssh: {0}")]
     Ssh(#[from] russh::Error),
     #[error("listening: {0}")]
@@ -44,7 +49,8 @@ pub fn host_key(path: &Path) -> Result<PrivateKey, SftpError> {
     if path.exists() {
         return russh::keys::load_secret_key(path, None).map_err(|e| err(e.to_string()));
     }
-    let key = PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519).map_err(|e| err(e.to_string()))?;
+    let key = PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+        .map_err(|e| err(e.to_string()))?;
     let pem = key
         .to_openssh(russh::keys::ssh_key::LineEnding::LF)
         .map_err(|e| err(e.to_string()))?;
@@ -59,7 +65,8 @@ pub fn host_key(path: &Path) -> Result<PrivateKey, SftpError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| err(e.to_string()))?;
-    f.write_all(pem.as_bytes()).map_err(|e| err(e.to_string()))?;
+    f.write_all(pem.as_bytes())
+        .map_err(|e| err(e.to_string()))?;
     f.sync_all().map_err(|e| err(e.to_string()))?;
     tracing::info!(path = %path.display(), fingerprint = %key.public_key().fingerprint(HashAlg::Sha256), "generated a new host key");
     Ok(key)
@@ -100,16 +107,21 @@ impl Shared {
             path: config.storage_root.clone(),
             source,
         })?;
-        let root = std::fs::canonicalize(&config.storage_root).map_err(|source| SftpError::Root {
-            path: config.storage_root.clone(),
-            source,
-        })?;
+        let root =
+            std::fs::canonicalize(&config.storage_root).map_err(|source| SftpError::Root {
+                path: config.storage_root.clone(),
+                source,
+            })?;
         Ok(Arc::new(Shared { config, root }))
     }
 }
 
 /// Serves SFTP on `listener` until the future is dropped.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, key: PrivateKey) -> Result<(), SftpError> {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    key: PrivateKey,
+) -> Result<(), SftpError> {
     let config = Arc::new(ssh_config(key));
     let mut server = Server { shared };
     server.run_on_socket(config, &listener).await?;
@@ -162,7 +174,11 @@ impl Connection {
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
-    async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
         if self.key_allowed(user, offer.public_key) {
             Ok(Auth::Accept)
         } else {
@@ -170,7 +186,11 @@ impl russh::server::Handler for Connection {
         }
     }
 
-    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
         let fingerprint = key.public_key.fingerprint(HashAlg::Sha256);
         if self.key_allowed(user, key.public_key) {
             tracing::info!(supplier = user, %fingerprint, peer = %self.peer(), "login accepted");
@@ -194,7 +214,9 @@ impl russh::server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if self.supplier.is_none() || self.channels.len() >= 4 {
-            reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         }
         self.channels.insert(channel.id(), channel);
@@ -212,11 +234,18 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
-    async fn tcpip_forward(&mut self, _addr: &str, _port: &mut u32, _s: &mut Session) -> Result<bool, Self::Error> {
+    async fn tcpip_forward(
+        &mut self,
+        _addr: &str,
+        _port: &mut u32,
+        _s: &mut Session,
+    ) -> Result<bool, Self::Error> {
         Ok(false)
     }
 
@@ -234,28 +263,50 @@ impl russh::server::Handler for Connection {
         session.channel_failure(channel)
     }
 
-    async fn agent_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<bool, Self::Error> {
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         session.channel_failure(channel)?;
         Ok(false)
     }
 
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         tracing::info!(supplier = ?self.supplier, "shell refused");
         session.channel_failure(channel)?;
         session.close(channel)
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, _data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         tracing::info!(supplier = ?self.supplier, "exec refused");
         session.channel_failure(channel)?;
         session.close(channel)
     }
 
-    async fn channel_eof(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         session.close(channel)
     }
 
-    async fn subsystem_request(&mut self, channel_id: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+    async fn subsystem_request(
+        &mut self,
+        channel_id: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let (Some(supplier), true) = (self.supplier.clone(), name == "sftp") else {
             session.channel_failure(channel_id)?;
             return Ok(());
@@ -265,7 +316,11 @@ impl russh::server::Handler for Connection {
             return Ok(());
         };
         session.channel_success(channel_id)?;
-        let handler = SftpSession::new(supplier, self.shared.config.clone(), self.shared.root.clone());
+        let handler = SftpSession::new(
+            supplier,
+            self.shared.config.clone(),
+            self.shared.root.clone(),
+        );
         russh_sftp::server::run(pipe::stream(channel), handler).await;
         Ok(())
     }

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use russh::server::Msg;
 use russh::Channel;
+use russh::server::Msg;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::io::StreamReader;
 
@@ -36,7 +36,9 @@ pub fn stream(channel: Channel<Msg>) -> impl AsyncRead + AsyncWrite + Unpin + Se
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if pumped.fetch_add(n, Ordering::AcqRel) + n > MAX_QUEUED_BYTES {
-                        tracing::warn!("sftp client pipelined too much without reading; closing channel");
+                        tracing::warn!(
+                            "sftp client pipelined too much without reading; closing channel"
+                        );
                         break;
                     }
                     if tx.unbounded_send(buf.freeze()).is_err() {

@@ -35,8 +35,14 @@ pub struct SftpSession {
 }
 
 enum OpenHandle {
-    Dir { entries: Option<Vec<File>> },
-    File { file: Arc<std::fs::File>, size: u64, mtime: u32 },
+    Dir {
+        entries: Option<Vec<File>>,
+    },
+    File {
+        file: Arc<std::fs::File>,
+        size: u64,
+        mtime: u32,
+    },
 }
 
 type Reply<T> = Result<T, StatusReply>;
@@ -112,7 +118,11 @@ impl SftpSession {
     fn locate(&self, path: &str) -> Reply<Location> {
         let loc = tree::resolve(path).map_err(|_| not_found())?;
         let visible = self.config.agreements.visible(&self.supplier, Utc::now());
-        if loc.is_visible(&visible) { Ok(loc) } else { Err(not_found()) }
+        if loc.is_visible(&visible) {
+            Ok(loc)
+        } else {
+            Err(not_found())
+        }
     }
 
     /// The real path of an area location, refused if a symlink anywhere in it
@@ -191,7 +201,9 @@ impl SftpSession {
                 let mut files = Vec::new();
                 while let Some(e) = rd.next_entry().await.map_err(failure)? {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    let Ok(meta) = e.metadata().await else { continue };
+                    let Ok(meta) = e.metadata().await else {
+                        continue;
+                    };
                     // Staging and temporary names and symlinks are not part of the view.
                     if name.starts_with('.') || meta.file_type().is_symlink() {
                         continue;
@@ -233,8 +245,18 @@ impl russh_sftp::server::Handler for SftpSession {
         Ok(v)
     }
 
-    async fn open(&mut self, id: u32, filename: String, pflags: OpenFlags, _attrs: FileAttributes) -> Reply<Handle> {
-        let writes = OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::EXCLUDE;
+    async fn open(
+        &mut self,
+        id: u32,
+        filename: String,
+        pflags: OpenFlags,
+        _attrs: FileAttributes,
+    ) -> Reply<Handle> {
+        let writes = OpenFlags::WRITE
+            | OpenFlags::APPEND
+            | OpenFlags::CREATE
+            | OpenFlags::TRUNCATE
+            | OpenFlags::EXCLUDE;
         if pflags.intersects(writes) {
             return Err(denied("open for writing"));
         }
@@ -266,7 +288,9 @@ impl russh_sftp::server::Handler for SftpSession {
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Reply<Status> {
-        self.handles.remove(&handle).ok_or_else(|| StatusReply::from(StatusCode::Failure))?;
+        self.handles
+            .remove(&handle)
+            .ok_or_else(|| StatusReply::from(StatusCode::Failure))?;
         Ok(ok(id))
     }
 
@@ -300,7 +324,10 @@ impl russh_sftp::server::Handler for SftpSession {
 
     async fn lstat(&mut self, id: u32, path: String) -> Reply<Attrs> {
         let loc = self.locate(&path)?;
-        Ok(Attrs { id, attrs: self.attrs(&loc).await? })
+        Ok(Attrs {
+            id,
+            attrs: self.attrs(&loc).await?,
+        })
     }
 
     async fn stat(&mut self, id: u32, path: String) -> Reply<Attrs> {
@@ -321,7 +348,10 @@ impl russh_sftp::server::Handler for SftpSession {
                     ..FileAttributes::empty()
                 },
             }),
-            Some(OpenHandle::Dir { .. }) => Ok(Attrs { id, attrs: dir_attrs(self.root_mtime().await) }),
+            Some(OpenHandle::Dir { .. }) => Ok(Attrs {
+                id,
+                attrs: dir_attrs(self.root_mtime().await),
+            }),
             None => Err(StatusCode::Failure.with_message("unknown handle")),
         }
     }
@@ -338,7 +368,9 @@ impl russh_sftp::server::Handler for SftpSession {
         let loc = self.locate(&path)?;
         // Listing happens now, so the handle shows the view as it was when opened.
         let entries = self.list(&loc).await?;
-        let handle = self.new_handle(OpenHandle::Dir { entries: Some(entries) })?;
+        let handle = self.new_handle(OpenHandle::Dir {
+            entries: Some(entries),
+        })?;
         Ok(Handle { id, handle })
     }
 

@@ -27,14 +27,29 @@ macro_rules! append_row {
     ($batcher:expr, $row:expr) => {{
         let row = &$row;
         for i in 0..$batcher.builders.len() {
-            let null = row.try_get_raw(i).map_err(|e| $batcher.bad(i, e))?.is_null();
+            let null = row
+                .try_get_raw(i)
+                .map_err(|e| $batcher.bad(i, e))?
+                .is_null();
             let res: Result<(), sqlx::Error> = match &mut $batcher.builders[i] {
-                ColBuilder::Bool(b) => row.try_get::<Option<bool>, _>(i).map(|v| b.append_option(v)),
-                ColBuilder::Int16(b) => row.try_get::<Option<i16>, _>(i).map(|v| b.append_option(v)),
-                ColBuilder::Int32(b) => row.try_get::<Option<i32>, _>(i).map(|v| b.append_option(v)),
-                ColBuilder::Int64(b) => row.try_get::<Option<i64>, _>(i).map(|v| b.append_option(v)),
-                ColBuilder::Float64(b) => row.try_get::<Option<f64>, _>(i).map(|v| b.append_option(v)),
-                ColBuilder::Text(b) => row.try_get::<Option<&str>, _>(i).map(|v| b.append_option(v)),
+                ColBuilder::Bool(b) => row
+                    .try_get::<Option<bool>, _>(i)
+                    .map(|v| b.append_option(v)),
+                ColBuilder::Int16(b) => {
+                    row.try_get::<Option<i16>, _>(i).map(|v| b.append_option(v))
+                }
+                ColBuilder::Int32(b) => {
+                    row.try_get::<Option<i32>, _>(i).map(|v| b.append_option(v))
+                }
+                ColBuilder::Int64(b) => {
+                    row.try_get::<Option<i64>, _>(i).map(|v| b.append_option(v))
+                }
+                ColBuilder::Float64(b) => {
+                    row.try_get::<Option<f64>, _>(i).map(|v| b.append_option(v))
+                }
+                ColBuilder::Text(b) => row
+                    .try_get::<Option<&str>, _>(i)
+                    .map(|v| b.append_option(v)),
                 ColBuilder::Date(b) => row
                     .try_get::<Option<NaiveDate>, _>(i)
                     .map(|v| b.append_option(v.map(|d| (d - EPOCH).num_days() as i32))),
@@ -71,7 +86,9 @@ pub enum SourceError {
         column: String,
         sql_type: String,
     },
-    #[error("source row {row} of {table}: column {column} does not hold a valid {expected}: {source}")]
+    #[error(
+        "source row {row} of {table}: column {column} does not hold a valid {expected}: {source}"
+    )]
     BadValue {
         table: String,
         column: String,
@@ -278,7 +295,10 @@ impl Source {
     }
 
     /// Column names of every table the config's areas name (missing tables are left out).
-    pub async fn table_columns(&self, tables: &BTreeSet<String>) -> Result<TableColumns, SourceError> {
+    pub async fn table_columns(
+        &self,
+        tables: &BTreeSet<String>,
+    ) -> Result<TableColumns, SourceError> {
         let mut out = BTreeMap::new();
         for t in tables {
             match self.columns(t).await {
@@ -290,17 +310,21 @@ impl Source {
                 // the load reports the type problem.
                 Err(SourceError::UnsupportedType { .. }) => {
                     let names: Vec<(String,)> = match self {
-                        Source::Sqlite(p) => sqlx::query_as("SELECT name FROM pragma_table_info(?1)")
+                        Source::Sqlite(p) => {
+                            sqlx::query_as("SELECT name FROM pragma_table_info(?1)")
+                                .bind(t)
+                                .fetch_all(p)
+                                .await
+                        }
+                        Source::Postgres(p) => {
+                            sqlx::query_as(
+                                "SELECT column_name::text FROM information_schema.columns \
+                             WHERE table_schema = current_schema() AND table_name = $1",
+                            )
                             .bind(t)
                             .fetch_all(p)
-                            .await,
-                        Source::Postgres(p) => sqlx::query_as(
-                            "SELECT column_name::text FROM information_schema.columns \
-                             WHERE table_schema = current_schema() AND table_name = $1",
-                        )
-                        .bind(t)
-                        .fetch_all(p)
-                        .await,
+                            .await
+                        }
                     }
                     .map_err(|source| SourceError::Query {
                         table: t.clone(),
@@ -321,7 +345,10 @@ impl Source {
             .columns(&area.table)
             .await?
             .into_iter()
-            .filter(|c| !area.exclude_columns.contains(&c.name) && area.draft_column.as_ref() != Some(&c.name))
+            .filter(|c| {
+                !area.exclude_columns.contains(&c.name)
+                    && area.draft_column.as_ref() != Some(&c.name)
+            })
             .collect())
     }
 
@@ -335,13 +362,25 @@ impl Source {
         out: mpsc::Sender<RecordBatch>,
     ) -> Result<Snapshot, SourceError> {
         let schema = arrow_schema(columns);
-        let select = columns.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
+        let select = columns
+            .iter()
+            .map(|c| quote(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
         let filter = match &area.draft_column {
             Some(d) => format!(" WHERE NOT COALESCE({}, FALSE)", quote(d)),
             None => String::new(),
         };
-        let order = area.key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
-        let sql = format!("SELECT {select} FROM {}{filter} ORDER BY {order}", quote(&area.table));
+        let order = area
+            .key
+            .iter()
+            .map(|k| quote(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {select} FROM {}{filter} ORDER BY {order}",
+            quote(&area.table)
+        );
         let hwm_sql = format!(
             "SELECT COALESCE(MAX({}), 0) FROM {}",
             quote(&area.sequence_column),
@@ -356,7 +395,10 @@ impl Source {
             ($pool:expr, $begin:expr) => {{
                 let mut tx = $pool.begin().await.map_err(qerr(&area.table))?;
                 if let Some(stmt) = $begin {
-                    sqlx::query(stmt).execute(&mut *tx).await.map_err(qerr(&area.table))?;
+                    sqlx::query(stmt)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(qerr(&area.table))?;
                 }
                 let (watermark,): (i64,) = sqlx::query_as(AssertSqlSafe(hwm_sql.as_str()))
                     .fetch_one(&mut *tx)
@@ -367,7 +409,9 @@ impl Source {
                     while let Some(row) = rows.try_next().await.map_err(qerr(&area.table))? {
                         append_row!(batcher, row);
                         if batcher.len() >= BATCH_ROWS {
-                            out.send(batcher.finish()).await.map_err(|_| SourceError::ConsumerGone)?;
+                            out.send(batcher.finish())
+                                .await
+                                .map_err(|_| SourceError::ConsumerGone)?;
                         }
                     }
                 }
@@ -385,7 +429,9 @@ impl Source {
         };
         let rows = batcher.total;
         if batcher.len() > 0 {
-            out.send(batcher.finish()).await.map_err(|_| SourceError::ConsumerGone)?;
+            out.send(batcher.finish())
+                .await
+                .map_err(|_| SourceError::ConsumerGone)?;
         }
         Ok(Snapshot { watermark, rows })
     }
@@ -506,7 +552,6 @@ fn new_builder(t: ColumnType) -> ColBuilder {
 
 const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,10 +566,16 @@ mod tests {
     #[test]
     fn maps_declared_types() {
         assert_eq!(ColumnType::from_sqlite("BIGINT"), Some(ColumnType::Int64));
-        assert_eq!(ColumnType::from_sqlite("TIMESTAMPTZ"), Some(ColumnType::Timestamp));
+        assert_eq!(
+            ColumnType::from_sqlite("TIMESTAMPTZ"),
+            Some(ColumnType::Timestamp)
+        );
         assert_eq!(ColumnType::from_sqlite("DATE"), Some(ColumnType::Date));
         assert_eq!(ColumnType::from_sqlite("BLOB"), None);
         assert_eq!(ColumnType::from_postgres("numeric"), None);
-        assert_eq!(ColumnType::from_postgres("integer"), Some(ColumnType::Int32));
+        assert_eq!(
+            ColumnType::from_postgres("integer"),
+            Some(ColumnType::Int32)
+        );
     }
 }

@@ -47,7 +47,9 @@ impl LoadId {
         if seq.len() < 6 || !seq.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        let at = NaiveDateTime::parse_from_str(at, "%Y%m%dT%H%M%SZ").ok()?.and_utc();
+        let at = NaiveDateTime::parse_from_str(at, "%Y%m%dT%H%M%SZ")
+            .ok()?
+            .and_utc();
         Some(LoadId {
             seq: seq.parse().ok()?,
             at,
@@ -69,7 +71,13 @@ pub fn area_dir(root: &Path, authority: AuthorityId, area: &str) -> PathBuf {
 }
 
 /// `<root>/<kind>/<code>/<area>/v<version>/<full|delta>`
-pub fn kind_dir(root: &Path, authority: AuthorityId, area: &str, version: u32, kind: LoadKind) -> PathBuf {
+pub fn kind_dir(
+    root: &Path,
+    authority: AuthorityId,
+    area: &str,
+    version: u32,
+    kind: LoadKind,
+) -> PathBuf {
     area_dir(root, authority, area)
         .join(format!("v{version}"))
         .join(kind.as_str())
@@ -195,7 +203,9 @@ impl Location {
             Location::Authority(a) => visible.contains_key(a),
             Location::Area {
                 authority, area, ..
-            } => visible.get(authority).is_some_and(|areas| areas.contains(area)),
+            } => visible
+                .get(authority)
+                .is_some_and(|areas| areas.contains(area)),
         }
     }
 
@@ -239,31 +249,63 @@ mod tests {
             (".", Ok(Location::Root)),
             ("kommune", Ok(Location::Kind(AuthorityKind::Kommune))),
             ("/akasse/", Ok(Location::Kind(AuthorityKind::Akasse))),
-            ("/kommune/101", Ok(Location::Authority("kommune/101".parse().unwrap()))),
-            ("/kommune/101/joblog", Ok(area("kommune/101", "joblog", &[]))),
-            ("//kommune//101///joblog/v1", Ok(area("kommune/101", "joblog", &["v1"]))),
-            ("/kommune/101/joblog/v1/../v2/./full", Ok(area("kommune/101", "joblog", &["v2", "full"]))),
+            (
+                "/kommune/101",
+                Ok(Location::Authority("kommune/101".parse().unwrap())),
+            ),
+            (
+                "/kommune/101/joblog",
+                Ok(area("kommune/101", "joblog", &[])),
+            ),
+            (
+                "//kommune//101///joblog/v1",
+                Ok(area("kommune/101", "joblog", &["v1"])),
+            ),
+            (
+                "/kommune/101/joblog/v1/../v2/./full",
+                Ok(area("kommune/101", "joblog", &["v2", "full"])),
+            ),
             ("/../../..", Ok(Location::Root)),
             ("/../../etc/passwd", Err(PathError::NotFound)),
-            ("/kommune/101/../../akasse/901", Ok(Location::Authority("akasse/901".parse().unwrap()))),
+            (
+                "/kommune/101/../../akasse/901",
+                Ok(Location::Authority("akasse/901".parse().unwrap())),
+            ),
             ("/kommune/999", Err(PathError::NotFound)),
             ("/kommune/0101", Err(PathError::NotFound)),
             ("/region", Err(PathError::NotFound)),
             ("/kommune/101/.staging", Err(PathError::NotFound)),
-            ("/kommune/101/joblog/v1/full/.tmp-1/x", Err(PathError::NotFound)),
+            (
+                "/kommune/101/joblog/v1/full/.tmp-1/x",
+                Err(PathError::NotFound),
+            ),
             ("/kommune/101/joblog\0/x", Err(PathError::Nul)),
         ];
         for (input, want) in cases {
             assert_eq!(&resolve(input), want, "{input:?}");
         }
         assert_eq!(resolve(&"a/".repeat(3000)), Err(PathError::TooLong));
-        assert_eq!(resolve(&"/kommune/101/joblog/".to_string().repeat(1).chars().chain("x/".repeat(40).chars()).collect::<String>()), Err(PathError::TooDeep));
+        assert_eq!(
+            resolve(
+                &"/kommune/101/joblog/"
+                    .to_string()
+                    .repeat(1)
+                    .chars()
+                    .chain("x/".repeat(40).chars())
+                    .collect::<String>()
+            ),
+            Err(PathError::TooDeep)
+        );
     }
 
     #[test]
     fn real_paths_stay_under_the_root() {
         let root = Path::new("/srv/tree");
-        for p in ["/kommune/101/joblog/../../../../..", "/kommune/101/joblog/v1/../../../x", "../kommune/101/joblog/a/../../b"] {
+        for p in [
+            "/kommune/101/joblog/../../../../..",
+            "/kommune/101/joblog/v1/../../../x",
+            "../kommune/101/joblog/a/../../b",
+        ] {
             if let Ok(loc) = resolve(p) {
                 if let Some(real) = loc.real_path(root) {
                     assert!(real.starts_with(root), "{p} -> {}", real.display());
@@ -272,7 +314,9 @@ mod tests {
             }
         }
         assert_eq!(
-            area("kommune/101", "joblog", &["v1"]).real_path(root).unwrap(),
+            area("kommune/101", "joblog", &["v1"])
+                .real_path(root)
+                .unwrap(),
             Path::new("/srv/tree/kommune/101/joblog/v1")
         );
         assert_eq!(Location::Root.real_path(root), None);
@@ -281,7 +325,10 @@ mod tests {
     #[test]
     fn visibility_follows_the_visible_set() {
         let mut visible = BTreeMap::new();
-        visible.insert("kommune/101".parse().unwrap(), BTreeSet::from(["joblog".to_string()]));
+        visible.insert(
+            "kommune/101".parse().unwrap(),
+            BTreeSet::from(["joblog".to_string()]),
+        );
         assert!(Location::Root.is_visible(&visible));
         assert!(Location::Kind(AuthorityKind::Kommune).is_visible(&visible));
         assert!(!Location::Kind(AuthorityKind::Akasse).is_visible(&visible));
@@ -300,6 +347,8 @@ mod tests {
         assert_eq!(LoadId::parse("000042_20261122T020000Z"), Some(id));
         assert_eq!(LoadId::parse("42_20261122T020000Z"), None);
         assert_eq!(LoadId::parse(".tmp-000042_20261122T020000Z"), None);
-        assert!(LoadId::parse("000009_20300101T000000Z") < LoadId::parse("000010_20200101T000000Z"));
+        assert!(
+            LoadId::parse("000009_20300101T000000Z") < LoadId::parse("000010_20200101T000000Z")
+        );
     }
 }

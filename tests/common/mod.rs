@@ -35,11 +35,19 @@ impl Env {
     /// Runs the OpenSSH `sftp` client in batch mode as `supplier`.
     /// Blocks this test's thread only; the server keeps running on the others.
     pub fn sftp(&self, supplier: &str, batch: &str, extra: &[&str]) -> Output {
-        tokio::task::block_in_place(|| sftp_with_key(self.addr, supplier, &self.key(supplier), batch, extra))
+        tokio::task::block_in_place(|| {
+            sftp_with_key(self.addr, supplier, &self.key(supplier), batch, extra)
+        })
     }
 }
 
-pub fn sftp_with_key(addr: SocketAddr, user: &str, key: &Path, batch: &str, extra: &[&str]) -> Output {
+pub fn sftp_with_key(
+    addr: SocketAddr,
+    user: &str,
+    key: &Path,
+    batch: &str,
+    extra: &[&str],
+) -> Output {
     let batch_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(batch_file.path(), batch).unwrap();
     let mut cmd = Command::new("sftp");
@@ -55,13 +63,20 @@ pub fn sftp_with_key(addr: SocketAddr, user: &str, key: &Path, batch: &str, extr
 /// Options that make the OpenSSH client non-interactive and deterministic.
 pub fn ssh_opts() -> Vec<String> {
     [
-        "-o", "BatchMode=yes",
-        "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "IdentitiesOnly=yes",
-        "-o", "IdentityAgent=none",
-        "-o", "LogLevel=ERROR",
-        "-o", "ConnectTimeout=20",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=20",
     ]
     .iter()
     .map(|s| s.to_string())

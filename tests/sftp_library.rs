@@ -1,0 +1,154 @@
+//! SFTP through a client library (russh + russh-sftp's client), as a
+//! supplier's own loader would use it: list, stat, read at offsets, and be
+//! refused writes.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use russh::keys::{PrivateKeyWithHashAlg, load_secret_key};
+use russh_sftp::client::SftpSession;
+use russh_sftp::protocol::OpenFlags;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+struct AcceptAnyHostKey;
+
+impl russh::client::Handler for AcceptAnyHostKey {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// The SSH handle is returned too: dropping it would end the session.
+async fn connect(
+    env: &Env,
+    supplier: &str,
+) -> (russh::client::Handle<AcceptAnyHostKey>, SftpSession) {
+    let mut session = russh::client::connect(
+        Arc::new(russh::client::Config::default()),
+        env.addr,
+        AcceptAnyHostKey,
+    )
+    .await
+    .unwrap();
+    let key = load_secret_key(env.key(supplier), None).unwrap();
+    let auth = session
+        .authenticate_publickey(supplier, PrivateKeyWithHashAlg::new(Arc::new(key), None))
+        .await
+        .unwrap();
+    assert!(auth.success(), "{supplier} could not log in");
+    let channel = session.channel_open_session().await.unwrap();
+    channel.request_subsystem(true, "sftp").await.unwrap();
+    let sftp = SftpSession::new(channel.into_stream()).await.unwrap();
+    (session, sftp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_library_client_lists_reads_and_is_refused_writes() {
+    let env = start(400).await;
+    let (_ssh, sftp) = connect(&env, "bi-delta").await;
+    assert_eq!(sftp.canonicalize(".").await.unwrap(), "/");
+    let names: Vec<String> = sftp
+        .read_dir("/akasse")
+        .await
+        .unwrap()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, ["902", "905"]);
+    let loads: Vec<String> = sftp
+        .read_dir("/akasse/905/unemployment-fund-membership/v1/full")
+        .await
+        .unwrap()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(loads.len(), 1);
+    let dir = format!(
+        "/akasse/905/unemployment-fund-membership/v1/full/{}",
+        loads[0]
+    );
+
+    // Whole file through the library equals SHA256SUMS.
+    let mut sums = String::new();
+    sftp.open(format!("{dir}/SHA256SUMS"))
+        .await
+        .unwrap()
+        .read_to_string(&mut sums)
+        .await
+        .unwrap();
+    let (sum, name) = sums.lines().next().unwrap().split_once("  ").unwrap();
+    let path = format!("{dir}/{name}");
+    let mut data = Vec::new();
+    sftp.open(&path)
+        .await
+        .unwrap()
+        .read_to_end(&mut data)
+        .await
+        .unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&data)), sum);
+    assert_eq!(
+        sftp.metadata(&path).await.unwrap().size,
+        Some(data.len() as u64)
+    );
+
+    // A read at an offset returns the same bytes as the file there.
+    let mut f = sftp.open(&path).await.unwrap();
+    f.seek(std::io::SeekFrom::Start(100)).await.unwrap();
+    let mut part = vec![0u8; 64];
+    f.read_exact(&mut part).await.unwrap();
+    assert_eq!(part, data[100..164]);
+
+    // Writes of every kind are refused; hidden authorities do not exist.
+    assert!(sftp.open_with_flags(&path, OpenFlags::WRITE).await.is_err());
+    assert!(sftp.create("/akasse/905/new").await.is_err());
+    assert!(sftp.create_dir("/akasse/905/x").await.is_err());
+    assert!(sftp.remove_file(&path).await.is_err());
+    assert!(sftp.rename(&path, "/akasse/905/y").await.is_err());
+    assert!(sftp.read_dir("/kommune").await.is_err());
+    assert!(sftp.metadata("/akasse/901").await.is_err());
+    assert!(sftp.try_exists("/akasse/902").await.unwrap());
+    assert!(!sftp.try_exists("/akasse/903").await.unwrap());
+}
+
+/// Many sessions at once, each reading the same file: none stalls or corrupts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_library_sessions_read_consistently() {
+    let env = start(400).await;
+    let (_ssh, sftp) = connect(&env, "bi-alpha").await;
+    let full = "/kommune/101/joblog/v1/full";
+    let load = sftp
+        .read_dir(full)
+        .await
+        .unwrap()
+        .map(|e| e.file_name())
+        .next()
+        .unwrap();
+    let path = format!("{full}/{load}/part-00000.parquet");
+    let want = sha256_file(&env.root().join(&path[1..]));
+    let env = Arc::new(env);
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let env = env.clone();
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            let (_ssh, sftp) = connect(&env, "bi-alpha").await;
+            let mut data = Vec::new();
+            sftp.open(&path)
+                .await
+                .unwrap()
+                .read_to_end(&mut data)
+                .await
+                .unwrap();
+            hex::encode(Sha256::digest(&data))
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), want);
+    }
+}
