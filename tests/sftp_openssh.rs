@@ -279,7 +279,7 @@ async fn writes_and_escapes_fail_and_leave_the_tree_unchanged() {
         "mkdir /kommune/101/joblog/newdir".to_string(),
         "mkdir /kommune/999".to_string(),
         format!("rm {file}"),
-        format!("rmdir /kommune/101/joblog/v1"),
+        "rmdir /kommune/101/joblog/v1".to_string(),
         format!("rename {file} /kommune/101/joblog/x.json"),
         format!("chmod 777 {file}"),
         format!("ln -s {file} /kommune/101/joblog/link"),

@@ -107,10 +107,10 @@ impl AuthorityId {
             (AuthorityKind::Akasse, AKASSER),
         ] {
             for line in list.lines().skip(1) {
-                if let Some((code, _)) = line.split_once(',') {
-                    if let Some(id) = AuthorityId::known(kind, code) {
-                        out.push(id);
-                    }
+                if let Some((code, _)) = line.split_once(',')
+                    && let Some(id) = AuthorityId::known(kind, code)
+                {
+                    out.push(id);
                 }
             }
         }

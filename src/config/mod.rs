@@ -603,18 +603,18 @@ impl Validator<'_> {
             (Some(f), Some(Some(t))) => (f, Some(t)),
             _ => return None,
         };
-        if let (Some(to_at), Some(to)) = (to_at, to) {
-            if to_at <= from_at {
-                self.err(
-                    to.span(),
-                    format!(
-                        "{what}: valid_to ({}) is not after valid_from ({})",
-                        value_text(to.get_ref()),
-                        value_text(from.get_ref())
-                    ),
-                );
-                return None;
-            }
+        if let (Some(to_at), Some(to)) = (to_at, to)
+            && to_at <= from_at
+        {
+            self.err(
+                to.span(),
+                format!(
+                    "{what}: valid_to ({}) is not after valid_from ({})",
+                    value_text(to.get_ref()),
+                    value_text(from.get_ref())
+                ),
+            );
+            return None;
         }
         Some(Validity {
             from: from_at,

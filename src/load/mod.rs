@@ -23,7 +23,10 @@ use writer::{AuthorityOutput, Fanout};
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("area {area}: {source}")]
-    Source { area: String, source: SourceError },
+    Source {
+        area: String,
+        source: Box<SourceError>,
+    },
     #[error(
         "area {area}: key or routing column {column} is not published (excluded, or the draft flag)"
     )]
@@ -103,7 +106,7 @@ pub async fn full_load(
     let started = Instant::now();
     let serr = |source| LoadError::Source {
         area: area.id.clone(),
-        source,
+        source: Box::new(source),
     };
     let columns = source.published_columns(area).await.map_err(serr)?;
     let index_of = |name: &str| columns.iter().position(|c| c.name == name);
@@ -225,7 +228,7 @@ async fn extract_and_write(
     let (outputs, withheld) = written?;
     let snapshot = extract.map_err(|source| LoadError::Source {
         area: area_id,
-        source,
+        source: Box::new(source),
     })?;
     Ok((snapshot, outputs, withheld))
 }

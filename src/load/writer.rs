@@ -58,6 +58,12 @@ pub struct AuthorityOutput {
     pub files: Vec<FileEntry>,
 }
 
+/// Per authority its files, and the count of rows withheld by reason.
+pub type Written = (
+    BTreeMap<AuthorityId, AuthorityOutput>,
+    BTreeMap<String, u64>,
+);
+
 pub struct Fanout {
     staging: PathBuf,
     area: String,
@@ -242,15 +248,7 @@ impl Fanout {
         Ok(())
     }
 
-    pub fn finish(
-        mut self,
-    ) -> Result<
-        (
-            BTreeMap<AuthorityId, AuthorityOutput>,
-            BTreeMap<String, u64>,
-        ),
-        LoadError,
-    > {
+    pub fn finish(mut self) -> Result<Written, LoadError> {
         for out in self.outputs.values_mut() {
             if let Some(open) = out.current.take() {
                 out.files.push(close(open, &self.area)?);

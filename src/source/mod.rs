@@ -501,7 +501,7 @@ impl Batcher {
         }
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.len
     }
 

@@ -286,14 +286,7 @@ mod tests {
         }
         assert_eq!(resolve(&"a/".repeat(3000)), Err(PathError::TooLong));
         assert_eq!(
-            resolve(
-                &"/kommune/101/joblog/"
-                    .to_string()
-                    .repeat(1)
-                    .chars()
-                    .chain("x/".repeat(40).chars())
-                    .collect::<String>()
-            ),
+            resolve(&format!("/kommune/101/joblog/{}", "x/".repeat(40))),
             Err(PathError::TooDeep)
         );
     }
@@ -306,11 +299,11 @@ mod tests {
             "/kommune/101/joblog/v1/../../../x",
             "../kommune/101/joblog/a/../../b",
         ] {
-            if let Ok(loc) = resolve(p) {
-                if let Some(real) = loc.real_path(root) {
-                    assert!(real.starts_with(root), "{p} -> {}", real.display());
-                    assert!(!real.components().any(|c| c.as_os_str() == ".."), "{p}");
-                }
+            if let Ok(loc) = resolve(p)
+                && let Some(real) = loc.real_path(root)
+            {
+                assert!(real.starts_with(root), "{p} -> {}", real.display());
+                assert!(!real.components().any(|c| c.as_os_str() == ".."), "{p}");
             }
         }
         assert_eq!(
