@@ -21,7 +21,7 @@ use crate::config::Area;
 use crate::source::{Column, arrow_schema};
 
 /// Buffered row groups across all writers of one load.
-const MEMORY_BUDGET: usize = 96 << 20;
+const MEMORY_BUDGET: usize = 32 << 20;
 /// A file is closed and a new one started after this many rows.
 const MAX_ROWS_PER_FILE: u64 = 2_000_000;
 const ROW_GROUP_ROWS: usize = 256 * 1024;
@@ -178,7 +178,7 @@ impl Fanout {
                 source,
             })?;
             let sink = HashingWriter {
-                inner: BufWriter::with_capacity(1 << 20, file),
+                inner: BufWriter::with_capacity(64 << 10, file),
                 hasher: Sha256::new(),
                 bytes: 0,
             };
