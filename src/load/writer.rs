@@ -1,14 +1,23 @@
-//! Fan-out of record batches into one Parquet writer per authority, opened
-//! lazily (no empty files). Runs on a blocking thread. Each writer buffers a
-//! row group in memory, so the sum of buffers is kept under a budget by
-//! flushing the largest ones.
+//! Fan-out of record batches to authorities, in two phases so memory does
+//! not grow with the number of authorities or rows:
+//! 1. route: each routed sub-batch is appended to its authority's Arrow IPC
+//!    spill file in the staging folder (a writer's state is a small buffer);
+//! 2. convert: after the extract, each spill file is streamed into Parquet
+//!    (zstd), one authority at a time.
+//!
+//! Why not a Parquet writer per authority straight away: parquet keeps zstd
+//! contexts and buffers for every column of every open writer, about 2 MiB
+//! per authority before any data (measured with massif), so ~119 authorities
+//! cost hundreds of MiB. Runs on a blocking thread.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
 
 use arrow_array::{Array, RecordBatch, StringArray, UInt32Array};
+use arrow_ipc::reader::StreamReader;
+use arrow_ipc::writer::StreamWriter;
 use arrow_schema::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -20,11 +29,12 @@ use crate::authority::AuthorityId;
 use crate::config::Area;
 use crate::source::{Column, arrow_schema};
 
-/// Buffered row groups across all writers of one load.
-const MEMORY_BUDGET: usize = 32 << 20;
 /// A file is closed and a new one started after this many rows.
 const MAX_ROWS_PER_FILE: u64 = 2_000_000;
-const ROW_GROUP_ROWS: usize = 256 * 1024;
+const ROW_GROUP_ROWS: usize = 512 * 1024;
+/// A row group is also cut at this many buffered bytes.
+const ROW_GROUP_BYTES: usize = 64 << 20;
+const IO_BUFFER: usize = 64 << 10;
 
 /// A file writer that hashes and counts what it writes.
 struct HashingWriter {
@@ -46,15 +56,9 @@ impl Write for HashingWriter {
     }
 }
 
-struct OpenFile {
-    name: String,
-    writer: ArrowWriter<HashingWriter>,
-    rows: u64,
-}
-
+/// Per authority, the Parquet files written.
 #[derive(Default)]
 pub struct AuthorityOutput {
-    current: Option<OpenFile>,
     pub files: Vec<FileEntry>,
 }
 
@@ -64,14 +68,18 @@ pub type Written = (
     BTreeMap<String, u64>,
 );
 
+struct Spill {
+    path: PathBuf,
+    writer: StreamWriter<BufWriter<File>>,
+}
+
 pub struct Fanout {
     staging: PathBuf,
     area: String,
     schema: SchemaRef,
-    props: WriterProperties,
     kommune_col: Option<usize>,
     akasse_col: Option<usize>,
-    outputs: BTreeMap<AuthorityId, AuthorityOutput>,
+    spills: BTreeMap<AuthorityId, Spill>,
     withheld: BTreeMap<String, u64>,
 }
 
@@ -81,29 +89,31 @@ impl Fanout {
             name.as_ref()
                 .and_then(|n| columns.iter().position(|c| &c.name == n))
         };
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(3).expect("valid level"),
-            ))
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .build();
         Fanout {
             staging,
             area: area.id.clone(),
             schema: arrow_schema(columns),
-            props,
             kommune_col: index(&area.route_kommune),
             akasse_col: index(&area.route_akasse),
-            outputs: BTreeMap::new(),
+            spills: BTreeMap::new(),
             withheld: BTreeMap::new(),
         }
     }
 
-    fn perr(&self) -> impl FnOnce(parquet::errors::ParquetError) -> LoadError + use<> {
-        let area = self.area.clone();
-        move |source| LoadError::Parquet { area, source }
+    fn io(&self, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> LoadError + use<> {
+        let (area, path) = (self.area.clone(), path.to_path_buf());
+        move |source| LoadError::Io { area, path, source }
     }
 
+    fn arrow(&self) -> impl FnOnce(arrow_schema::ArrowError) -> LoadError + use<> {
+        let area = self.area.clone();
+        move |e| LoadError::Writer {
+            area,
+            message: e.to_string(),
+        }
+    }
+
+    /// Phase 1: routes one batch and appends each part to its authority's spill.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), LoadError> {
         let col = |i: Option<usize>| {
             i.map(|i| {
@@ -144,121 +154,126 @@ impl Fanout {
             let part = if rows.len() == batch.num_rows() {
                 batch.clone()
             } else {
-                let idx = UInt32Array::from(rows);
-                arrow_select::take::take_record_batch(batch, &idx).map_err(|e| {
-                    LoadError::Writer {
-                        area: self.area.clone(),
-                        message: e.to_string(),
-                    }
-                })?
+                arrow_select::take::take_record_batch(batch, &UInt32Array::from(rows))
+                    .map_err(self.arrow())?
             };
-            self.write_to(authority, &part)?;
-        }
-        self.keep_within_budget()
-    }
-
-    fn write_to(&mut self, authority: AuthorityId, part: &RecordBatch) -> Result<(), LoadError> {
-        let perr = self.perr();
-        let dir = self
-            .staging
-            .join(authority.kind.as_str())
-            .join(authority.code_str());
-        let out = self.outputs.entry(authority).or_default();
-        if out.current.is_none() {
-            let name = format!("part-{:05}.parquet", out.files.len());
-            std::fs::create_dir_all(&dir).map_err(|source| LoadError::Io {
-                area: self.area.clone(),
-                path: dir.clone(),
-                source,
-            })?;
-            let path = dir.join(&name);
-            let file = File::create(&path).map_err(|source| LoadError::Io {
-                area: self.area.clone(),
-                path: path.clone(),
-                source,
-            })?;
-            let sink = HashingWriter {
-                inner: BufWriter::with_capacity(64 << 10, file),
-                hasher: Sha256::new(),
-                bytes: 0,
-            };
-            let writer = ArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))
-                .map_err(|source| LoadError::Parquet {
-                    area: self.area.clone(),
-                    source,
-                })?;
-            out.current = Some(OpenFile {
-                name,
-                writer,
-                rows: 0,
-            });
-        }
-        let open = out.current.as_mut().expect("opened above");
-        open.writer.write(part).map_err(perr)?;
-        open.rows += part.num_rows() as u64;
-        if open.rows >= MAX_ROWS_PER_FILE {
-            let open = out.current.take().expect("open");
-            let entry = close(open, &self.area)?;
-            self.outputs
-                .get_mut(&authority)
-                .expect("exists")
-                .files
-                .push(entry);
+            if !self.spills.contains_key(&authority) {
+                let dir = self.staging.join(".spill");
+                std::fs::create_dir_all(&dir).map_err(self.io(&dir))?;
+                let path = dir.join(format!(
+                    "{}-{}.arrows",
+                    authority.kind.as_str(),
+                    authority.code_str()
+                ));
+                let file = File::create(&path).map_err(self.io(&path))?;
+                let writer =
+                    StreamWriter::try_new(BufWriter::with_capacity(IO_BUFFER, file), &self.schema)
+                        .map_err(self.arrow())?;
+                self.spills.insert(authority, Spill { path, writer });
+            }
+            let arrow = self.arrow();
+            let spill = self.spills.get_mut(&authority).expect("opened above");
+            spill.writer.write(&part).map_err(arrow)?;
         }
         Ok(())
     }
 
-    /// Flushes the largest buffered row groups until the total is under half
-    /// the budget: many authorities each hold a partial row group.
-    fn keep_within_budget(&mut self) -> Result<(), LoadError> {
-        let total: usize = self
-            .outputs
-            .values()
-            .filter_map(|o| o.current.as_ref())
-            .map(|f| f.writer.in_progress_size())
-            .sum();
-        if total <= MEMORY_BUDGET {
-            return Ok(());
-        }
-        let mut sizes: Vec<(usize, AuthorityId)> = self
-            .outputs
-            .iter()
-            .filter_map(|(a, o)| {
-                o.current
-                    .as_ref()
-                    .map(|f| (f.writer.in_progress_size(), *a))
-            })
-            .collect();
-        sizes.sort_unstable_by(|a, b| b.cmp(a));
-        let mut remaining = total;
-        for (size, authority) in sizes {
-            if remaining <= MEMORY_BUDGET / 2 {
-                break;
-            }
-            let perr = self.perr();
-            if let Some(f) = self
-                .outputs
-                .get_mut(&authority)
-                .and_then(|o| o.current.as_mut())
-            {
-                f.writer.flush().map_err(perr)?;
-            }
-            remaining -= size;
-        }
-        Ok(())
-    }
-
+    /// Phase 2: turns every spill into Parquet files, one authority at a time.
     pub fn finish(mut self) -> Result<Written, LoadError> {
-        for out in self.outputs.values_mut() {
-            if let Some(open) = out.current.take() {
-                out.files.push(close(open, &self.area)?);
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).expect("valid level"),
+            ))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
+            .build();
+        let mut outputs = BTreeMap::new();
+        for (authority, spill) in std::mem::take(&mut self.spills) {
+            let Spill { path, mut writer } = spill;
+            writer.finish().map_err(self.arrow())?;
+            let mut buffered = writer.into_inner().map_err(self.arrow())?;
+            buffered.flush().map_err(self.io(&path))?;
+            drop(buffered);
+            let dir = self
+                .staging
+                .join(authority.kind.as_str())
+                .join(authority.code_str());
+            std::fs::create_dir_all(&dir).map_err(self.io(&dir))?;
+            let reader = StreamReader::try_new(
+                BufReader::with_capacity(IO_BUFFER, File::open(&path).map_err(self.io(&path))?),
+                None,
+            )
+            .map_err(self.arrow())?;
+            let mut files = Vec::new();
+            let mut current: Option<OpenFile> = None;
+            for batch in reader {
+                let batch = batch.map_err(self.arrow())?;
+                if current.is_none() {
+                    current = Some(self.open_file(&dir, files.len(), &props)?);
+                }
+                let open = current.as_mut().expect("opened above");
+                open.writer
+                    .write(&batch)
+                    .map_err(|source| LoadError::Parquet {
+                        area: self.area.clone(),
+                        source,
+                    })?;
+                open.rows += batch.num_rows() as u64;
+                if open.rows >= MAX_ROWS_PER_FILE {
+                    files.push(close(current.take().expect("open"), &dir, &self.area)?);
+                }
             }
+            if let Some(open) = current {
+                files.push(close(open, &dir, &self.area)?);
+            }
+            std::fs::remove_file(&path).map_err(self.io(&path))?;
+            outputs.insert(authority, AuthorityOutput { files });
         }
-        Ok((self.outputs, self.withheld))
+        let _ = std::fs::remove_dir(self.staging.join(".spill"));
+        Ok((outputs, self.withheld))
+    }
+
+    fn open_file(
+        &self,
+        dir: &std::path::Path,
+        index: usize,
+        props: &WriterProperties,
+    ) -> Result<OpenFile, LoadError> {
+        let name = format!("part-{index:05}.parquet");
+        let path = dir.join(&name);
+        let file = File::create(&path).map_err(self.io(&path))?;
+        let sink = HashingWriter {
+            inner: BufWriter::with_capacity(IO_BUFFER, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        let writer = ArrowWriter::try_new(sink, self.schema.clone(), Some(props.clone())).map_err(
+            |source| LoadError::Parquet {
+                area: self.area.clone(),
+                source,
+            },
+        )?;
+        Ok(OpenFile {
+            name,
+            writer,
+            rows: 0,
+        })
     }
 }
 
-fn close(open: OpenFile, area: &str) -> Result<FileEntry, LoadError> {
+struct OpenFile {
+    name: String,
+    writer: ArrowWriter<HashingWriter>,
+    rows: u64,
+}
+
+fn close(open: OpenFile, dir: &std::path::Path, area: &str) -> Result<FileEntry, LoadError> {
+    let path = dir.join(&open.name);
+    let io = |source| LoadError::Io {
+        area: area.to_string(),
+        path: path.clone(),
+        source,
+    };
     let sink = open
         .writer
         .into_inner()
@@ -271,16 +286,8 @@ fn close(open: OpenFile, area: &str) -> Result<FileEntry, LoadError> {
         hasher,
         bytes,
     } = sink;
-    let file = inner.into_inner().map_err(|e| LoadError::Io {
-        area: area.to_string(),
-        path: PathBuf::from(&open.name),
-        source: e.into_error(),
-    })?;
-    file.sync_all().map_err(|source| LoadError::Io {
-        area: area.to_string(),
-        path: PathBuf::from(&open.name),
-        source,
-    })?;
+    let file = inner.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
     Ok(FileEntry {
         name: open.name,
         bytes,
