@@ -12,6 +12,7 @@ use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::load::{self, LoadError, LoadReport};
 use crate::sftp::{self, SftpError, Shared};
 use crate::source::{Source, SourceError};
+use crate::tree::LoadKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -67,6 +68,15 @@ pub async fn check_config(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// One full load of one area, or of every area when `area` is `None`.
 pub async fn full_loads(config: &Config, area: Option<&str>) -> Result<Vec<LoadReport>, AppError> {
+    run_loads(config, area, LoadKind::Full).await
+}
+
+/// One load of `kind` of one area, or of every area when `area` is `None`.
+pub async fn run_loads(
+    config: &Config,
+    area: Option<&str>,
+    kind: LoadKind,
+) -> Result<Vec<LoadReport>, AppError> {
     let areas: Vec<_> = match area {
         Some(id) => vec![
             config
@@ -78,13 +88,17 @@ pub async fn full_loads(config: &Config, area: Option<&str>) -> Result<Vec<LoadR
     let source = Source::connect(&config.source_url).await?;
     let mut reports = Vec::new();
     for area in areas {
-        let r = load::full_load(config, &source, area).await;
+        let r = match kind {
+            LoadKind::Full => load::full_load(config, &source, area).await,
+            LoadKind::Delta => load::delta_load(config, &source, area).await,
+        };
         match r {
             Ok(r) => {
                 tracing::info!(
-                    area = %r.area, load = %r.load_id, rows = r.rows_read, authorities = r.authorities,
-                    files = r.files, bytes = r.bytes, elapsed_ms = r.elapsed.as_millis() as u64,
-                    "full load published"
+                    area = %r.area, kind = r.kind.as_str(), load = %r.load_id, rows = r.rows_read,
+                    authorities = r.authorities, files = r.files, bytes = r.bytes,
+                    watermark_to = r.watermark_to, elapsed_ms = r.elapsed.as_millis() as u64,
+                    "load published"
                 );
                 for (reason, n) in &r.withheld {
                     tracing::warn!(area = %r.area, reason = %reason, rows = n, "rows withheld");

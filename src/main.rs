@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use udstil::app;
 use udstil::source::Source;
+use udstil::tree::LoadKind;
 
 #[derive(Parser)]
 #[command(
@@ -45,9 +46,12 @@ enum Command {
         /// The data area; every area when left out.
         #[arg(long)]
         area: Option<String>,
-        /// A full load (the current state). Delta loads are not built yet.
-        #[arg(long, required = true)]
+        /// A full load: the current state.
+        #[arg(long, conflicts_with = "delta", required_unless_present = "delta")]
         full: bool,
+        /// A delta load: every change since the last published load.
+        #[arg(long)]
+        delta: bool,
     },
     /// Config file commands.
     Config {
@@ -77,6 +81,15 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum FixturesCommand {
+    /// Append random changes (inserts, updates, deletes, drafts, moves, fund changes) to the journals.
+    Mutate {
+        #[arg(long)]
+        source: String,
+        #[arg(long, default_value_t = 100)]
+        changes: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Create the DFDG schema and deterministic synthetic data (drops existing tables).
     Generate {
         /// sqlite://FILE or postgres://...
@@ -161,19 +174,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             area,
             full: _,
+            delta,
         } => {
             let c = checked(&config).await?;
-            for r in app::full_loads(&c, area.as_deref()).await? {
+            let kind = if delta {
+                LoadKind::Delta
+            } else {
+                LoadKind::Full
+            };
+            for r in app::run_loads(&c, area.as_deref(), kind).await? {
+                let window = match r.watermark_from {
+                    Some(from) => format!("watermark {from} -> {}", r.watermark_to),
+                    None => format!("watermark {}", r.watermark_to),
+                };
                 println!(
-                    "{}: full load {} published: {} rows read, {} rows written to {} authorities, {} files, {} bytes, watermark {}, {:.1}s",
+                    "{}: {} load {} published: {} rows read, {} rows written to {} authorities, {} files, {} bytes, {window}, {:.1}s",
                     r.area,
+                    r.kind.as_str(),
                     r.load_id,
                     r.rows_read,
                     r.rows_written,
                     r.authorities,
                     r.files,
                     r.bytes,
-                    r.watermark_to,
                     r.elapsed.as_secs_f64()
                 );
             }
@@ -194,6 +217,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "generated {} citizens: current rows {:?}, journal rows {:?} (joblog, plan_aktivitet, akasse_medlemskab)",
                 summary.citizens, summary.rows, summary.journal_rows
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fixtures {
+            command:
+                FixturesCommand::Mutate {
+                    source,
+                    changes,
+                    seed,
+                },
+        } => {
+            let s = Source::connect(&source).await?;
+            let m = udstil::fixtures::mutate(&s, changes, seed).await?;
+            s.close().await;
+            println!("{m:?}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

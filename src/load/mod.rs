@@ -3,6 +3,7 @@
 //! folder atomically (staging folder, fsync, rename; MANIFEST.json is written
 //! last inside the staging folder, so a published folder is always whole).
 
+pub mod delta;
 pub mod plan;
 mod writer;
 
@@ -18,7 +19,7 @@ use crate::authority::{AuthorityId, AuthorityKind};
 use crate::config::{Area, Config};
 use crate::source::{Column, Source, SourceError};
 use crate::tree::{self, LoadId, LoadKind};
-use writer::{AuthorityOutput, Fanout};
+use writer::{AuthorityOutput, Fanout, Written};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -44,6 +45,10 @@ pub enum LoadError {
         area: String,
         source: parquet::errors::ParquetError,
     },
+    #[error(
+        "area {area}: no full load of version {version} is published yet; run a full load first"
+    )]
+    NoFullLoad { area: String, version: u32 },
     #[error("area {area}: the writer thread failed: {message}")]
     Writer { area: String, message: String },
 }
@@ -57,7 +62,13 @@ pub struct Manifest {
     pub kind: String,
     pub authority: String,
     pub key: Vec<String>,
+    /// Deltas: the watermark of the previous load (exclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_from: Option<i64>,
     pub watermark_to: i64,
+    /// Deltas: this authority's previous load in the area version, so a gap shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_load_id: Option<String>,
     pub created_at: String,
     pub rows: u64,
     pub schema: Vec<SchemaField>,
@@ -84,7 +95,9 @@ pub struct FileEntry {
 #[derive(Debug, Clone)]
 pub struct LoadReport {
     pub area: String,
+    pub kind: LoadKind,
     pub load_id: LoadId,
+    pub watermark_from: Option<i64>,
     pub watermark_to: i64,
     pub rows_read: u64,
     /// Rows written, counting a row once per authority it went to.
@@ -97,18 +110,15 @@ pub struct LoadReport {
     pub elapsed: Duration,
 }
 
-/// Runs one full load of `area` now and publishes it.
-pub async fn full_load(
-    config: &Config,
-    source: &Source,
-    area: &Area,
-) -> Result<LoadReport, LoadError> {
-    let started = Instant::now();
-    let serr = |source| LoadError::Source {
-        area: area.id.clone(),
-        source: Box::new(source),
-    };
-    let columns = source.published_columns(area).await.map_err(serr)?;
+/// The published columns of an area, checked to carry its key and routing.
+async fn checked_columns(source: &Source, area: &Area) -> Result<Vec<Column>, LoadError> {
+    let columns = source
+        .published_columns(area)
+        .await
+        .map_err(|source| LoadError::Source {
+            area: area.id.clone(),
+            source: Box::new(source),
+        })?;
     let index_of = |name: &str| columns.iter().position(|c| c.name == name);
     for k in area
         .key
@@ -124,31 +134,73 @@ pub async fn full_load(
         }
     }
     for c in area.route_kommune.iter().chain(&area.route_akasse) {
-        if columns[index_of(c).unwrap()].ty != crate::source::ColumnType::Text {
+        if columns[index_of(c).expect("checked above")].ty != crate::source::ColumnType::Text {
             return Err(LoadError::RouteNotText {
                 area: area.id.clone(),
                 column: c.clone(),
             });
         }
     }
+    Ok(columns)
+}
 
-    let root = &config.storage_root;
-    let ioerr = |path: &Path| {
-        let path = path.to_path_buf();
-        let area = area.id.clone();
+/// What a load is about to publish, beyond the files.
+struct Plan<'a> {
+    area: &'a Area,
+    kind: LoadKind,
+    load_id: LoadId,
+    created_at: DateTime<Utc>,
+    schema: Vec<SchemaField>,
+    watermark_from: Option<i64>,
+    watermark_to: i64,
+    /// Per authority, its previous load in this area version (deltas only).
+    previous: BTreeMap<AuthorityId, LoadId>,
+}
+
+fn schema_fields(schema: &arrow_schema::Schema) -> Vec<SchemaField> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| SchemaField {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+            nullable: f.is_nullable(),
+        })
+        .collect()
+}
+
+fn new_load(root: &Path, area: &Area) -> Result<(LoadId, PathBuf), LoadError> {
+    let io = |path: &Path| {
+        let (area, path) = (area.id.clone(), path.to_path_buf());
         move |source| LoadError::Io { area, path, source }
     };
-    let now = Utc::now().trunc_subsecs(0);
     let load_id = LoadId {
-        seq: next_seq(root, &area.id).map_err(ioerr(root))?,
-        at: now,
+        seq: next_seq(root, &area.id).map_err(io(root))?,
+        at: Utc::now().trunc_subsecs(0),
     };
     let staging = root.join(".staging").join(format!("{}-{load_id}", area.id));
-    std::fs::create_dir_all(&staging).map_err(ioerr(&staging))?;
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    Ok((load_id, staging))
+}
 
-    let result = extract_and_write(source, area, &columns, &staging).await;
-    let (snapshot, mut outputs, withheld) = match result {
-        Ok(r) => r,
+/// Runs one full load of `area` now and publishes it.
+pub async fn full_load(
+    config: &Config,
+    source: &Source,
+    area: &Area,
+) -> Result<LoadReport, LoadError> {
+    let started = Instant::now();
+    let columns = checked_columns(source, area).await?;
+    let root = &config.storage_root;
+    let (load_id, staging) = new_load(root, area)?;
+    let fanout = Fanout::new(staging.clone(), area, &columns);
+    let schema = schema_fields(&crate::source::arrow_schema(&columns));
+    let result = pipeline(area, fanout, |tx| source.full_extract(area, &columns, tx)).await;
+    let ((snapshot, (mut outputs, withheld)), rows) = match result {
+        Ok((snapshot, written)) => {
+            let rows = snapshot.rows;
+            ((snapshot, written), rows)
+        }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
@@ -162,17 +214,136 @@ pub async fn full_load(
             AuthorityKind::Akasse => area.route_akasse.is_some(),
         };
         if routed {
-            outputs
-                .entry(c.authority)
-                .or_insert_with(AuthorityOutput::default);
+            outputs.entry(c.authority).or_default();
         }
     }
-
-    let mut report = LoadReport {
-        area: area.id.clone(),
+    let plan = Plan {
+        area,
+        kind: LoadKind::Full,
         load_id,
+        created_at: load_id.at,
+        schema,
+        watermark_from: None,
         watermark_to: snapshot.watermark,
-        rows_read: snapshot.rows,
+        previous: BTreeMap::new(),
+    };
+    finish(root, &staging, plan, rows, outputs, withheld, started)
+}
+
+/// Runs one delta load of `area` now: every journal entry since the
+/// published watermark, up to the source's high-water mark at the start.
+pub async fn delta_load(
+    _config: &Config,
+    source: &Source,
+    area: &Area,
+) -> Result<LoadReport, LoadError> {
+    let started = Instant::now();
+    let root = &_config.storage_root;
+    let serr = |source| LoadError::Source {
+        area: area.id.clone(),
+        source: Box::new(source),
+    };
+    let previous = latest_loads(root, area).map_err(|source| LoadError::Io {
+        area: area.id.clone(),
+        path: root.clone(),
+        source,
+    })?;
+    let Some(from) = previous.values().map(|(_, wm)| *wm).max() else {
+        return Err(LoadError::NoFullLoad {
+            area: area.id.clone(),
+            version: area.version,
+        });
+    };
+    let columns = checked_columns(source, area).await?;
+    let to = source.high_water_mark(area).await.map_err(serr)?;
+    let prior = source.prior_rows(area, from, to).await.map_err(serr)?;
+    let state = prior
+        .into_iter()
+        .map(|p| {
+            let op = delta::Op::parse(&p.op).unwrap_or(delta::Op::Update);
+            let targets = plan::route(p.kommune.as_deref(), p.akasse.as_deref()).targets;
+            (p.key, delta::published_to(op, p.draft, &targets))
+        })
+        .collect();
+    let (load_id, staging) = new_load(root, area)?;
+    let fanout = Fanout::delta(staging.clone(), area, &columns, state);
+    let schema = schema_fields(&writer::delta_schema(&columns));
+    let result = pipeline(area, fanout, |tx| {
+        source.delta_extract(area, &columns, from, to, tx)
+    })
+    .await;
+    let (rows, (mut outputs, withheld)) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    // Every authority that holds this area gets the delta, empty or not.
+    for authority in previous.keys() {
+        outputs.entry(*authority).or_default();
+    }
+    let plan = Plan {
+        area,
+        kind: LoadKind::Delta,
+        load_id,
+        created_at: load_id.at,
+        schema,
+        watermark_from: Some(from),
+        watermark_to: to,
+        previous: previous.into_iter().map(|(a, (id, _))| (a, id)).collect(),
+    };
+    finish(root, &staging, plan, rows, outputs, withheld, started)
+}
+
+/// Extract and write concurrently: the extract sends batches over a small
+/// bounded channel, so memory stays flat, to the writer on a blocking thread.
+async fn pipeline<T, F, Fut>(
+    area: &Area,
+    mut fanout: Fanout,
+    extract: F,
+) -> Result<(T, Written), LoadError>
+where
+    F: FnOnce(mpsc::Sender<arrow_array::RecordBatch>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, SourceError>>,
+{
+    let (tx, mut rx) = mpsc::channel(4);
+    let writer = tokio::task::spawn_blocking(move || {
+        while let Some(batch) = rx.blocking_recv() {
+            fanout.write(&batch)?;
+        }
+        fanout.finish()
+    });
+    let extracted = extract(tx).await;
+    let written = writer.await.map_err(|e| LoadError::Writer {
+        area: area.id.clone(),
+        message: e.to_string(),
+    })?;
+    // The writer's own error explains a dropped channel better than the extract's.
+    let written = written?;
+    let extracted = extracted.map_err(|source| LoadError::Source {
+        area: area.id.clone(),
+        source: Box::new(source),
+    })?;
+    Ok((extracted, written))
+}
+
+fn finish(
+    root: &Path,
+    staging: &Path,
+    plan: Plan<'_>,
+    rows_read: u64,
+    outputs: BTreeMap<AuthorityId, AuthorityOutput>,
+    withheld: BTreeMap<String, u64>,
+    started: Instant,
+) -> Result<LoadReport, LoadError> {
+    let mut report = LoadReport {
+        area: plan.area.id.clone(),
+        kind: plan.kind,
+        load_id: plan.load_id,
+        watermark_from: plan.watermark_from,
+        watermark_to: plan.watermark_to,
+        rows_read,
         rows_written: 0,
         withheld,
         authorities: outputs.len(),
@@ -180,84 +351,26 @@ pub async fn full_load(
         bytes: 0,
         elapsed: Duration::ZERO,
     };
-    let publish = publish_all(
-        root,
-        &staging,
-        area,
-        &columns,
-        load_id,
-        snapshot.watermark,
-        now,
-        outputs,
-        &mut report,
-    );
-    let _ = std::fs::remove_dir_all(&staging);
-    publish?;
+    let published = publish_all(root, staging, &plan, outputs, &mut report);
+    let _ = std::fs::remove_dir_all(staging);
+    published?;
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
-type Extracted = (
-    crate::source::Snapshot,
-    BTreeMap<AuthorityId, AuthorityOutput>,
-    BTreeMap<String, u64>,
-);
-
-async fn extract_and_write(
-    source: &Source,
-    area: &Area,
-    columns: &[Column],
-    staging: &Path,
-) -> Result<Extracted, LoadError> {
-    // A small bounded channel: the extract waits for the writer, so memory stays flat.
-    let (tx, mut rx) = mpsc::channel(4);
-    let mut fanout = Fanout::new(staging.to_path_buf(), area, columns);
-    let area_id = area.id.clone();
-    let writer = tokio::task::spawn_blocking(move || {
-        while let Some(batch) = rx.blocking_recv() {
-            fanout.write(&batch)?;
-        }
-        fanout.finish()
-    });
-    let extract = source.full_extract(area, columns, tx).await;
-    let written = writer.await.map_err(|e| LoadError::Writer {
-        area: area_id.clone(),
-        message: e.to_string(),
-    })?;
-    // The writer's own error explains a dropped channel better than the extract's.
-    let (outputs, withheld) = written?;
-    let snapshot = extract.map_err(|source| LoadError::Source {
-        area: area_id,
-        source: Box::new(source),
-    })?;
-    Ok((snapshot, outputs, withheld))
-}
-
-#[allow(clippy::too_many_arguments)]
 fn publish_all(
     root: &Path,
     staging: &Path,
-    area: &Area,
-    columns: &[Column],
-    load_id: LoadId,
-    watermark: i64,
-    now: DateTime<Utc>,
+    plan: &Plan<'_>,
     outputs: BTreeMap<AuthorityId, AuthorityOutput>,
     report: &mut LoadReport,
 ) -> Result<(), LoadError> {
+    let area = plan.area;
     let ioerr = |path: &Path| {
         let path = path.to_path_buf();
         let area = area.id.clone();
         move |source| LoadError::Io { area, path, source }
     };
-    let schema: Vec<SchemaField> = columns
-        .iter()
-        .map(|c| SchemaField {
-            name: c.name.clone(),
-            data_type: c.ty.arrow().to_string(),
-            nullable: true,
-        })
-        .collect();
     // Write every manifest first; only then move folders into the tree, so a
     // failure before the renames publishes nothing at all.
     let mut ready = Vec::new();
@@ -267,16 +380,18 @@ fn publish_all(
             .join(authority.code_str());
         std::fs::create_dir_all(&dir).map_err(ioerr(&dir))?;
         let manifest = Manifest {
-            load_id: load_id.to_string(),
+            load_id: plan.load_id.to_string(),
             area: area.id.clone(),
             version: area.version,
-            kind: LoadKind::Full.as_str().into(),
+            kind: plan.kind.as_str().into(),
             authority: authority.to_string(),
             key: area.key.clone(),
-            watermark_to: watermark,
-            created_at: now.to_rfc3339(),
+            watermark_from: plan.watermark_from,
+            watermark_to: plan.watermark_to,
+            previous_load_id: plan.previous.get(&authority).map(|id| id.to_string()),
+            created_at: plan.created_at.to_rfc3339(),
             rows: out.files.iter().map(|f| f.rows).sum(),
-            schema: schema.clone(),
+            schema: plan.schema.clone(),
             files: out.files,
         };
         let sums: String = manifest
@@ -299,8 +414,8 @@ fn publish_all(
             authority,
             &area.id,
             area.version,
-            LoadKind::Full,
-            load_id,
+            plan.kind,
+            plan.load_id,
         );
         let parent = target.parent().expect("load dir has a parent");
         std::fs::create_dir_all(parent).map_err(ioerr(parent))?;
@@ -308,6 +423,46 @@ fn publish_all(
         sync_dir(parent).map_err(ioerr(parent))?;
     }
     Ok(())
+}
+
+/// Per authority holding the area's current version: its latest load and
+/// that load's watermark, read from the published tree.
+pub fn latest_loads(
+    root: &Path,
+    area: &Area,
+) -> std::io::Result<BTreeMap<AuthorityId, (LoadId, i64)>> {
+    let mut out = BTreeMap::new();
+    for kind in AuthorityKind::ALL {
+        for code in read_dir_names(&root.join(kind.as_str()))? {
+            let Some(authority) = AuthorityId::known(kind, &code) else {
+                continue;
+            };
+            let mut latest: Option<(LoadId, LoadKind)> = None;
+            for load_kind in [LoadKind::Full, LoadKind::Delta] {
+                let dir = tree::kind_dir(root, authority, &area.id, area.version, load_kind);
+                for name in read_dir_names(&dir)? {
+                    if let Some(id) = LoadId::parse(&name)
+                        && latest.is_none_or(|(l, _)| id > l)
+                    {
+                        latest = Some((id, load_kind));
+                    }
+                }
+            }
+            if let Some((id, load_kind)) = latest {
+                let path = tree::load_dir(root, authority, &area.id, area.version, load_kind, id)
+                    .join("MANIFEST.json");
+                let manifest: Manifest =
+                    serde_json::from_slice(&std::fs::read(&path)?).map_err(|e| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("{}: {e}", path.display()),
+                        )
+                    })?;
+                out.insert(authority, (id, manifest.watermark_to));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {

@@ -10,12 +10,13 @@
 //! per authority before any data (measured with massif), so ~119 authorities
 //! cost hundreds of MiB. Runs on a blocking thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use arrow_array::{Array, RecordBatch, StringArray, UInt32Array};
+use arrow_array::{Array, BooleanArray, RecordBatch, StringArray, UInt32Array};
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::SchemaRef;
@@ -24,7 +25,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
-use super::{FileEntry, LoadError, plan};
+use super::{FileEntry, LoadError, delta, plan};
 use crate::authority::AuthorityId;
 use crate::config::Area;
 use crate::source::{Column, arrow_schema};
@@ -76,15 +77,98 @@ struct Spill {
 pub struct Fanout {
     staging: PathBuf,
     area: String,
+    /// The schema written (for a delta: the published columns and `_op`, `_seq`, `_changed_at`).
     schema: SchemaRef,
     kommune_col: Option<usize>,
     akasse_col: Option<usize>,
+    delta: Option<DeltaState>,
     spills: BTreeMap<AuthorityId, Spill>,
     withheld: BTreeMap<String, u64>,
 }
 
+/// A delta's input batches are the published columns followed by
+/// `_draft`, `_seq`, `_op`, `_changed_at` (see `source::delta_extract`).
+pub struct DeltaState {
+    published: usize,
+    key_cols: Vec<usize>,
+    /// Where each row touched so far is published (seeded with the state at
+    /// the previous watermark).
+    pub state: HashMap<String, BTreeSet<AuthorityId>>,
+}
+
+/// A row's key as one string (parts joined by U+001F), as in `source::prior_states`.
+pub fn key_string(batch: &RecordBatch, key_cols: &[usize], row: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in key_cols.iter().enumerate() {
+        if i > 0 {
+            out.push('\u{1f}');
+        }
+        let col = batch.column(*c);
+        if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
+            out.push_str(a.value(row));
+        } else {
+            out.push_str(&arrow_cast_display(col, row));
+        }
+    }
+    out
+}
+
+fn arrow_cast_display(col: &arrow_array::ArrayRef, row: usize) -> String {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int16Type, Int32Type, Int64Type};
+    match col.data_type() {
+        arrow_schema::DataType::Int64 => col.as_primitive::<Int64Type>().value(row).to_string(),
+        arrow_schema::DataType::Int32 => col.as_primitive::<Int32Type>().value(row).to_string(),
+        arrow_schema::DataType::Int16 => col.as_primitive::<Int16Type>().value(row).to_string(),
+        other => unreachable!("key columns are text or integers, not {other}"),
+    }
+}
+
 impl Fanout {
+    /// A full load: the batches hold the published columns.
     pub fn new(staging: PathBuf, area: &Area, columns: &[Column]) -> Self {
+        Self::build(staging, area, columns, arrow_schema(columns), None)
+    }
+
+    /// A delta: `columns` are the published ones; `state` is where each key
+    /// touched in the window was published at the previous watermark.
+    pub fn delta(
+        staging: PathBuf,
+        area: &Area,
+        columns: &[Column],
+        state: HashMap<String, BTreeSet<AuthorityId>>,
+    ) -> Self {
+        let key_cols = area
+            .key
+            .iter()
+            .map(|k| {
+                columns
+                    .iter()
+                    .position(|c| &c.name == k)
+                    .expect("key columns are published")
+            })
+            .collect();
+        let schema = delta_schema(columns);
+        Self::build(
+            staging,
+            area,
+            columns,
+            schema,
+            Some(DeltaState {
+                published: columns.len(),
+                key_cols,
+                state,
+            }),
+        )
+    }
+
+    fn build(
+        staging: PathBuf,
+        area: &Area,
+        columns: &[Column],
+        schema: SchemaRef,
+        delta: Option<DeltaState>,
+    ) -> Self {
         let index = |name: &Option<String>| {
             name.as_ref()
                 .and_then(|n| columns.iter().position(|c| &c.name == n))
@@ -92,9 +176,10 @@ impl Fanout {
         Fanout {
             staging,
             area: area.id.clone(),
-            schema: arrow_schema(columns),
+            schema,
             kommune_col: index(&area.route_kommune),
             akasse_col: index(&area.route_akasse),
+            delta,
             spills: BTreeMap::new(),
             withheld: BTreeMap::new(),
         }
@@ -128,7 +213,8 @@ impl Fanout {
         fn value(a: Option<&StringArray>, row: usize) -> Option<&str> {
             a.and_then(|a| (!a.is_null(row)).then(|| a.value(row)))
         }
-        let mut rows_for: BTreeMap<AuthorityId, Vec<u32>> = BTreeMap::new();
+        // Per authority: the rows it gets and, for a delta, the operation of each.
+        let mut rows_for: BTreeMap<AuthorityId, (Vec<u32>, Vec<&'static str>)> = BTreeMap::new();
         for row in 0..batch.num_rows() {
             let r = plan::route(value(kommune, row), value(akasse, row));
             if r.unknown_kommune {
@@ -140,22 +226,71 @@ impl Fanout {
             if r.unknown_akasse {
                 *self.withheld.entry("unknown fund code".into()).or_default() += 1;
             }
-            if r.targets.is_empty() {
-                *self
-                    .withheld
-                    .entry("row routes to no authority".into())
-                    .or_default() += 1;
-            }
-            for t in r.targets {
-                rows_for.entry(t).or_default().push(row as u32);
+            match &mut self.delta {
+                None => {
+                    if r.targets.is_empty() {
+                        *self
+                            .withheld
+                            .entry("row routes to no authority".into())
+                            .or_default() += 1;
+                    }
+                    for t in r.targets {
+                        rows_for.entry(t).or_default().0.push(row as u32);
+                    }
+                }
+                Some(d) => {
+                    let n = d.published;
+                    let draft = batch
+                        .column(n)
+                        .as_any()
+                        .downcast_ref::<BooleanArray>()
+                        .expect("_draft is boolean");
+                    let ops = batch
+                        .column(n + 2)
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .expect("_op is text");
+                    let op = delta::Op::parse(ops.value(row)).ok_or_else(|| LoadError::Writer {
+                        area: self.area.clone(),
+                        message: format!(
+                            "journal operation is not I, U or D at sequence row {row} of a batch"
+                        ),
+                    })?;
+                    let is_draft = !draft.is_null(row) && draft.value(row);
+                    let after = delta::published_to(op, is_draft, &r.targets);
+                    let key = key_string(batch, &d.key_cols, row);
+                    let before = d.state.insert(key, after.clone()).unwrap_or_default();
+                    for (authority, op) in delta::emit(&before, &after) {
+                        let e = rows_for.entry(authority).or_default();
+                        e.0.push(row as u32);
+                        e.1.push(op.as_str());
+                    }
+                }
             }
         }
-        for (authority, rows) in rows_for {
-            let part = if rows.len() == batch.num_rows() {
-                batch.clone()
-            } else {
-                arrow_select::take::take_record_batch(batch, &UInt32Array::from(rows))
-                    .map_err(self.arrow())?
+        for (authority, (rows, ops)) in rows_for {
+            let part = match &self.delta {
+                None if rows.len() == batch.num_rows() => batch.clone(),
+                None => arrow_select::take::take_record_batch(batch, &UInt32Array::from(rows))
+                    .map_err(self.arrow())?,
+                Some(d) => {
+                    let idx = UInt32Array::from(rows);
+                    let n = d.published;
+                    let mut cols = Vec::with_capacity(n + 3);
+                    for c in batch.columns()[..n].iter() {
+                        cols.push(arrow_select::take::take(c, &idx, None).map_err(self.arrow())?);
+                    }
+                    cols.push(Arc::new(StringArray::from(ops)) as arrow_array::ArrayRef);
+                    cols.push(
+                        arrow_select::take::take(batch.column(n + 1), &idx, None)
+                            .map_err(self.arrow())?,
+                    );
+                    cols.push(
+                        arrow_select::take::take(batch.column(n + 3), &idx, None)
+                            .map_err(self.arrow())?,
+                    );
+                    RecordBatch::try_new(self.schema.clone(), cols).map_err(self.arrow())?
+                }
             };
             if !self.spills.contains_key(&authority) {
                 let dir = self.staging.join(".spill");
@@ -294,4 +429,29 @@ fn close(open: OpenFile, dir: &std::path::Path, area: &str) -> Result<FileEntry,
         rows: open.rows,
         sha256: hex::encode(hasher.finalize()),
     })
+}
+
+/// A delta's columns: the published ones, then `_op`, `_seq`, `_changed_at`.
+pub fn delta_schema(columns: &[Column]) -> SchemaRef {
+    let mut fields: Vec<arrow_schema::Field> = arrow_schema(columns)
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(arrow_schema::Field::new(
+        "_op",
+        arrow_schema::DataType::Utf8,
+        false,
+    ));
+    fields.push(arrow_schema::Field::new(
+        "_seq",
+        arrow_schema::DataType::Int64,
+        false,
+    ));
+    fields.push(arrow_schema::Field::new(
+        "_changed_at",
+        arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, Some("UTC".into())),
+        true,
+    ));
+    Arc::new(arrow_schema::Schema::new(fields))
 }

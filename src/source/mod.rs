@@ -437,6 +437,192 @@ impl Source {
     }
 }
 
+/// A key column's value as text, the way `load::writer::key_string` writes it.
+fn key_text_sql(keys: &[String]) -> String {
+    keys.iter()
+        .map(|k| format!("CAST({} AS TEXT)", quote(k)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Where one row stood at a watermark: the journal's last entry for its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorRow {
+    pub key: String,
+    pub op: String,
+    pub kommune: Option<String>,
+    pub akasse: Option<String>,
+    pub draft: bool,
+}
+
+impl Source {
+    /// The journal's highest sequence number for an area now.
+    pub async fn high_water_mark(&self, area: &Area) -> Result<i64, SourceError> {
+        let sql = format!(
+            "SELECT CAST(COALESCE(MAX({}), 0) AS BIGINT) FROM {}",
+            quote(&area.sequence_column),
+            quote(&area.journal)
+        );
+        let qerr = |source| SourceError::Query {
+            table: area.journal.clone(),
+            source,
+        };
+        let (hwm,): (i64,) = match self {
+            Source::Sqlite(p) => sqlx::query_as(AssertSqlSafe(sql))
+                .fetch_one(p)
+                .await
+                .map_err(qerr)?,
+            Source::Postgres(p) => sqlx::query_as(AssertSqlSafe(sql))
+                .fetch_one(p)
+                .await
+                .map_err(qerr)?,
+        };
+        Ok(hwm)
+    }
+
+    /// For every key changed in `(from, to]`, its journal state at `from`
+    /// (keys first seen in the window are absent). Cost grows with the number
+    /// of changed keys, not with the table (given an index on the journal key).
+    pub async fn prior_rows(
+        &self,
+        area: &Area,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<PriorRow>, SourceError> {
+        let keys = area
+            .key
+            .iter()
+            .map(|k| quote(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let seq = quote(&area.sequence_column);
+        let j = quote(&area.journal);
+        let opt = |c: &Option<String>| {
+            c.as_ref().map_or("CAST(NULL AS TEXT)".to_string(), |c| {
+                format!("CAST({} AS TEXT)", quote(c))
+            })
+        };
+        let draft = area.draft_column.as_ref().map_or("FALSE".to_string(), |d| {
+            format!("COALESCE({}, FALSE)", quote(d))
+        });
+        // Integers are our own watermarks, not input, so they are inlined.
+        let sql = format!(
+            "SELECT {key_text}, CAST({op} AS TEXT), {kommune}, {akasse}, {draft} FROM {j} \
+             WHERE {seq} IN (SELECT MAX({seq}) FROM {j} WHERE {seq} <= {from} AND ({keys}) IN \
+             (SELECT {keys} FROM {j} WHERE {seq} > {from} AND {seq} <= {to}) GROUP BY {keys})",
+            key_text = key_text_sql(&area.key),
+            op = quote(&area.operation_column),
+            kommune = opt(&area.route_kommune),
+            akasse = opt(&area.route_akasse),
+        );
+        let qerr = |source| SourceError::Query {
+            table: area.journal.clone(),
+            source,
+        };
+        let nkeys = area.key.len();
+        macro_rules! fetch {
+            ($pool:expr) => {{
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .fetch_all($pool)
+                    .await
+                    .map_err(qerr)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let mut key = String::new();
+                    for i in 0..nkeys {
+                        if i > 0 {
+                            key.push('\u{1f}');
+                        }
+                        key.push_str(&row.try_get::<String, _>(i).map_err(qerr)?);
+                    }
+                    out.push(PriorRow {
+                        key,
+                        op: row.try_get(nkeys).map_err(qerr)?,
+                        kommune: row.try_get(nkeys + 1).map_err(qerr)?,
+                        akasse: row.try_get(nkeys + 2).map_err(qerr)?,
+                        draft: row.try_get(nkeys + 3).map_err(qerr)?,
+                    });
+                }
+                out
+            }};
+        }
+        Ok(match self {
+            Source::Sqlite(p) => fetch!(p),
+            Source::Postgres(p) => fetch!(p),
+        })
+    }
+
+    /// Streams the journal window `(from, to]` in sequence order: the
+    /// published columns, then `_draft`, `_seq`, `_op`, `_changed_at`.
+    pub async fn delta_extract(
+        &self,
+        area: &Area,
+        columns: &[Column],
+        from: i64,
+        to: i64,
+        out: mpsc::Sender<RecordBatch>,
+    ) -> Result<u64, SourceError> {
+        let mut all = columns.to_vec();
+        for (name, ty) in [
+            ("_draft", ColumnType::Bool),
+            ("_seq", ColumnType::Int64),
+            ("_op", ColumnType::Text),
+            ("_changed_at", ColumnType::Timestamp),
+        ] {
+            all.push(Column {
+                name: name.into(),
+                ty,
+                sql_type: String::new(),
+            });
+        }
+        let select = columns
+            .iter()
+            .map(|c| quote(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let draft = area.draft_column.as_ref().map_or("FALSE".to_string(), |d| {
+            format!("COALESCE({}, FALSE)", quote(d))
+        });
+        let seq = quote(&area.sequence_column);
+        let sql = format!(
+            "SELECT {select}, {draft}, CAST({seq} AS BIGINT), CAST({op} AS TEXT), {changed} FROM {j} \
+             WHERE {seq} > {from} AND {seq} <= {to} ORDER BY {seq}",
+            op = quote(&area.operation_column),
+            changed = quote(&area.changed_at_column),
+            j = quote(&area.journal),
+        );
+        let qerr = |source| SourceError::Query {
+            table: area.journal.clone(),
+            source,
+        };
+        let mut batcher = Batcher::new(arrow_schema(&all), &all, &area.journal);
+        macro_rules! stream {
+            ($pool:expr) => {{
+                let mut rows = sqlx::query(AssertSqlSafe(sql.as_str())).fetch($pool);
+                while let Some(row) = rows.try_next().await.map_err(qerr)? {
+                    append_row!(batcher, row);
+                    if batcher.len() >= BATCH_ROWS {
+                        out.send(batcher.finish())
+                            .await
+                            .map_err(|_| SourceError::ConsumerGone)?;
+                    }
+                }
+            }};
+        }
+        match self {
+            Source::Sqlite(p) => stream!(p),
+            Source::Postgres(p) => stream!(p),
+        }
+        let rows = batcher.total;
+        if batcher.len() > 0 {
+            out.send(batcher.finish())
+                .await
+                .map_err(|_| SourceError::ConsumerGone)?;
+        }
+        Ok(rows)
+    }
+}
+
 /// Hides a password in a URL before it reaches an error message or a log.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.find('@')) {
