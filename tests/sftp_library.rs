@@ -152,3 +152,51 @@ async fn many_concurrent_library_sessions_read_consistently() {
         assert_eq!(t.await.unwrap(), want);
     }
 }
+
+/// Retention removes old loads after a new one publishes; a download that
+/// already started finishes with the right bytes, and the removed load
+/// leaves the listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_in_progress_survives_retention() {
+    let env = start(400).await;
+    let (_ssh, sftp) = connect(&env, "bi-alpha").await;
+    let full = "/kommune/101/joblog/v1/full";
+    let first = sftp
+        .read_dir(full)
+        .await
+        .unwrap()
+        .map(|e| e.file_name())
+        .next()
+        .unwrap();
+    let path = format!("{full}/{first}/part-00000.parquet");
+    let want = sha256_file(&env.root().join(&path[1..]));
+    let mut f = sftp.open(&path).await.unwrap();
+    let mut head = vec![0u8; 1000];
+    f.read_exact(&mut head).await.unwrap();
+
+    let mut config = (*env.config).clone();
+    config
+        .areas
+        .iter_mut()
+        .for_each(|a| a.retention_full_loads = 1);
+    let reports = udstil::app::full_loads(&config, Some("joblog"))
+        .await
+        .unwrap();
+    assert!(reports[0].removed > 0, "retention removed nothing");
+    assert!(
+        !env.root().join(&path[1..]).exists(),
+        "the old load is still on disk"
+    );
+    let listed: Vec<String> = sftp
+        .read_dir(full)
+        .await
+        .unwrap()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(listed, [reports[0].load_id.to_string()]);
+
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).await.unwrap();
+    head.extend(rest);
+    assert_eq!(hex::encode(Sha256::digest(&head)), want);
+}

@@ -5,6 +5,7 @@
 
 pub mod delta;
 pub mod plan;
+pub mod retention;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -107,6 +108,8 @@ pub struct LoadReport {
     pub authorities: usize,
     pub files: usize,
     pub bytes: u64,
+    /// Old load folders removed by retention afterwards.
+    pub removed: usize,
     pub elapsed: Duration,
 }
 
@@ -349,11 +352,18 @@ fn finish(
         authorities: outputs.len(),
         files: 0,
         bytes: 0,
+        removed: 0,
         elapsed: Duration::ZERO,
     };
     let published = publish_all(root, staging, &plan, outputs, &mut report);
     let _ = std::fs::remove_dir_all(staging);
     published?;
+    // Retention runs after the new load is in place; a failure here leaves
+    // extra loads behind, never fewer, so it is logged and not fatal.
+    match apply_retention(root, plan.area) {
+        Ok(n) => report.removed = n,
+        Err(e) => tracing::warn!(area = %plan.area.id, error = %e, "retention failed"),
+    }
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -423,6 +433,61 @@ fn publish_all(
         sync_dir(parent).map_err(ioerr(parent))?;
     }
     Ok(())
+}
+
+/// Removes, for every authority, the loads of `area` that retention no longer
+/// keeps (see `retention`). A folder is first renamed to a hidden name, so it
+/// leaves the view at once, then deleted; a client already reading one of its
+/// files keeps its open file and finishes.
+pub fn apply_retention(root: &Path, area: &Area) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for kind in AuthorityKind::ALL {
+        for code in read_dir_names(&root.join(kind.as_str()))? {
+            let Some(authority) = AuthorityId::known(kind, &code) else {
+                continue;
+            };
+            let area_dir = tree::area_dir(root, authority, &area.id);
+            let mut loads = Vec::new();
+            for v in read_dir_names(&area_dir)? {
+                let Some(version) = v.strip_prefix('v').and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                for load_kind in [LoadKind::Full, LoadKind::Delta] {
+                    for name in read_dir_names(&tree::kind_dir(
+                        root, authority, &area.id, version, load_kind,
+                    ))? {
+                        if let Some(id) = LoadId::parse(&name) {
+                            loads.push(retention::Published {
+                                id,
+                                kind: load_kind,
+                                version,
+                            });
+                        }
+                    }
+                }
+            }
+            for old in retention::to_remove(&loads, area.retention_full_loads) {
+                let dir = tree::load_dir(root, authority, &area.id, old.version, old.kind, old.id);
+                let hidden = dir.with_file_name(format!(".removed-{}", old.id));
+                std::fs::rename(&dir, &hidden)?;
+                std::fs::remove_dir_all(&hidden)?;
+                removed += 1;
+            }
+            // A version folder with no loads left goes too.
+            for v in read_dir_names(&area_dir)? {
+                let vdir = area_dir.join(&v);
+                let empty = [LoadKind::Full, LoadKind::Delta].iter().all(|k| {
+                    read_dir_names(&vdir.join(k.as_str()))
+                        .map(|n| n.is_empty())
+                        .unwrap_or(true)
+                });
+                if empty {
+                    std::fs::remove_dir_all(&vdir)?;
+                }
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Per authority holding the area's current version: its latest load and
