@@ -145,6 +145,10 @@ impl Server {
         })
     }
 
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.clone()
+    }
+
     pub async fn run(self) -> Result<(), AppError> {
         sftp::serve(self.listener, self.shared, self.key).await?;
         Ok(())
@@ -241,4 +245,81 @@ pub fn describe_access(config: &Config, config_path: &Path, addr: SocketAddr) ->
         }
     }
     out
+}
+
+/// When the area last got a load of `kind` (a full counts for a delta too),
+/// from the published tree.
+fn last_load_at(
+    config: &Config,
+    area: &crate::config::Area,
+    kind: LoadKind,
+) -> Option<chrono::DateTime<Utc>> {
+    let root = &config.storage_root;
+    let mut latest = None;
+    for a in crate::authority::AuthorityId::all() {
+        for k in [LoadKind::Full, LoadKind::Delta] {
+            if kind == LoadKind::Full && k == LoadKind::Delta {
+                continue;
+            }
+            let dir = crate::tree::kind_dir(root, a, &area.id, area.version, k);
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if let Some(id) = crate::tree::LoadId::parse(&e.file_name().to_string_lossy()) {
+                    latest = latest.max(Some(id.at));
+                }
+            }
+        }
+    }
+    latest
+}
+
+/// Starts one task per configured schedule. All schedules of an area share a
+/// lock. A delta of an area with no full load yet runs a full load instead.
+pub fn spawn_schedules(
+    config: Arc<Config>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let clock = crate::schedule::Clock::system();
+    let mut tasks = Vec::new();
+    for area in &config.areas {
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        for (kind, schedule) in [
+            (LoadKind::Delta, &area.schedule_delta),
+            (LoadKind::Full, &area.schedule_full),
+        ] {
+            let Some(schedule) = schedule.clone() else {
+                continue;
+            };
+            let config = config.clone();
+            let area_id = area.id.clone();
+            let last_run = last_load_at(&config, area, kind);
+            let name = format!("{} {}", area.id, kind.as_str());
+            let stop = shutdown.clone();
+            tasks.push(tokio::spawn(crate::schedule::run(
+                name,
+                schedule,
+                clock,
+                lock.clone(),
+                last_run,
+                move || {
+                    let config = config.clone();
+                    let area_id = area_id.clone();
+                    async move {
+                        match run_loads(&config, Some(&area_id), kind).await {
+                            Err(AppError::Load(LoadError::NoFullLoad { .. })) => {
+                                run_loads(&config, Some(&area_id), LoadKind::Full)
+                                    .await
+                                    .map(|_| ())
+                            }
+                            r => r.map(|_| ()),
+                        }
+                    }
+                },
+                async move { stop.cancelled().await },
+            )));
+        }
+    }
+    tasks
 }

@@ -7,6 +7,7 @@ pub mod authority;
 pub mod config;
 pub mod fixtures;
 pub mod load;
+pub mod schedule;
 pub mod sftp;
 pub mod source;
 pub mod tree;

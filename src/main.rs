@@ -257,12 +257,21 @@ async fn checked(path: &Path) -> anyhow::Result<udstil::config::Config> {
         .map_err(|e| anyhow::anyhow!("refusing to start, the config has errors:\n{e}"))
 }
 
+/// Serves SFTP and runs the configured schedules until SIGINT or SIGTERM;
+/// a load in progress is allowed to finish.
 async fn serve_until_signal(server: app::Server) -> anyhow::Result<ExitCode> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let schedules = app::spawn_schedules(server.config(), stop.clone());
+    tracing::info!(schedules = schedules.len(), "schedules started");
     tokio::select! {
         r = server.run() => { r?; }
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         _ = term.recv() => tracing::info!("terminated; stopping"),
+    }
+    stop.cancel();
+    for task in schedules {
+        let _ = task.await;
     }
     Ok(ExitCode::SUCCESS)
 }
