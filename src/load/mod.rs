@@ -50,6 +50,8 @@ pub enum LoadError {
         "area {area}: no full load of version {version} is published yet; run a full load first"
     )]
     NoFullLoad { area: String, version: u32 },
+    #[error("area {area}: another load of this area is running")]
+    Busy { area: String },
     #[error("area {area}: the writer thread failed: {message}")]
     Writer { area: String, message: String },
 }
@@ -172,6 +174,91 @@ fn schema_fields(schema: &arrow_schema::Schema) -> Vec<SchemaField> {
         .collect()
 }
 
+/// Held for the whole of one load of an area: an exclusive lock on
+/// `.staging/<area>.lock` (released by the kernel if the process dies).
+pub struct AreaLock {
+    _file: std::fs::File,
+}
+
+/// Takes the area's lock, then finishes or discards what a crashed load left
+/// in staging: a load whose folders were partly renamed into the tree is
+/// completed (the tree is the truth: it was published), any other is removed.
+fn begin(root: &Path, area: &Area) -> Result<AreaLock, LoadError> {
+    use std::os::fd::AsRawFd;
+    let staging_root = root.join(".staging");
+    let io = |path: &Path| {
+        let (area, path) = (area.id.clone(), path.to_path_buf());
+        move |source| LoadError::Io { area, path, source }
+    };
+    std::fs::create_dir_all(&staging_root).map_err(io(&staging_root))?;
+    let lock_path = staging_root.join(format!("{}.lock", area.id));
+    let file = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(LoadError::Busy {
+            area: area.id.clone(),
+        });
+    }
+    let prefix = format!("{}-", area.id);
+    for name in read_dir_names(&staging_root).map_err(io(&staging_root))? {
+        let Some(id) = name.strip_prefix(&prefix).and_then(LoadId::parse) else {
+            continue;
+        };
+        let dir = staging_root.join(&name);
+        let (completed, discarded) = recover(root, area, id, &dir).map_err(io(&dir))?;
+        tracing::warn!(area = %area.id, load = %id, completed, discarded, "recovered an interrupted load");
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    Ok(AreaLock { _file: file })
+}
+
+/// Staged authority folders of an interrupted load: renamed into the tree if
+/// any authority already has the load, else left to be discarded.
+fn recover(root: &Path, area: &Area, id: LoadId, dir: &Path) -> std::io::Result<(usize, usize)> {
+    let mut staged = Vec::new();
+    for kind in AuthorityKind::ALL {
+        for code in read_dir_names(&dir.join(kind.as_str()))? {
+            let Some(authority) = AuthorityId::known(kind, &code) else {
+                continue;
+            };
+            let folder = dir.join(kind.as_str()).join(&code);
+            let Ok(bytes) = std::fs::read(folder.join("MANIFEST.json")) else {
+                continue;
+            };
+            let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else {
+                continue;
+            };
+            staged.push((authority, folder, manifest));
+        }
+    }
+    let published = AuthorityId::all().into_iter().any(|a| {
+        [LoadKind::Full, LoadKind::Delta]
+            .into_iter()
+            .any(|k| tree::load_dir(root, a, &area.id, area.version, k, id).exists())
+    });
+    if !published {
+        return Ok((0, staged.len()));
+    }
+    let mut done = 0;
+    for (authority, folder, manifest) in staged {
+        let kind = if manifest.kind == "delta" {
+            LoadKind::Delta
+        } else {
+            LoadKind::Full
+        };
+        let target = tree::load_dir(root, authority, &area.id, manifest.version, kind, id);
+        if target.exists() {
+            continue;
+        }
+        let parent = target.parent().expect("load dir has a parent");
+        std::fs::create_dir_all(parent)?;
+        std::fs::rename(&folder, &target)?;
+        sync_dir(parent)?;
+        done += 1;
+    }
+    Ok((done, 0))
+}
+
 fn new_load(root: &Path, area: &Area) -> Result<(LoadId, PathBuf), LoadError> {
     let io = |path: &Path| {
         let (area, path) = (area.id.clone(), path.to_path_buf());
@@ -193,8 +280,9 @@ pub async fn full_load(
     area: &Area,
 ) -> Result<LoadReport, LoadError> {
     let started = Instant::now();
-    let columns = checked_columns(source, area).await?;
     let root = &config.storage_root;
+    let _lock = begin(root, area)?;
+    let columns = checked_columns(source, area).await?;
     let (load_id, staging) = new_load(root, area)?;
     let fanout = Fanout::new(staging.clone(), area, &columns);
     let schema = schema_fields(&crate::source::arrow_schema(&columns));
@@ -242,6 +330,7 @@ pub async fn delta_load(
 ) -> Result<LoadReport, LoadError> {
     let started = Instant::now();
     let root = &_config.storage_root;
+    let _lock = begin(root, area)?;
     let serr = |source| LoadError::Source {
         area: area.id.clone(),
         source: Box::new(source),
