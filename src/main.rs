@@ -116,6 +116,9 @@ enum BenchCommand {
         /// Reuse the data already in the source.
         #[arg(long)]
         no_generate: bool,
+        /// After the full loads: apply this many changes and time one delta of joblog.
+        #[arg(long, default_value_t = 10_000)]
+        delta_changes: u64,
     },
 }
 
@@ -245,8 +248,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     citizens,
                     work_dir,
                     no_generate,
+                    delta_changes,
                 },
-        } => bench_load(&source, citizens, &work_dir, no_generate).await,
+        } => bench_load(&source, citizens, &work_dir, no_generate, delta_changes).await,
     }
 }
 
@@ -326,6 +330,7 @@ async fn bench_load(
     citizens: u64,
     work: &Path,
     no_generate: bool,
+    delta_changes: u64,
 ) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
@@ -360,24 +365,36 @@ async fn bench_load(
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let base = peak_rss();
     println!(
-        "{:<30} {:>10} {:>10} {:>12} {:>14}",
-        "area", "rows", "seconds", "rows/s", "peak RSS MiB"
+        "{:<30} {:>10} {:>10} {:>12} {:>14} {:>12} {:>8}",
+        "area", "rows", "seconds", "rows/s", "peak RSS MiB", "COPY rows/s", "ratio"
     );
+    let src = Source::connect(source).await?;
     let mut total_rows = 0u64;
     let mut total_secs = 0f64;
     for area in &config.areas {
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let r = app::full_loads(&config, Some(&area.id)).await?.remove(0);
         let secs = r.elapsed.as_secs_f64();
+        let peak = peak_rss() as f64 / (1 << 20) as f64;
         total_rows += r.rows_read;
         total_secs += secs;
+        // PostgreSQL's own binary COPY of the same query, right after (warm cache).
+        let columns = src.published_columns(area).await?;
+        let t = std::time::Instant::now();
+        let copy = src.copy_full_extract(area, &columns).await?;
+        let copy_rate = copy.map(|_| r.rows_read as f64 / t.elapsed().as_secs_f64());
         println!(
-            "{:<30} {:>10} {:>10.2} {:>12.0} {:>14.1}",
+            "{:<30} {:>10} {:>10.2} {:>12.0} {:>14.1} {:>12} {:>8}",
             r.area,
             r.rows_read,
             secs,
             r.rows_read as f64 / secs,
-            peak_rss() as f64 / (1 << 20) as f64
+            peak,
+            copy_rate.map_or("-".into(), |c| format!("{c:.0}")),
+            copy_rate.map_or("-".into(), |c| format!(
+                "{:.2}",
+                (r.rows_read as f64 / secs) / c
+            )),
         );
     }
     println!(
@@ -389,5 +406,26 @@ async fn bench_load(
         udstil::source::redact(source),
         base as f64 / (1 << 20) as f64
     );
+    if delta_changes > 0 {
+        let t = std::time::Instant::now();
+        let m = udstil::fixtures::mutate(&src, delta_changes, 7).await?;
+        let applied = t.elapsed().as_secs_f64();
+        let joblog = config
+            .area("joblog")
+            .context("the bench config has joblog")?;
+        let hwm = src.high_water_mark(joblog).await?;
+        let r = app::run_loads(&config, Some("joblog"), LoadKind::Delta)
+            .await?
+            .remove(0);
+        println!(
+            "delta of joblog after {delta_changes} changes ({} journal rows in all areas, applied in {applied:.0}s): {} journal rows read, {} rows written, {:.3}s (watermark {} -> {hwm})",
+            m.journal_rows,
+            r.rows_read,
+            r.rows_written,
+            r.elapsed.as_secs_f64(),
+            r.watermark_from.unwrap_or_default()
+        );
+    }
+    src.close().await;
     Ok(ExitCode::SUCCESS)
 }

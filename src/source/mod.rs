@@ -362,25 +362,7 @@ impl Source {
         out: mpsc::Sender<RecordBatch>,
     ) -> Result<Snapshot, SourceError> {
         let schema = arrow_schema(columns);
-        let select = columns
-            .iter()
-            .map(|c| quote(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let filter = match &area.draft_column {
-            Some(d) => format!(" WHERE NOT COALESCE({}, FALSE)", quote(d)),
-            None => String::new(),
-        };
-        let order = area
-            .key
-            .iter()
-            .map(|k| quote(k))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "SELECT {select} FROM {}{filter} ORDER BY {order}",
-            quote(&area.table)
-        );
+        let sql = full_extract_sql(area, columns);
         let hwm_sql = format!(
             "SELECT COALESCE(MAX({}), 0) FROM {}",
             quote(&area.sequence_column),
@@ -620,6 +602,58 @@ impl Source {
                 .map_err(|_| SourceError::ConsumerGone)?;
         }
         Ok(rows)
+    }
+}
+
+/// The query of a full extract: published columns, drafts left out, in key order.
+pub fn full_extract_sql(area: &Area, columns: &[Column]) -> String {
+    let select = columns
+        .iter()
+        .map(|c| quote(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let filter = match &area.draft_column {
+        Some(d) => format!(" WHERE NOT COALESCE({}, FALSE)", quote(d)),
+        None => String::new(),
+    };
+    let order = area
+        .key
+        .iter()
+        .map(|k| quote(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT {select} FROM {}{filter} ORDER BY {order}",
+        quote(&area.table)
+    )
+}
+
+impl Source {
+    /// For benchmarks: PostgreSQL's own `COPY (query) TO STDOUT (FORMAT binary)`
+    /// of the full extract, drained; returns the bytes received. `None` on SQLite.
+    pub async fn copy_full_extract(
+        &self,
+        area: &Area,
+        columns: &[Column],
+    ) -> Result<Option<u64>, SourceError> {
+        let Source::Postgres(pool) = self else {
+            return Ok(None);
+        };
+        let qerr = |source| SourceError::Query {
+            table: area.table.clone(),
+            source,
+        };
+        let mut conn = pool.acquire().await.map_err(qerr)?;
+        let statement = format!(
+            "COPY ({}) TO STDOUT (FORMAT binary)",
+            full_extract_sql(area, columns)
+        );
+        let mut stream = conn.copy_out_raw(&statement).await.map_err(qerr)?;
+        let mut bytes = 0u64;
+        while let Some(chunk) = stream.try_next().await.map_err(qerr)? {
+            bytes += chunk.len() as u64;
+        }
+        Ok(Some(bytes))
     }
 }
 
