@@ -6,6 +6,7 @@
 pub mod delta;
 pub mod plan;
 pub mod retention;
+pub mod version;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -50,6 +51,14 @@ pub enum LoadError {
         "area {area}: no full load of version {version} is published yet; run a full load first"
     )]
     NoFullLoad { area: String, version: u32 },
+    #[error(
+        "area {area}: the source's columns differ from version {version}'s ({detail}); a format change needs a new version: raise the area's version in the config"
+    )]
+    SchemaChanged {
+        area: String,
+        version: u32,
+        detail: String,
+    },
     #[error("area {area}: another load of this area is running")]
     Busy { area: String },
     #[error("area {area}: the writer thread failed: {message}")]
@@ -283,9 +292,11 @@ pub async fn full_load(
     let root = &config.storage_root;
     let _lock = begin(root, area)?;
     let columns = checked_columns(source, area).await?;
+    let schema = schema_fields(&crate::source::arrow_schema(&columns));
+    check_schema(root, area, &schema)?;
+    let first_of_version = matches!(current_schema(root, area), Ok(None));
     let (load_id, staging) = new_load(root, area)?;
     let fanout = Fanout::new(staging.clone(), area, &columns);
-    let schema = schema_fields(&crate::source::arrow_schema(&columns));
     let result = pipeline(area, fanout, |tx| source.full_extract(area, &columns, tx)).await;
     let ((snapshot, (mut outputs, withheld)), rows) = match result {
         Ok((snapshot, written)) => {
@@ -308,6 +319,7 @@ pub async fn full_load(
             outputs.entry(c.authority).or_default();
         }
     }
+    let schema_for_changes = schema.clone();
     let plan = Plan {
         area,
         kind: LoadKind::Full,
@@ -318,18 +330,24 @@ pub async fn full_load(
         watermark_to: snapshot.watermark,
         previous: BTreeMap::new(),
     };
-    finish(root, &staging, plan, rows, outputs, withheld, started)
+    let report = finish(root, &staging, plan, rows, outputs, withheld, started)?;
+    if first_of_version
+        && let Err(e) = record_version_change(root, area, load_id, &schema_for_changes)
+    {
+        tracing::warn!(area = %area.id, error = %e, "could not write CHANGES.json");
+    }
+    Ok(report)
 }
 
 /// Runs one delta load of `area` now: every journal entry since the
 /// published watermark, up to the source's high-water mark at the start.
 pub async fn delta_load(
-    _config: &Config,
+    config: &Config,
     source: &Source,
     area: &Area,
 ) -> Result<LoadReport, LoadError> {
     let started = Instant::now();
-    let root = &_config.storage_root;
+    let root = &config.storage_root;
     let _lock = begin(root, area)?;
     let serr = |source| LoadError::Source {
         area: area.id.clone(),
@@ -360,6 +378,7 @@ pub async fn delta_load(
     let (load_id, staging) = new_load(root, area)?;
     let fanout = Fanout::delta(staging.clone(), area, &columns, state);
     let schema = schema_fields(&writer::delta_schema(&columns));
+    check_schema(root, area, &schema)?;
     let result = pipeline(area, fanout, |tx| {
         source.delta_extract(area, &columns, from, to, tx)
     })
@@ -564,6 +583,12 @@ pub fn apply_retention(root: &Path, area: &Area) -> std::io::Result<usize> {
             }
             // A version folder with no loads left goes too.
             for v in read_dir_names(&area_dir)? {
+                if v.strip_prefix('v')
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_none()
+                {
+                    continue;
+                }
                 let vdir = area_dir.join(&v);
                 let empty = [LoadKind::Full, LoadKind::Delta].iter().all(|k| {
                     read_dir_names(&vdir.join(k.as_str()))
@@ -577,6 +602,133 @@ pub fn apply_retention(root: &Path, area: &Area) -> std::io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// The schema of the area's current version as published (any authority's
+/// latest load; all loads of a version share it), or `None` before its first load.
+fn current_schema(root: &Path, area: &Area) -> std::io::Result<Option<Vec<SchemaField>>> {
+    for kind in AuthorityKind::ALL {
+        for code in read_dir_names(&root.join(kind.as_str()))? {
+            let Some(authority) = AuthorityId::known(kind, &code) else {
+                continue;
+            };
+            if let Some((_, manifest)) = latest_manifest(root, authority, &area.id, area.version)? {
+                return Ok(Some(manifest.schema));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// An authority's newest load in one version of an area, with its manifest.
+fn latest_manifest(
+    root: &Path,
+    authority: AuthorityId,
+    area: &str,
+    version: u32,
+) -> std::io::Result<Option<(LoadId, Manifest)>> {
+    let mut latest: Option<(LoadId, LoadKind)> = None;
+    for load_kind in [LoadKind::Full, LoadKind::Delta] {
+        for name in read_dir_names(&tree::kind_dir(root, authority, area, version, load_kind))? {
+            if let Some(id) = LoadId::parse(&name)
+                && latest.is_none_or(|(l, _)| id > l)
+            {
+                latest = Some((id, load_kind));
+            }
+        }
+    }
+    let Some((id, load_kind)) = latest else {
+        return Ok(None);
+    };
+    let path = tree::load_dir(root, authority, area, version, load_kind, id).join("MANIFEST.json");
+    let manifest: Manifest = serde_json::from_slice(&std::fs::read(&path)?).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    Ok(Some((id, manifest)))
+}
+
+/// Refuses a load whose columns differ from what this version already
+/// published: clients of a version rely on one schema.
+fn check_schema(root: &Path, area: &Area, schema: &[SchemaField]) -> Result<(), LoadError> {
+    let current = current_schema(root, area).map_err(|source| LoadError::Io {
+        area: area.id.clone(),
+        path: root.to_path_buf(),
+        source,
+    })?;
+    if let Some(old) = current {
+        let (added, removed, retyped) = version::diff(&old, schema);
+        if !(added.is_empty() && removed.is_empty() && retyped.is_empty()) {
+            let names = |v: Vec<version::Column>| {
+                v.into_iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+            };
+            return Err(LoadError::SchemaChanged {
+                area: area.id.clone(),
+                version: area.version,
+                detail: format!(
+                    "added [{}], removed [{}], retyped [{}]",
+                    names(added),
+                    names(removed),
+                    retyped
+                        .into_iter()
+                        .map(|r| format!("{}: {} -> {}", r.name, r.from, r.to))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// After the first full load of a new version: per authority, appends what
+/// changed since its previous version to `<area>/CHANGES.json`.
+fn record_version_change(
+    root: &Path,
+    area: &Area,
+    load_id: LoadId,
+    schema: &[SchemaField],
+) -> std::io::Result<()> {
+    for kind in AuthorityKind::ALL {
+        for code in read_dir_names(&root.join(kind.as_str()))? {
+            let Some(authority) = AuthorityId::known(kind, &code) else {
+                continue;
+            };
+            let area_dir = tree::area_dir(root, authority, &area.id);
+            let older = read_dir_names(&area_dir)?
+                .into_iter()
+                .filter_map(|v| v.strip_prefix('v').and_then(|n| n.parse::<u32>().ok()))
+                .filter(|v| *v < area.version)
+                .max();
+            let Some(from_version) = older else { continue };
+            let Some((_, old)) = latest_manifest(root, authority, &area.id, from_version)? else {
+                continue;
+            };
+            let (added, removed, retyped) = version::diff(&old.schema, schema);
+            let path = area_dir.join("CHANGES.json");
+            let mut changes: Vec<version::SchemaChange> = match std::fs::read(&path) {
+                Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            changes.push(version::SchemaChange {
+                from_version,
+                to_version: area.version,
+                load_id: load_id.to_string(),
+                added,
+                removed,
+                retyped,
+            });
+            let tmp = area_dir.join(".CHANGES.json.tmp");
+            write_synced(
+                &tmp,
+                &serde_json::to_vec_pretty(&changes).expect("serialises"),
+            )?;
+            std::fs::rename(&tmp, &path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Per authority holding the area's current version: its latest load and
@@ -637,6 +789,9 @@ pub fn next_seq(root: &Path, area: &str) -> std::io::Result<u64> {
     for kind in crate::authority::AuthorityKind::ALL {
         for authority in read_dir_names(&root.join(kind.as_str()))? {
             for version in read_dir_names(&root.join(kind.as_str()).join(&authority).join(area))? {
+                if !version.starts_with('v') {
+                    continue;
+                }
                 for load_kind in [LoadKind::Full, LoadKind::Delta] {
                     let dir = root
                         .join(kind.as_str())
