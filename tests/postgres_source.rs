@@ -195,3 +195,100 @@ async fn an_unreachable_source_fails_the_load_and_publishes_nothing() {
         before
     );
 }
+
+/// The source drops mid-load (its backend is terminated while the extract
+/// streams): the load fails with the cause, nothing is published, staging is
+/// cleaned, and the next run succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_dropping_mid_load_publishes_nothing_and_the_next_run_succeeds() {
+    let db = TempDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::create(&db.url).await.unwrap();
+    udstil::fixtures::generate(&source, 20_000, 9)
+        .await
+        .unwrap();
+    let config_path = udstil::app::prepare_demo(dir.path(), "127.0.0.1:0".parse().unwrap(), 1, 1)
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&config_path).unwrap().replace(
+        "url = \"sqlite://dfdg.sqlite\"",
+        &format!("url = \"{}\"", db.url),
+    );
+    std::fs::write(&config_path, text).unwrap();
+    let config = udstil::app::check_config(&config_path).await.unwrap();
+    udstil::app::full_loads(&config, Some("joblog"))
+        .await
+        .unwrap();
+    let before = tree_files(&config.storage_root);
+
+    // Terminate the extract's backend as soon as it is streaming.
+    let killer = {
+        let admin = admin_url();
+        let name = db.name.clone();
+        tokio::spawn(async move {
+            let mut conn = PgConnection::connect(&admin).await.unwrap();
+            for _ in 0..2000 {
+                let killed: Vec<(bool,)> = sqlx::query_as(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = $1 AND state = 'active' AND query LIKE 'SELECT \"joblog_id\"%'",
+                )
+                .bind(&name)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+                if killed.iter().any(|(k,)| *k) {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            false
+        })
+    };
+    let err = udstil::app::full_loads(&config, Some("joblog"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(killer.await.unwrap(), "the extract was never seen running");
+    assert!(
+        err.contains("area joblog") && err.contains("source query on joblog failed"),
+        "{err}"
+    );
+    assert_eq!(
+        tree_files(&config.storage_root),
+        before,
+        "the published tree changed"
+    );
+    let staging: Vec<_> = std::fs::read_dir(config.storage_root.join(".staging"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert!(staging.is_empty(), "staging left behind: {staging:?}");
+
+    let r = udstil::app::full_loads(&config, Some("joblog"))
+        .await
+        .unwrap();
+    assert!(r[0].rows_read > 0);
+    source.close().await;
+    db.drop().await;
+}
+
+/// Every file under the tree (staging excluded) with its size.
+fn tree_files(root: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().unwrap().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::metadata(&p).unwrap().len());
+            }
+        }
+    }
+    out
+}
