@@ -12,6 +12,7 @@ use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::load::{self, LoadError, LoadReport};
 use crate::sftp::{self, SftpError, Shared};
 use crate::source::{Source, SourceError};
+use crate::state::State;
 use crate::tree::LoadKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,29 @@ pub async fn run_loads(
     area: Option<&str>,
     kind: LoadKind,
 ) -> Result<Vec<LoadReport>, AppError> {
+    run_loads_by(config, area, kind, "manual").await
+}
+
+/// Opens the state database if one is configured. The tree is the truth, so
+/// loads go on without it; the problem is logged.
+async fn open_state(config: &Config) -> Option<State> {
+    let url = config.state_url.as_ref()?;
+    match State::open(url).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "state database unavailable; loads are not recorded");
+            None
+        }
+    }
+}
+
+/// Like [`run_loads`], recording each run in the state database with `trigger`.
+pub async fn run_loads_by(
+    config: &Config,
+    area: Option<&str>,
+    kind: LoadKind,
+    trigger: &str,
+) -> Result<Vec<LoadReport>, AppError> {
     let areas: Vec<_> = match area {
         Some(id) => vec![
             config
@@ -85,34 +109,92 @@ pub async fn run_loads(
         ],
         None => config.areas.iter().collect(),
     };
-    let source = Source::connect(&config.source_url).await?;
+    let state = open_state(config).await;
     let mut reports = Vec::new();
-    for area in areas {
-        let r = match kind {
-            LoadKind::Full => load::full_load(config, &source, area).await,
-            LoadKind::Delta => load::delta_load(config, &source, area).await,
-        };
-        match r {
-            Ok(r) => {
-                tracing::info!(
-                    area = %r.area, kind = r.kind.as_str(), load = %r.load_id, rows = r.rows_read,
-                    authorities = r.authorities, files = r.files, bytes = r.bytes,
-                    watermark_to = r.watermark_to, elapsed_ms = r.elapsed.as_millis() as u64,
-                    "load published"
-                );
-                for (reason, n) in &r.withheld {
-                    tracing::warn!(area = %r.area, reason = %reason, rows = n, "rows withheld");
+    let mut failure = None;
+    match Source::connect(&config.source_url).await {
+        Err(e) => failure = Some(AppError::Source(e)),
+        Ok(source) => {
+            for area in areas {
+                let run = match &state {
+                    Some(s) => s
+                        .load_started(&area.id, area.version, kind, trigger)
+                        .await
+                        .map_err(log_state)
+                        .ok(),
+                    None => None,
+                };
+                let r = match kind {
+                    LoadKind::Full => load::full_load(config, &source, area).await,
+                    LoadKind::Delta => load::delta_load(config, &source, area).await,
+                };
+                match r {
+                    Ok(r) => {
+                        if let (Some(s), Some(id)) = (&state, run) {
+                            let _ = s
+                                .load_published(id, area.version, &r)
+                                .await
+                                .map_err(log_state);
+                        }
+                        tracing::info!(
+                            area = %r.area, kind = r.kind.as_str(), load = %r.load_id, rows = r.rows_read,
+                            authorities = r.authorities, files = r.files, bytes = r.bytes,
+                            watermark_to = r.watermark_to, removed = r.removed,
+                            elapsed_ms = r.elapsed.as_millis() as u64, "load published"
+                        );
+                        for (reason, n) in &r.withheld {
+                            tracing::warn!(area = %r.area, reason = %reason, rows = n, "rows withheld");
+                        }
+                        reports.push(r);
+                    }
+                    Err(e) => {
+                        if let (Some(s), Some(id)) = (&state, run) {
+                            let _ = s.load_failed(id, &e.to_string()).await.map_err(log_state);
+                        }
+                        failure = Some(e.into());
+                        break;
+                    }
                 }
-                reports.push(r);
             }
-            Err(e) => {
-                source.close().await;
-                return Err(e.into());
-            }
+            source.close().await;
         }
     }
-    source.close().await;
-    Ok(reports)
+    if let Some(s) = state {
+        // A source that could not be reached is a failed run too.
+        if let Some(AppError::Source(e)) = &failure
+            && let Some(area) = area.and_then(|a| config.area(a))
+            && let Ok(id) = s.load_started(&area.id, area.version, kind, trigger).await
+        {
+            let _ = s.load_failed(id, &e.to_string()).await.map_err(log_state);
+        }
+        s.close().await;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(reports),
+    }
+}
+
+fn log_state(e: crate::state::StateError) -> crate::state::StateError {
+    tracing::error!(error = %e, "could not record a load in the state database");
+    e
+}
+
+/// At start-up: marks interrupted runs and sets watermarks from the tree.
+pub async fn reconcile_state(config: &Config) {
+    if let Some(s) = open_state(config).await {
+        match s.reconcile(config).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                interrupted = n,
+                "found load runs interrupted by a stop or crash"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "could not reconcile the state database with the tree")
+            }
+        }
+        s.close().await;
+    }
 }
 
 /// A bound, ready server: the caller decides when to run it.

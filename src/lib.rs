@@ -10,4 +10,5 @@ pub mod load;
 pub mod schedule;
 pub mod sftp;
 pub mod source;
+pub mod state;
 pub mod tree;

@@ -168,6 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Serve { config } => {
             let c = checked(&config).await?;
+            app::reconcile_state(&c).await;
             let listen = c.sftp.listen;
             let server = app::Server::bind(Arc::new(c), listen).await?;
             tracing::info!(addr = %server.addr, "serving SFTP");

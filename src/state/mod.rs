@@ -1,0 +1,200 @@
+//! The state database (sqlx): load runs with their outcome and cause of
+//! failure, and the published watermark per area and version. The only module
+//! with state SQL. The published tree stays the truth for what was published:
+//! `reconcile` makes the state agree with it after a crash.
+
+use chrono::{SecondsFormat, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+
+use crate::config::Config;
+use crate::load::LoadReport;
+use crate::tree::LoadKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("state database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("state database: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("reading the published tree: {0}")]
+    Tree(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub enum State {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// One row of `loads`, as the tests and operators read it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LoadRow {
+    pub area: String,
+    pub kind: String,
+    pub status: String,
+    pub load_id: Option<String>,
+    pub watermark_to: Option<i64>,
+    pub error: Option<String>,
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+macro_rules! on {
+    ($state:expr, $pool:ident => $body:expr) => {
+        match $state {
+            State::Sqlite($pool) => $body,
+            State::Postgres($pool) => $body,
+        }
+    };
+}
+
+impl State {
+    /// Opens (creating a SQLite file if needed) and migrates.
+    pub async fn open(url: &str) -> Result<State, StateError> {
+        let err = |source| StateError::Open {
+            url: crate::source::redact(url),
+            source,
+        };
+        if url.starts_with("sqlite:") {
+            let opts: SqliteConnectOptions = url.parse().map_err(err)?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(2)
+                .connect_with(
+                    opts.create_if_missing(true)
+                        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                        .busy_timeout(std::time::Duration::from_secs(10)),
+                )
+                .await
+                .map_err(err)?;
+            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            Ok(State::Sqlite(pool))
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(2)
+                .connect(url)
+                .await
+                .map_err(err)?;
+            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            Ok(State::Postgres(pool))
+        }
+    }
+
+    pub async fn close(&self) {
+        on!(self, p => p.close().await)
+    }
+
+    /// Records that a load started; returns its row id.
+    pub async fn load_started(
+        &self,
+        area: &str,
+        version: u32,
+        kind: LoadKind,
+        trigger: &str,
+    ) -> Result<i64, StateError> {
+        let sql = "INSERT INTO loads (area, version, kind, trigger, status, started_at) \
+                   VALUES ($1, $2, $3, $4, 'running', $5) RETURNING id";
+        let (id,): (i64,) = on!(self, p => sqlx::query_as(sql)
+            .bind(area)
+            .bind(version as i64)
+            .bind(kind.as_str())
+            .bind(trigger)
+            .bind(now())
+            .fetch_one(p)
+            .await?);
+        Ok(id)
+    }
+
+    /// Records a published load and moves the area's watermark.
+    pub async fn load_published(
+        &self,
+        id: i64,
+        version: u32,
+        r: &LoadReport,
+    ) -> Result<(), StateError> {
+        let sql = "UPDATE loads SET status = 'published', load_id = $2, authorities = $3, watermark_from = $4, \
+                   watermark_to = $5, rows_read = $6, rows_written = $7, bytes = $8, finished_at = $9 WHERE id = $1";
+        on!(self, p => sqlx::query(sql)
+            .bind(id)
+            .bind(r.load_id.to_string())
+            .bind(r.authorities as i64)
+            .bind(r.watermark_from)
+            .bind(r.watermark_to)
+            .bind(r.rows_read as i64)
+            .bind(r.rows_written as i64)
+            .bind(r.bytes as i64)
+            .bind(now())
+            .execute(p)
+            .await
+            .map(|_| ())?);
+        self.set_watermark(&r.area, version, r.watermark_to, &r.load_id.to_string())
+            .await
+    }
+
+    /// Records a failed load with its cause (an error message, never row data).
+    pub async fn load_failed(&self, id: i64, error: &str) -> Result<(), StateError> {
+        let sql = "UPDATE loads SET status = 'failed', error = $2, finished_at = $3 WHERE id = $1";
+        on!(self, p => sqlx::query(sql).bind(id).bind(error).bind(now()).execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+
+    async fn set_watermark(
+        &self,
+        area: &str,
+        version: u32,
+        watermark: i64,
+        load_id: &str,
+    ) -> Result<(), StateError> {
+        let sql = "INSERT INTO watermarks (area, version, watermark, load_id, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                   ON CONFLICT (area, version) DO UPDATE SET watermark = excluded.watermark, \
+                   load_id = excluded.load_id, updated_at = excluded.updated_at";
+        on!(self, p => sqlx::query(sql)
+            .bind(area)
+            .bind(version as i64)
+            .bind(watermark)
+            .bind(load_id)
+            .bind(now())
+            .execute(p)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+
+    /// The recorded watermark of an area's version.
+    pub async fn watermark(
+        &self,
+        area: &str,
+        version: u32,
+    ) -> Result<Option<(i64, String)>, StateError> {
+        let sql = "SELECT watermark, load_id FROM watermarks WHERE area = $1 AND version = $2";
+        Ok(
+            on!(self, p => sqlx::query_as(sql).bind(area).bind(version as i64).fetch_optional(p).await?),
+        )
+    }
+
+    pub async fn loads(&self, area: &str) -> Result<Vec<LoadRow>, StateError> {
+        let sql = "SELECT area, kind, status, load_id, watermark_to, error FROM loads WHERE area = $1 ORDER BY id";
+        Ok(on!(self, p => sqlx::query_as(sql).bind(area).fetch_all(p).await?))
+    }
+
+    /// After a crash: runs still marked running were interrupted, and the
+    /// watermarks are set from the published tree (the truth).
+    pub async fn reconcile(&self, config: &Config) -> Result<usize, StateError> {
+        let sql =
+            "UPDATE loads SET status = 'interrupted', finished_at = $1 WHERE status = 'running'";
+        let interrupted =
+            on!(self, p => sqlx::query(sql).bind(now()).execute(p).await?.rows_affected());
+        for area in &config.areas {
+            let latest = crate::load::latest_loads(&config.storage_root, area)?;
+            if let Some((id, wm)) = latest.values().max_by_key(|(id, _)| *id) {
+                self.set_watermark(&area.id, area.version, *wm, &id.to_string())
+                    .await?;
+            }
+        }
+        Ok(interrupted as usize)
+    }
+}
