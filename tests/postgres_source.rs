@@ -7,53 +7,15 @@ use std::collections::BTreeSet;
 use arrow_array::{Array, Int64Array};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+mod common;
+use common::pg::{TempDb, admin_url};
 use udstil::load::Manifest;
 use udstil::source::Source;
 
-fn admin_url() -> String {
-    std::env::var("UDSTIL_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-struct TempDb {
-    name: String,
-    url: String,
-}
-
-impl TempDb {
-    async fn create() -> TempDb {
-        let admin = admin_url();
-        let mut conn = PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL must run at {admin} for this test: {e}"));
-        let name = format!(
-            "udstil_test_{}_{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_micros()
-        );
-        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-        TempDb { name, url }
-    }
-
-    async fn drop(self) {
-        let mut conn = PgConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query(AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_load_from_postgres_routes_every_row_to_its_authorities_only() {
-    let db = TempDb::create().await;
+    let db = TempDb::create("test").await;
     let dir = tempfile::tempdir().unwrap();
     let source = Source::create(&db.url).await.unwrap();
     let summary = udstil::fixtures::generate(&source, 600, 3).await.unwrap();
@@ -161,7 +123,6 @@ async fn full_load_from_postgres_routes_every_row_to_its_authorities_only() {
     );
     assert_eq!(report.rows_written, published_total);
     source.close().await;
-    db.drop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +162,7 @@ async fn an_unreachable_source_fails_the_load_and_publishes_nothing() {
 /// cleaned, and the next run succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_dropping_mid_load_publishes_nothing_and_the_next_run_succeeds() {
-    let db = TempDb::create().await;
+    let db = TempDb::create("test").await;
     let dir = tempfile::tempdir().unwrap();
     let source = Source::create(&db.url).await.unwrap();
     udstil::fixtures::generate(&source, 20_000, 9)
@@ -270,7 +231,6 @@ async fn a_source_dropping_mid_load_publishes_nothing_and_the_next_run_succeeds(
         .unwrap();
     assert!(r[0].rows_read > 0);
     source.close().await;
-    db.drop().await;
 }
 
 /// Every file under the tree (staging excluded) with its size.

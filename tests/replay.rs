@@ -11,8 +11,9 @@ use arrow_array::{Array, RecordBatch, StringArray};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use proptest::prelude::*;
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use udstil::config::Config;
+
+mod common;
 use udstil::load::Manifest;
 use udstil::source::Source;
 use udstil::tree::LoadId;
@@ -272,33 +273,9 @@ async fn check_history(source_url: &str, citizens: u64, seed: u64, rounds: &[u64
     source.close().await;
 }
 
-fn pg_admin() -> String {
-    std::env::var("UDSTIL_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
 async fn with_pg_database(f: impl AsyncFnOnce(&str)) {
-    let admin = pg_admin();
-    let mut conn = PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL must run at {admin}: {e}"));
-    let name = format!(
-        "udstil_replay_{}_{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_micros()
-    );
-    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-    f(&url).await;
-    sqlx::query(AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    let db = common::pg::TempDb::create("replay").await;
+    f(&db.url).await;
 }
 
 fn histories() -> impl Strategy<Value = (u64, Vec<u64>)> {

@@ -2,7 +2,8 @@
 //! the watermark per area; after a crash it is reconciled with the tree.
 //! On SQLite (the default) and PostgreSQL.
 
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+mod common;
+
 use udstil::state::State;
 use udstil::tree::LoadKind;
 
@@ -98,25 +99,6 @@ async fn state_on_sqlite_records_runs_failures_and_reconciles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_on_postgres_records_runs_failures_and_reconciles() {
-    let admin = std::env::var("UDSTIL_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let mut conn = PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL must run at {admin}: {e}"));
-    let name = format!(
-        "udstil_state_{}_{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_micros()
-    );
-    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    check_state(&format!("{}/{name}", admin.rsplit_once('/').unwrap().0)).await;
-    sqlx::query(AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    let db = common::pg::TempDb::create("state").await;
+    check_state(&db.url).await;
 }

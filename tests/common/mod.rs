@@ -2,6 +2,8 @@
 //! built, and the server running in-process on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
