@@ -101,6 +101,17 @@ pub async fn run_loads_by(
     kind: LoadKind,
     trigger: &str,
 ) -> Result<Vec<LoadReport>, AppError> {
+    run_loads_with(config, area, kind, trigger, None).await
+}
+
+/// Like [`run_loads_by`], counting rows read into `progress`.
+pub async fn run_loads_with(
+    config: &Config,
+    area: Option<&str>,
+    kind: LoadKind,
+    trigger: &str,
+    progress: Option<load::Progress>,
+) -> Result<Vec<LoadReport>, AppError> {
     let areas: Vec<_> = match area {
         Some(id) => vec![
             config
@@ -125,8 +136,12 @@ pub async fn run_loads_by(
                     None => None,
                 };
                 let r = match kind {
-                    LoadKind::Full => load::full_load(config, &source, area).await,
-                    LoadKind::Delta => load::delta_load(config, &source, area).await,
+                    LoadKind::Full => {
+                        load::full_load(config, &source, area, progress.as_ref()).await
+                    }
+                    LoadKind::Delta => {
+                        load::delta_load(config, &source, area, progress.as_ref()).await
+                    }
                 };
                 match r {
                     Ok(r) => {

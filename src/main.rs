@@ -126,7 +126,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "udstil=info,warn".into()),
+                .unwrap_or_else(|_| "udstil=info,sqlx=error,warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -186,7 +186,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 LoadKind::Full
             };
-            for r in app::run_loads(&c, area.as_deref(), kind).await? {
+            let progress = udstil::load::Progress::default();
+            let bar = progress_bar(progress.clone(), kind);
+            let result =
+                app::run_loads_with(&c, area.as_deref(), kind, "manual", Some(progress)).await;
+            if let Some((bar, ticker)) = bar {
+                ticker.abort();
+                bar.finish_and_clear();
+            }
+            for r in result? {
                 let window = match r.watermark_from {
                     Some(from) => format!("watermark {from} -> {}", r.watermark_to),
                     None => format!("watermark {}", r.watermark_to),
@@ -253,6 +261,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => bench_load(&source, citizens, &work_dir, no_generate, delta_changes).await,
     }
+}
+
+/// A spinner with the rows read and their rate, when stderr is a terminal.
+fn progress_bar(
+    progress: udstil::load::Progress,
+    kind: LoadKind,
+) -> Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg}: {human_pos} rows read in {elapsed}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(format!("{} load", kind.as_str()));
+    let b = bar.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            b.set_position(progress.load(std::sync::atomic::Ordering::Relaxed));
+            b.tick();
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    Some((bar, ticker))
 }
 
 /// Loads a config and refuses to go on with any error, printing them all.

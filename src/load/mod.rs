@@ -103,6 +103,9 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
+/// Rows read from the source so far, for a progress display.
+pub type Progress = std::sync::Arc<std::sync::atomic::AtomicU64>;
+
 /// What a load did, for the operator (never row contents).
 #[derive(Debug, Clone)]
 pub struct LoadReport {
@@ -287,6 +290,7 @@ pub async fn full_load(
     config: &Config,
     source: &Source,
     area: &Area,
+    progress: Option<&Progress>,
 ) -> Result<LoadReport, LoadError> {
     let started = Instant::now();
     let root = &config.storage_root;
@@ -297,7 +301,10 @@ pub async fn full_load(
     let first_of_version = matches!(current_schema(root, area), Ok(None));
     let (load_id, staging) = new_load(root, area)?;
     let fanout = Fanout::new(staging.clone(), area, &columns);
-    let result = pipeline(area, fanout, |tx| source.full_extract(area, &columns, tx)).await;
+    let result = pipeline(area, fanout, progress, |tx| {
+        source.full_extract(area, &columns, tx)
+    })
+    .await;
     let ((snapshot, (mut outputs, withheld)), rows) = match result {
         Ok((snapshot, written)) => {
             let rows = snapshot.rows;
@@ -345,6 +352,7 @@ pub async fn delta_load(
     config: &Config,
     source: &Source,
     area: &Area,
+    progress: Option<&Progress>,
 ) -> Result<LoadReport, LoadError> {
     let started = Instant::now();
     let root = &config.storage_root;
@@ -379,7 +387,7 @@ pub async fn delta_load(
     let fanout = Fanout::delta(staging.clone(), area, &columns, state);
     let schema = schema_fields(&writer::delta_schema(&columns));
     check_schema(root, area, &schema)?;
-    let result = pipeline(area, fanout, |tx| {
+    let result = pipeline(area, fanout, progress, |tx| {
         source.delta_extract(area, &columns, from, to, tx)
     })
     .await;
@@ -412,6 +420,7 @@ pub async fn delta_load(
 async fn pipeline<T, F, Fut>(
     area: &Area,
     mut fanout: Fanout,
+    progress: Option<&Progress>,
     extract: F,
 ) -> Result<(T, Written), LoadError>
 where
@@ -419,9 +428,16 @@ where
     Fut: std::future::Future<Output = Result<T, SourceError>>,
 {
     let (tx, mut rx) = mpsc::channel(4);
+    let progress = progress.cloned();
     let writer = tokio::task::spawn_blocking(move || {
         while let Some(batch) = rx.blocking_recv() {
             fanout.write(&batch)?;
+            if let Some(p) = &progress {
+                p.fetch_add(
+                    batch.num_rows() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
         }
         fanout.finish()
     });
