@@ -22,15 +22,7 @@ async fn full_load_from_postgres_routes_every_row_to_its_authorities_only() {
     assert!(summary.rows[0] > 0);
 
     // The demo config with the PostgreSQL source.
-    let config_path = udstil::app::prepare_demo(dir.path(), "127.0.0.1:0".parse().unwrap(), 1, 1)
-        .await
-        .unwrap();
-    let text = std::fs::read_to_string(&config_path).unwrap().replace(
-        "url = \"sqlite://dfdg.sqlite\"",
-        &format!("url = \"{}\"", db.url),
-    );
-    std::fs::write(&config_path, text).unwrap();
-    let config = udstil::app::check_config(&config_path).await.unwrap();
+    let (_config_path, config) = common::demo_config_for(dir.path(), &db.url).await;
     assert!(config.source_url.starts_with("postgres"));
     let reports = udstil::app::full_loads(&config, Some("joblog"))
         .await
@@ -168,15 +160,7 @@ async fn a_source_dropping_mid_load_publishes_nothing_and_the_next_run_succeeds(
     udstil::fixtures::generate(&source, 20_000, 9)
         .await
         .unwrap();
-    let config_path = udstil::app::prepare_demo(dir.path(), "127.0.0.1:0".parse().unwrap(), 1, 1)
-        .await
-        .unwrap();
-    let text = std::fs::read_to_string(&config_path).unwrap().replace(
-        "url = \"sqlite://dfdg.sqlite\"",
-        &format!("url = \"{}\"", db.url),
-    );
-    std::fs::write(&config_path, text).unwrap();
-    let config = udstil::app::check_config(&config_path).await.unwrap();
+    let (_config_path, config) = common::demo_config_for(dir.path(), &db.url).await;
     udstil::app::full_loads(&config, Some("joblog"))
         .await
         .unwrap();

@@ -228,15 +228,7 @@ async fn check_history(source_url: &str, citizens: u64, seed: u64, rounds: &[u64
     udstil::fixtures::generate(&source, citizens, seed)
         .await
         .unwrap();
-    let config_path = udstil::app::prepare_demo(dir.path(), "127.0.0.1:0".parse().unwrap(), 1, 1)
-        .await
-        .unwrap();
-    let text = std::fs::read_to_string(&config_path).unwrap().replace(
-        "url = \"sqlite://dfdg.sqlite\"",
-        &format!("url = \"{source_url}\""),
-    );
-    std::fs::write(&config_path, text).unwrap();
-    let config = udstil::app::check_config(&config_path).await.unwrap();
+    let (_config_path, config) = common::demo_config_for(dir.path(), source_url).await;
     udstil::app::run_loads(&config, Some("joblog"), udstil::tree::LoadKind::Full)
         .await
         .unwrap();
@@ -317,15 +309,7 @@ async fn a_long_history_carries_inserts_updates_deletes_and_moves() {
     // check_history used its own folder; run once more here to inspect the deltas.
     let work = tempfile::tempdir().unwrap();
     let source = Source::create(&url).await.unwrap();
-    let config_path = udstil::app::prepare_demo(work.path(), "127.0.0.1:0".parse().unwrap(), 1, 1)
-        .await
-        .unwrap();
-    let text = std::fs::read_to_string(&config_path).unwrap().replace(
-        "url = \"sqlite://dfdg.sqlite\"",
-        &format!("url = \"{url}\""),
-    );
-    std::fs::write(&config_path, text).unwrap();
-    let config = udstil::app::check_config(&config_path).await.unwrap();
+    let (_config_path, config) = common::demo_config_for(work.path(), &url).await;
     udstil::app::run_loads(&config, Some("joblog"), udstil::tree::LoadKind::Full)
         .await
         .unwrap();

@@ -141,3 +141,17 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// The demo config laid out in `dir`, reading DFDG from `source_url`.
+pub async fn demo_config_for(dir: &Path, source_url: &str) -> (PathBuf, Config) {
+    let config_path = app::prepare_demo(dir, "127.0.0.1:0".parse().unwrap(), 1, 1)
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&config_path).unwrap().replace(
+        "url = \"sqlite://dfdg.sqlite\"",
+        &format!("url = \"{source_url}\""),
+    );
+    std::fs::write(&config_path, text).unwrap();
+    let config = app::check_config(&config_path).await.unwrap();
+    (config_path, config)
+}
