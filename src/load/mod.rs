@@ -759,27 +759,8 @@ pub fn latest_loads(
             let Some(authority) = AuthorityId::known(kind, &code) else {
                 continue;
             };
-            let mut latest: Option<(LoadId, LoadKind)> = None;
-            for load_kind in [LoadKind::Full, LoadKind::Delta] {
-                let dir = tree::kind_dir(root, authority, &area.id, area.version, load_kind);
-                for name in read_dir_names(&dir)? {
-                    if let Some(id) = LoadId::parse(&name)
-                        && latest.is_none_or(|(l, _)| id > l)
-                    {
-                        latest = Some((id, load_kind));
-                    }
-                }
-            }
-            if let Some((id, load_kind)) = latest {
-                let path = tree::load_dir(root, authority, &area.id, area.version, load_kind, id)
-                    .join("MANIFEST.json");
-                let manifest: Manifest =
-                    serde_json::from_slice(&std::fs::read(&path)?).map_err(|e| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!("{}: {e}", path.display()),
-                        )
-                    })?;
+            if let Some((id, manifest)) = latest_manifest(root, authority, &area.id, area.version)?
+            {
                 out.insert(authority, (id, manifest.watermark_to));
             }
         }
