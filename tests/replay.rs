@@ -537,3 +537,26 @@ async fn an_interrupted_publish_is_rolled_forward() {
     }
     source.close().await;
 }
+
+/// A crash inside retention leaves a hidden `.removed-*` folder; the next
+/// load of the area deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_leftovers_are_cleaned_by_the_next_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = udstil::app::prepare_demo(dir.path(), "127.0.0.1:0".parse().unwrap(), 100, 2)
+        .await
+        .unwrap();
+    let config = udstil::app::check_config(&config_path).await.unwrap();
+    udstil::app::run_loads(&config, Some("joblog"), udstil::tree::LoadKind::Full)
+        .await
+        .unwrap();
+    let leftover = config
+        .storage_root
+        .join("kommune/101/joblog/v1/full/.removed-000000_20260101T000000Z");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("part-00000.parquet"), b"old").unwrap();
+    udstil::app::run_loads(&config, Some("joblog"), udstil::tree::LoadKind::Delta)
+        .await
+        .unwrap();
+    assert!(!leftover.exists());
+}

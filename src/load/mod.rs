@@ -221,7 +221,35 @@ fn begin(root: &Path, area: &Area) -> Result<AreaLock, LoadError> {
         tracing::warn!(area = %area.id, load = %id, completed, discarded, "recovered an interrupted load");
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
     }
+    remove_leftovers(root, area).map_err(io(root))?;
     Ok(AreaLock { _file: file })
+}
+
+/// Deletes `.removed-*` folders that a crash inside retention left behind
+/// (already hidden from clients by their name).
+fn remove_leftovers(root: &Path, area: &Area) -> std::io::Result<()> {
+    for kind in AuthorityKind::ALL {
+        for code in read_dir_names(&root.join(kind.as_str()))? {
+            let Some(authority) = AuthorityId::known(kind, &code) else {
+                continue;
+            };
+            let area_dir = tree::area_dir(root, authority, &area.id);
+            for v in read_dir_names(&area_dir)? {
+                if !v.starts_with('v') {
+                    continue;
+                }
+                for load_kind in [LoadKind::Full, LoadKind::Delta] {
+                    let dir = area_dir.join(&v).join(load_kind.as_str());
+                    for name in read_dir_names(&dir)? {
+                        if name.starts_with(".removed-") {
+                            std::fs::remove_dir_all(dir.join(name))?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Staged authority folders of an interrupted load: renamed into the tree if
