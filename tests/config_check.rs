@@ -96,6 +96,12 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "[source] url = \"mysql://dfdg\" must start with sqlite:// or postgres://",
     ),
     (
+        "bad legacy package",
+        "datapakke = \"08\"",
+        "datapakke = \"8\"",
+        "legacy datapakke \"8\" must be two digits",
+    ),
+    (
         "misspelt field",
         "draft_column = \"kladde\"\nexclude_columns = [\"skat_indkomst\"]\nschedule = { delta = \"0 0",
         "draft_colum = \"kladde\"\nexclude_columns = [\"skat_indkomst\"]\nschedule = { delta = \"0 0",

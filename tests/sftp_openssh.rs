@@ -27,6 +27,10 @@ fn check_load_folder(dir: &Path, key: &str, forbidden: &[&str]) -> BTreeSet<Stri
         let entry = manifest.files.iter().find(|f| f.name == name).unwrap();
         assert_eq!(entry.sha256, sum);
         assert_eq!(entry.bytes, std::fs::metadata(&path).unwrap().len());
+        if name.ends_with(".zip") {
+            check_legacy_zip(&path, &manifest);
+            continue;
+        }
         let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
             .unwrap()
             .build()
@@ -57,6 +61,37 @@ fn check_load_folder(dir: &Path, key: &str, forbidden: &[&str]) -> BTreeSet<Stri
         "keys are unique and all counted"
     );
     keys
+}
+
+/// The legacy SUP file: one CSV in the zip, a fixed-width header whose record
+/// count equals the manifest's rows, the column line, then exactly that many records.
+fn check_legacy_zip(path: &Path, manifest: &Manifest) {
+    use std::io::Read;
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    assert_eq!(zip.len(), 1);
+    let mut csv = zip.by_index(0).unwrap();
+    assert_eq!(
+        csv.name().unwrap(),
+        path.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".zip", ".csv")
+    );
+    let mut text = String::new();
+    csv.read_to_string(&mut text).unwrap();
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert_eq!(lines.last(), Some(&""), "records end in CRLF");
+    let header = lines[0];
+    assert_eq!(header.len(), 46, "{header}");
+    assert_eq!(header[..15].parse::<u64>().unwrap(), manifest.rows);
+    assert_eq!(&header[45..], "F");
+    let columns: Vec<&str> = lines[1].split("¤|¤|¤").collect();
+    let names: Vec<&str> = manifest.schema.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(columns, names);
+    assert_eq!(lines.len() as u64 - 3, manifest.rows);
+    for record in &lines[2..lines.len() - 1] {
+        assert_eq!(record.split("¤|¤|¤").count(), names.len(), "{record}");
+    }
 }
 
 /// The keys an authority may see in an area, straight from the source.

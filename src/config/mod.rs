@@ -103,6 +103,8 @@ pub struct Area {
     pub schedule_delta: Option<cron::Schedule>,
     pub schedule_full: Option<cron::Schedule>,
     pub retention_full_loads: u32,
+    /// Also write the legacy SUP text format: (datapakke, table name).
+    pub legacy: Option<(String, String)>,
     /// Where the area is declared, for errors found later (column checks).
     pub line: usize,
 }
@@ -374,6 +376,7 @@ impl Validator<'_> {
                     .as_ref()
                     .and_then(|c| self.cron(&id, "full", c)),
                 retention_full_loads: retention,
+                legacy: r.legacy.as_ref().map(|l| self.legacy(&id, l)),
                 line: line_of(self.text, spanned.span().start),
                 id,
                 version,
@@ -399,6 +402,21 @@ impl Validator<'_> {
             out.push(area);
         }
         out
+    }
+
+    fn legacy(&mut self, area: &str, l: &RawLegacy) -> (String, String) {
+        let d = l.datapakke.get_ref();
+        if d.len() != 2 || !d.bytes().all(|b| b.is_ascii_digit()) {
+            self.err(
+                l.datapakke.span(),
+                format!("area {area}: legacy datapakke \"{d}\" must be two digits, e.g. \"05\""),
+            );
+        }
+        let t = l.table.get_ref();
+        if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric()) {
+            self.err(l.table.span(), format!("area {area}: legacy table \"{t}\" must be letters and digits, e.g. \"tblJoblog\""));
+        }
+        (d.clone(), t.clone())
     }
 
     fn cron(&mut self, area: &str, which: &str, expr: &Spanned<String>) -> Option<cron::Schedule> {

@@ -141,6 +141,17 @@ pub struct RawArea {
     pub schedule: RawSchedule,
     #[serde(default)]
     pub retention: RawRetention,
+    /// Also write the legacy SUP text format, e.g. `{ datapakke = "05", table = "tblJoblog" }`.
+    pub legacy: Option<RawLegacy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLegacy {
+    /// Two digits: the SUP data package number.
+    pub datapakke: Spanned<String>,
+    /// The table name in the file name, e.g. `tblJoblog`.
+    pub table: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,6 +4,7 @@
 //! last inside the staging folder, so a published folder is always whole).
 
 pub mod delta;
+pub mod legacy;
 pub mod plan;
 pub mod retention;
 pub mod version;
@@ -159,6 +160,25 @@ async fn checked_columns(source: &Source, area: &Area) -> Result<Vec<Column>, Lo
         }
     }
     Ok(columns)
+}
+
+/// The legacy file's header values, if the area asks for that output.
+fn legacy_spec(
+    area: &Area,
+    load_type: char,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<legacy::LegacySpec> {
+    let (datapakke, table) = area.legacy.clone()?;
+    let day = |t: DateTime<Utc>| t.with_timezone(&chrono_tz::Europe::Copenhagen).date_naive();
+    Some(legacy::LegacySpec {
+        datapakke,
+        table,
+        run_date: day(now),
+        period_start: day(since),
+        period_end: day(now),
+        load_type,
+    })
 }
 
 /// What a load is about to publish, beyond the files.
@@ -328,7 +348,8 @@ pub async fn full_load(
     check_schema(root, area, &schema)?;
     let first_of_version = matches!(current_schema(root, area), Ok(None));
     let (load_id, staging) = new_load(root, area)?;
-    let fanout = Fanout::new(staging.clone(), area, &columns);
+    let fanout = Fanout::new(staging.clone(), area, &columns)
+        .with_legacy(legacy_spec(area, 'F', load_id.at, load_id.at));
     let result = pipeline(area, fanout, progress, |tx| {
         source.full_extract(area, &columns, tx)
     })
@@ -412,7 +433,13 @@ pub async fn delta_load(
         })
         .collect();
     let (load_id, staging) = new_load(root, area)?;
-    let fanout = Fanout::delta(staging.clone(), area, &columns, state);
+    let since = previous
+        .values()
+        .map(|(id, _)| id.at)
+        .max()
+        .unwrap_or(load_id.at);
+    let fanout = Fanout::delta(staging.clone(), area, &columns, state)
+        .with_legacy(legacy_spec(area, 'D', since, load_id.at));
     let schema = schema_fields(&writer::delta_schema(&columns));
     check_schema(root, area, &schema)?;
     let result = pipeline(area, fanout, progress, |tx| {
@@ -552,7 +579,13 @@ fn publish_all(
             watermark_to: plan.watermark_to,
             previous_load_id: plan.previous.get(&authority).map(|id| id.to_string()),
             created_at: plan.created_at.to_rfc3339(),
-            rows: out.files.iter().map(|f| f.rows).sum(),
+            // Rows of the data: the legacy text file repeats them.
+            rows: out
+                .files
+                .iter()
+                .filter(|f| f.name.ends_with(".parquet"))
+                .map(|f| f.rows)
+                .sum(),
             schema: plan.schema.clone(),
             files: out.files,
         };

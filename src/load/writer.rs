@@ -25,7 +25,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
-use super::{FileEntry, LoadError, delta, plan};
+use super::{FileEntry, LoadError, delta, legacy, plan};
 use crate::authority::AuthorityId;
 use crate::config::Area;
 use crate::source::{Column, arrow_schema};
@@ -72,6 +72,7 @@ pub type Written = (
 struct Spill {
     path: PathBuf,
     writer: StreamWriter<BufWriter<File>>,
+    rows: u64,
 }
 
 pub struct Fanout {
@@ -82,6 +83,8 @@ pub struct Fanout {
     kommune_col: Option<usize>,
     akasse_col: Option<usize>,
     delta: Option<DeltaState>,
+    /// Also write the legacy SUP text format (see `legacy`).
+    legacy: Option<legacy::LegacySpec>,
     spills: BTreeMap<AuthorityId, Spill>,
     withheld: BTreeMap<String, u64>,
 }
@@ -180,9 +183,16 @@ impl Fanout {
             kommune_col: index(&area.route_kommune),
             akasse_col: index(&area.route_akasse),
             delta,
+            legacy: None,
             spills: BTreeMap::new(),
             withheld: BTreeMap::new(),
         }
+    }
+
+    /// Also writes the legacy SUP text format for every authority with rows.
+    pub fn with_legacy(mut self, spec: Option<legacy::LegacySpec>) -> Self {
+        self.legacy = spec;
+        self
     }
 
     fn io(&self, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> LoadError + use<> {
@@ -304,11 +314,19 @@ impl Fanout {
                 let writer =
                     StreamWriter::try_new(BufWriter::with_capacity(IO_BUFFER, file), &self.schema)
                         .map_err(self.arrow())?;
-                self.spills.insert(authority, Spill { path, writer });
+                self.spills.insert(
+                    authority,
+                    Spill {
+                        path,
+                        writer,
+                        rows: 0,
+                    },
+                );
             }
             let arrow = self.arrow();
             let spill = self.spills.get_mut(&authority).expect("opened above");
             spill.writer.write(&part).map_err(arrow)?;
+            spill.rows += part.num_rows() as u64;
         }
         Ok(())
     }
@@ -324,7 +342,11 @@ impl Fanout {
             .build();
         let mut outputs = BTreeMap::new();
         for (authority, spill) in std::mem::take(&mut self.spills) {
-            let Spill { path, mut writer } = spill;
+            let Spill {
+                path,
+                mut writer,
+                rows,
+            } = spill;
             writer.finish().map_err(self.arrow())?;
             let mut buffered = writer.into_inner().map_err(self.arrow())?;
             buffered.flush().map_err(self.io(&path))?;
@@ -341,8 +363,19 @@ impl Fanout {
             .map_err(self.arrow())?;
             let mut files = Vec::new();
             let mut current: Option<OpenFile> = None;
+            let mut legacy = match &self.legacy {
+                Some(spec) => Some(self.open_legacy(&dir, spec, rows)?),
+                None => None,
+            };
             for batch in reader {
                 let batch = batch.map_err(self.arrow())?;
+                if let Some((_, zip)) = &mut legacy {
+                    let mut text = String::with_capacity(batch.num_rows() * 128);
+                    for row in 0..batch.num_rows() {
+                        legacy::push_row(&mut text, &batch, row);
+                    }
+                    zip.write_all(text.as_bytes()).map_err(self.io(&dir))?;
+                }
                 if current.is_none() {
                     current = Some(self.open_file(&dir, files.len(), &props)?);
                 }
@@ -361,11 +394,66 @@ impl Fanout {
             if let Some(open) = current {
                 files.push(close(open, &dir, &self.area)?);
             }
+            if let Some((name, zip)) = legacy {
+                files.push(self.close_legacy(&dir, name, zip, rows)?);
+            }
             std::fs::remove_file(&path).map_err(self.io(&path))?;
             outputs.insert(authority, AuthorityOutput { files });
         }
         let _ = std::fs::remove_dir(self.staging.join(".spill"));
         Ok((outputs, self.withheld))
+    }
+
+    /// Starts `<name>.zip` holding `<name>.csv`, with the header and column line written.
+    fn open_legacy(
+        &self,
+        dir: &std::path::Path,
+        spec: &legacy::LegacySpec,
+        rows: u64,
+    ) -> Result<(String, zip::ZipWriter<File>), LoadError> {
+        let csv = spec.file_name();
+        let name = csv.replace(".csv", ".zip");
+        let path = dir.join(&name);
+        let file = File::create(&path).map_err(self.io(&path))?;
+        let mut zip = zip::ZipWriter::new(file);
+        let zerr = |e: zip::result::ZipError| LoadError::Writer {
+            area: self.area.clone(),
+            message: format!("writing {}: {e}", path.display()),
+        };
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        zip.start_file(csv, options).map_err(zerr)?;
+        zip.write_all(spec.header(rows).as_bytes())
+            .map_err(self.io(&path))?;
+        zip.write_all(legacy::column_line(&self.schema).as_bytes())
+            .map_err(self.io(&path))?;
+        Ok((name, zip))
+    }
+
+    fn close_legacy(
+        &self,
+        dir: &std::path::Path,
+        name: String,
+        zip: zip::ZipWriter<File>,
+        rows: u64,
+    ) -> Result<FileEntry, LoadError> {
+        let path = dir.join(&name);
+        let file = zip.finish().map_err(|e| LoadError::Writer {
+            area: self.area.clone(),
+            message: format!("writing {}: {e}", path.display()),
+        })?;
+        file.sync_all().map_err(self.io(&path))?;
+        drop(file);
+        // The zip writer seeks, so it is hashed afterwards rather than on the way.
+        let mut hasher = Sha256::new();
+        let bytes = std::io::copy(&mut File::open(&path).map_err(self.io(&path))?, &mut hasher)
+            .map_err(self.io(&path))?;
+        Ok(FileEntry {
+            name,
+            bytes,
+            rows,
+            sha256: hex::encode(hasher.finalize()),
+        })
     }
 
     fn open_file(
