@@ -453,19 +453,12 @@ impl Validator<'_> {
             }
             let mut keys = Vec::new();
             for k in &r.keys {
-                for (n, line) in k.get_ref().lines().enumerate() {
-                    match parse_key_line(line) {
-                        Ok(Some(key)) => keys.push(key),
-                        Ok(None) => {}
-                        Err(e) => self.err(
-                            k.span(),
-                            format!(
-                                "supplier {id}: key line {} is not an OpenSSH public key: {e}",
-                                n + 1
-                            ),
-                        ),
-                    }
-                }
+                self.keys_from(
+                    &mut keys,
+                    k.get_ref(),
+                    k.span(),
+                    &format!("supplier {id}: key line"),
+                );
             }
             for f in &r.key_files {
                 let path = self.path(f.get_ref());
@@ -477,22 +470,12 @@ impl Validator<'_> {
                             path.display()
                         ),
                     ),
-                    Ok(text) => {
-                        for (n, line) in text.lines().enumerate() {
-                            match parse_key_line(line) {
-                                Ok(Some(key)) => keys.push(key),
-                                Ok(None) => {}
-                                Err(e) => self.err(
-                                    f.span(),
-                                    format!(
-                                        "supplier {id}: {}:{}: not an OpenSSH public key: {e}",
-                                        path.display(),
-                                        n + 1
-                                    ),
-                                ),
-                            }
-                        }
-                    }
+                    Ok(text) => self.keys_from(
+                        &mut keys,
+                        &text,
+                        f.span(),
+                        &format!("supplier {id}: {} line", path.display()),
+                    ),
                 }
             }
             if keys.is_empty() && r.keys.is_empty() && r.key_files.is_empty() {
@@ -511,6 +494,27 @@ impl Validator<'_> {
             );
         }
         out
+    }
+
+    /// Parses `authorized_keys` text into `keys`; each bad line is an error
+    /// reported as `<origin> <line number>`.
+    fn keys_from(
+        &mut self,
+        keys: &mut Vec<PublicKey>,
+        text: &str,
+        span: Range<usize>,
+        origin: &str,
+    ) {
+        for (n, line) in text.lines().enumerate() {
+            match parse_key_line(line) {
+                Ok(Some(key)) => keys.push(key),
+                Ok(None) => {}
+                Err(e) => self.err(
+                    span.clone(),
+                    format!("{origin} {} is not an OpenSSH public key: {e}", n + 1),
+                ),
+            }
+        }
     }
 
     fn agreements(

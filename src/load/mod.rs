@@ -350,20 +350,12 @@ pub async fn full_load(
     let (load_id, staging) = new_load(root, area)?;
     let fanout = Fanout::new(staging.clone(), area, &columns)
         .with_legacy(legacy_spec(area, 'F', load_id.at, load_id.at));
-    let result = pipeline(area, fanout, progress, |tx| {
+    let result = pipeline(area, &staging, fanout, progress, |tx| {
         source.full_extract(area, &columns, tx)
     })
     .await;
-    let ((snapshot, (mut outputs, withheld)), rows) = match result {
-        Ok((snapshot, written)) => {
-            let rows = snapshot.rows;
-            ((snapshot, written), rows)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
-        }
-    };
+    let (snapshot, (mut outputs, withheld)) = result?;
+    let rows = snapshot.rows;
     // Every authority party to a connection agreement gets a load, empty or
     // not, so "you have no rows" and "not delivered" differ.
     for c in &config.agreements.connection {
@@ -442,17 +434,11 @@ pub async fn delta_load(
         .with_legacy(legacy_spec(area, 'D', since, load_id.at));
     let schema = schema_fields(&writer::delta_schema(&columns));
     check_schema(root, area, &schema)?;
-    let result = pipeline(area, fanout, progress, |tx| {
+    let result = pipeline(area, &staging, fanout, progress, |tx| {
         source.delta_extract(area, &columns, from, to, tx)
     })
     .await;
-    let (rows, (mut outputs, withheld)) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
-        }
-    };
+    let (rows, (mut outputs, withheld)) = result?;
     // Every authority that holds this area gets the delta, empty or not.
     for authority in previous.keys() {
         outputs.entry(*authority).or_default();
@@ -474,6 +460,7 @@ pub async fn delta_load(
 /// bounded channel, so memory stays flat, to the writer on a blocking thread.
 async fn pipeline<T, F, Fut>(
     area: &Area,
+    staging: &Path,
     mut fanout: Fanout,
     progress: Option<&Progress>,
     extract: F,
@@ -497,17 +484,25 @@ where
         fanout.finish()
     });
     let extracted = extract(tx).await;
-    let written = writer.await.map_err(|e| LoadError::Writer {
-        area: area.id.clone(),
-        message: e.to_string(),
-    })?;
-    // The writer's own error explains a dropped channel better than the extract's.
-    let written = written?;
-    let extracted = extracted.map_err(|source| LoadError::Source {
-        area: area.id.clone(),
-        source: Box::new(source),
-    })?;
-    Ok((extracted, written))
+    let result = match writer.await {
+        Err(e) => Err(LoadError::Writer {
+            area: area.id.clone(),
+            message: e.to_string(),
+        }),
+        // The writer's own error explains a dropped channel better than the extract's.
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(written)) => extracted
+            .map(|x| (x, written))
+            .map_err(|source| LoadError::Source {
+                area: area.id.clone(),
+                source: Box::new(source),
+            }),
+    };
+    if result.is_err() {
+        // Nothing of a failed load is kept.
+        let _ = std::fs::remove_dir_all(staging);
+    }
+    result
 }
 
 fn finish(
