@@ -236,3 +236,116 @@ fn tree_files(root: &std::path::Path) -> std::collections::BTreeMap<std::path::P
     }
     out
 }
+
+/// Opens a transaction that journals an update of the live row last journalled
+/// at `copy_of`, under sequence number `seq`; the caller commits it (or not).
+async fn journal_update(conn: &mut PgConnection, copy_of: i64, seq: i64) {
+    sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TEMP TABLE change_{seq} AS SELECT * FROM joblog_journal WHERE seq = {copy_of}"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE change_{seq} SET seq = {seq}, op = 'U', changed_at = now()"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO joblog_journal SELECT * FROM change_{seq}"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+}
+
+/// PostgreSQL draws sequence numbers before commit: a change journalled as
+/// n+1 can commit after n+2. A load must wait for it rather than publish a
+/// watermark of n+2 and skip n+1 for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_commit_of_a_lower_sequence_is_not_skipped() {
+    use udstil::tree::LoadKind;
+    let db = TempDb::create("late").await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::create(&db.url).await.unwrap();
+    udstil::fixtures::generate(&source, 200, 5).await.unwrap();
+    let (_config_path, config) = common::demo_config_for(dir.path(), &db.url).await;
+    let Source::Postgres(pool) = &source else {
+        unreachable!()
+    };
+    // Two keys whose last journal entry is a live row, to journal updates of.
+    let live: Vec<i64> = sqlx::query_scalar(
+        "SELECT seq FROM joblog_journal j WHERE op <> 'D' AND NOT kladde AND seq = \
+         (SELECT MAX(seq) FROM joblog_journal k WHERE k.joblog_id = j.joblog_id) \
+         ORDER BY seq DESC LIMIT 4",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let top: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM joblog_journal")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+
+    // A full load while n+1 is uncommitted and n+2 committed: it waits for n+1.
+    let mut slow = PgConnection::connect(&db.url).await.unwrap();
+    let mut fast = PgConnection::connect(&db.url).await.unwrap();
+    journal_update(&mut slow, live[0], top + 1).await;
+    journal_update(&mut fast, live[1], top + 2).await;
+    sqlx::query("COMMIT").execute(&mut fast).await.unwrap();
+    let cfg = config.clone();
+    let full = tokio::spawn(async move {
+        udstil::app::run_loads(&cfg, Some("joblog"), LoadKind::Full).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(!full.is_finished(), "the full load must wait for n+1");
+    sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
+    let report = full.await.unwrap().unwrap().remove(0);
+    assert_eq!(report.watermark_to, top + 2);
+
+    // The same for a delta: it must carry n+3 and n+4, not only n+4.
+    journal_update(&mut slow, live[2], top + 3).await;
+    journal_update(&mut fast, live[3], top + 4).await;
+    sqlx::query("COMMIT").execute(&mut fast).await.unwrap();
+    let cfg = config.clone();
+    let delta = tokio::spawn(async move {
+        udstil::app::run_loads(&cfg, Some("joblog"), LoadKind::Delta).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(!delta.is_finished(), "the delta must wait for n+3");
+    sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
+    let report = delta.await.unwrap().unwrap().remove(0);
+    assert_eq!(report.watermark_from, Some(top + 2));
+    assert_eq!(report.watermark_to, top + 4);
+
+    // Both changes reached their authorities' deltas.
+    let mut seqs = BTreeSet::new();
+    let mut stack = vec![config.storage_root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet")
+                && p.to_string_lossy().contains("/delta/")
+            {
+                let reader =
+                    ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&p).unwrap())
+                        .unwrap()
+                        .build()
+                        .unwrap();
+                for batch in reader {
+                    let batch = batch.unwrap();
+                    let col = batch.column_by_name("_seq").unwrap();
+                    let col = col.as_any().downcast_ref::<Int64Array>().unwrap();
+                    seqs.extend(col.iter().map(|v| v.unwrap()));
+                }
+            }
+        }
+    }
+    assert_eq!(seqs, BTreeSet::from([top + 3, top + 4]));
+    drop((slow, fast));
+    source.close().await;
+}

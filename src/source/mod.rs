@@ -98,6 +98,76 @@ pub enum SourceError {
     },
     #[error("the load stopped reading (its writer failed)")]
     ConsumerGone,
+    #[error(
+        "source journal {table}: {open} transaction(s) still writing after {waited_secs} s; \
+         the load waits for them so that no change is skipped, and will be retried"
+    )]
+    Unsettled {
+        table: String,
+        open: i64,
+        waited_secs: u64,
+    },
+    #[error("source journal {table} kept changing under the snapshot after {attempts} attempts")]
+    NoStableSnapshot { table: String, attempts: u32 },
+}
+
+/// How long a load waits for DFDG transactions still writing the journal.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// PostgreSQL hands out sequence numbers before commit, so a journal row with
+/// a lower sequence can become visible after one with a higher sequence. A
+/// watermark taken as `MAX(seq)` is only safe once every transaction that was
+/// writing the journal when it was read has ended: such a transaction holds
+/// `RowExclusiveLock` on the journal from before it draws its sequence number
+/// (a column default or trigger, in the INSERT itself) until it commits or
+/// aborts. Only `pg_locks` is read, so a read-only account suffices.
+async fn wait_for_journal_writers(
+    pool: &PgPool,
+    journal: &str,
+    timeout: std::time::Duration,
+) -> Result<(), SourceError> {
+    let qerr = |source| SourceError::Query {
+        table: journal.to_string(),
+        source,
+    };
+    let rel = quote(journal);
+    let writers: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT virtualtransaction FROM pg_locks \
+         WHERE locktype = 'relation' AND relation = to_regclass($1) \
+         AND mode = 'RowExclusiveLock' AND pid IS DISTINCT FROM pg_backend_pid()",
+    )
+    .bind(&rel)
+    .fetch_all(pool)
+    .await
+    .map_err(qerr)?;
+    if writers.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT virtualtransaction) FROM pg_locks \
+             WHERE locktype = 'relation' AND relation = to_regclass($1) \
+             AND virtualtransaction = ANY($2)",
+        )
+        .bind(&rel)
+        .bind(&writers)
+        .fetch_one(pool)
+        .await
+        .map_err(qerr)?;
+        if open == 0 {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(SourceError::Unsettled {
+                table: journal.to_string(),
+                open,
+                waited_secs: started.elapsed().as_secs(),
+            });
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+    }
 }
 
 /// The column types udstil publishes; every source type maps to one of these.
@@ -374,40 +444,37 @@ impl Source {
         };
         let mut batcher = Batcher::new(schema, columns, &area.table);
         macro_rules! stream_rows {
-            ($pool:expr, $begin:expr) => {{
-                let mut tx = $pool.begin().await.map_err(qerr(&area.table))?;
-                if let Some(stmt) = $begin {
-                    sqlx::query(stmt)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(qerr(&area.table))?;
+            ($tx:expr) => {{
+                let mut rows = sqlx::query(AssertSqlSafe(sql.as_str())).fetch(&mut *$tx);
+                while let Some(row) = rows.try_next().await.map_err(qerr(&area.table))? {
+                    append_row!(batcher, row);
+                    if batcher.len() >= BATCH_ROWS {
+                        out.send(batcher.finish())
+                            .await
+                            .map_err(|_| SourceError::ConsumerGone)?;
+                    }
                 }
+            }};
+        }
+        let watermark = match self {
+            // SQLite: a read transaction is a snapshot (WAL mode), and its
+            // single writer commits sequence numbers in order.
+            Source::Sqlite(p) => {
+                let mut tx = p.begin().await.map_err(qerr(&area.table))?;
                 let (watermark,): (i64,) = sqlx::query_as(AssertSqlSafe(hwm_sql.as_str()))
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(qerr(&area.journal))?;
-                {
-                    let mut rows = sqlx::query(AssertSqlSafe(sql.as_str())).fetch(&mut *tx);
-                    while let Some(row) = rows.try_next().await.map_err(qerr(&area.table))? {
-                        append_row!(batcher, row);
-                        if batcher.len() >= BATCH_ROWS {
-                            out.send(batcher.finish())
-                                .await
-                                .map_err(|_| SourceError::ConsumerGone)?;
-                        }
-                    }
-                }
+                stream_rows!(tx);
                 tx.rollback().await.map_err(qerr(&area.table))?;
                 watermark
-            }};
-        }
-        let watermark = match self {
-            // SQLite: a read transaction is a snapshot (WAL mode).
-            Source::Sqlite(p) => stream_rows!(p, None::<&str>),
-            Source::Postgres(p) => stream_rows!(
-                p,
-                Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            ),
+            }
+            Source::Postgres(p) => {
+                let (mut tx, watermark) = self.stable_snapshot(p, area, &hwm_sql).await?;
+                stream_rows!(tx);
+                tx.rollback().await.map_err(qerr(&area.table))?;
+                watermark
+            }
         };
         let rows = batcher.total;
         if batcher.len() > 0 {
@@ -416,6 +483,65 @@ impl Source {
                 .map_err(|_| SourceError::ConsumerGone)?;
         }
         Ok(Snapshot { watermark, rows })
+    }
+}
+
+impl Source {
+    /// A repeatable-read snapshot of DFDG whose journal watermark is exact:
+    /// every sequence number up to it is visible in the snapshot or was
+    /// aborted. A transaction that drew a lower number but had not committed
+    /// when the snapshot was taken would otherwise be in neither this full
+    /// load nor the next delta; if one is found, the snapshot is retaken.
+    async fn stable_snapshot(
+        &self,
+        pool: &PgPool,
+        area: &Area,
+        hwm_sql: &str,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, i64), SourceError> {
+        const ATTEMPTS: u32 = 5;
+        let qerr = |source| SourceError::Query {
+            table: area.journal.clone(),
+            source,
+        };
+        let count_sql = |from: i64, to: i64| {
+            format!(
+                "SELECT count(*) FROM {} WHERE {seq} > {from} AND {seq} <= {to}",
+                quote(&area.journal),
+                seq = quote(&area.sequence_column),
+            )
+        };
+        // Everything up to `settled` is committed or aborted before the snapshot.
+        let mut settled = self.high_water_mark(area).await?;
+        for _ in 0..ATTEMPTS {
+            let mut tx = pool.begin().await.map_err(qerr)?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await
+                .map_err(qerr)?;
+            let (watermark,): (i64,) = sqlx::query_as(AssertSqlSafe(hwm_sql))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(qerr)?;
+            let seen: i64 = sqlx::query_scalar(AssertSqlSafe(count_sql(settled, watermark)))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(qerr)?;
+            wait_for_journal_writers(pool, &area.journal, SETTLE_TIMEOUT).await?;
+            let committed: i64 =
+                sqlx::query_scalar(AssertSqlSafe(count_sql(settled, watermark)))
+                    .fetch_one(pool)
+                    .await
+                    .map_err(qerr)?;
+            if seen == committed {
+                return Ok((tx, watermark));
+            }
+            tx.rollback().await.map_err(qerr)?;
+            settled = watermark;
+        }
+        Err(SourceError::NoStableSnapshot {
+            table: area.journal.clone(),
+            attempts: ATTEMPTS,
+        })
     }
 }
 
@@ -438,7 +564,9 @@ pub struct PriorRow {
 }
 
 impl Source {
-    /// The journal's highest sequence number for an area now.
+    /// The journal's highest sequence number for an area now, once every
+    /// sequence number up to it is settled (committed or aborted), so that a
+    /// delta up to it can never skip a late commit.
     pub async fn high_water_mark(&self, area: &Area) -> Result<i64, SourceError> {
         let sql = format!(
             "SELECT CAST(COALESCE(MAX({}), 0) AS BIGINT) FROM {}",
@@ -450,14 +578,21 @@ impl Source {
             source,
         };
         let (hwm,): (i64,) = match self {
+            // SQLite has one writer and commits its sequence numbers at once.
             Source::Sqlite(p) => sqlx::query_as(AssertSqlSafe(sql))
                 .fetch_one(p)
                 .await
                 .map_err(qerr)?,
-            Source::Postgres(p) => sqlx::query_as(AssertSqlSafe(sql))
-                .fetch_one(p)
-                .await
-                .map_err(qerr)?,
+            Source::Postgres(p) => {
+                let hwm = sqlx::query_as(AssertSqlSafe(sql))
+                    .fetch_one(p)
+                    .await
+                    .map_err(qerr)?;
+                // Writers are looked up after MAX was read: any later writer
+                // draws a sequence number above it.
+                wait_for_journal_writers(p, &area.journal, SETTLE_TIMEOUT).await?;
+                hwm
+            }
         };
         Ok(hwm)
     }
