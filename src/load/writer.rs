@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow_array::{Array, BooleanArray, RecordBatch, StringArray, UInt32Array};
 use arrow_ipc::reader::StreamReader;
@@ -36,6 +36,9 @@ const ROW_GROUP_ROWS: usize = 512 * 1024;
 /// A row group is also cut at this many buffered bytes.
 const ROW_GROUP_BYTES: usize = 64 << 20;
 const IO_BUFFER: usize = 64 << 10;
+/// Authorities converted to Parquet at once: each holds up to a row group in
+/// memory, so this bounds memory as well as using the cores.
+const CONVERT_THREADS: usize = 2;
 
 /// A file writer that hashes and counts what it writes.
 struct HashingWriter {
@@ -340,8 +343,53 @@ impl Fanout {
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
             .build();
-        let mut outputs = BTreeMap::new();
-        for (authority, spill) in std::mem::take(&mut self.spills) {
+        let spills = std::mem::take(&mut self.spills);
+        let queue = Mutex::new(spills.into_iter());
+        let outputs = Mutex::new(BTreeMap::new());
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(CONVERT_THREADS);
+        let this = &self;
+        let worker = || -> Result<(), LoadError> {
+            loop {
+                let next = queue.lock().expect("queue lock").next();
+                let Some((authority, spill)) = next else {
+                    return Ok(());
+                };
+                match this.convert(authority, spill, &props) {
+                    Ok(out) => {
+                        outputs.lock().expect("outputs lock").insert(authority, out);
+                    }
+                    Err(e) => {
+                        // Stop the other workers too; the staging folder is discarded.
+                        queue.lock().expect("queue lock").by_ref().for_each(drop);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers).map(|_| s.spawn(worker)).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a Parquet conversion thread panicked"))
+                .collect::<Result<Vec<()>, LoadError>>()
+        })?;
+        let _ = std::fs::remove_dir(self.staging.join(".spill"));
+        Ok((
+            outputs.into_inner().expect("outputs lock"),
+            self.withheld,
+        ))
+    }
+
+    /// Phase 2 for one authority: its spill file into Parquet (and legacy text).
+    fn convert(
+        &self,
+        authority: AuthorityId,
+        spill: Spill,
+        props: &WriterProperties,
+    ) -> Result<AuthorityOutput, LoadError> {
+        {
             let Spill {
                 path,
                 mut writer,
@@ -398,10 +446,8 @@ impl Fanout {
                 files.push(self.close_legacy(&dir, name, zip, rows)?);
             }
             std::fs::remove_file(&path).map_err(self.io(&path))?;
-            outputs.insert(authority, AuthorityOutput { files });
+            Ok(AuthorityOutput { files })
         }
-        let _ = std::fs::remove_dir(self.staging.join(".spill"));
-        Ok((outputs, self.withheld))
     }
 
     /// Starts `<name>.zip` holding `<name>.csv`, with the header and column line written.
