@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::net::TcpListener;
 
-use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::config::{self, Config, ConfigError, ConfigErrors, Live};
 use crate::load::{self, LoadError, LoadReport};
 use crate::sftp::{self, SftpError, Shared};
 use crate::source::{Source, SourceError};
@@ -32,12 +32,18 @@ pub enum AppError {
     },
     #[error("no data area \"{0}\" in the config")]
     UnknownArea(String),
+    #[error("no supplier \"{0}\" in the config")]
+    UnknownSupplier(String),
 }
 
 /// Everything `config check` checks: the file itself, then the column names
 /// against the source database.
 pub async fn check_config(path: &Path) -> Result<Config, ConfigErrors> {
     let config = config::load(path)?;
+    check_source_columns(path, config).await
+}
+
+async fn check_source_columns(path: &Path, config: Config) -> Result<Config, ConfigErrors> {
     let source = Source::connect(&config.source_url).await.map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
@@ -223,7 +229,7 @@ pub struct Server {
 impl Server {
     pub async fn bind(config: Arc<Config>, listen: SocketAddr) -> Result<Server, AppError> {
         let key = sftp::host_key(&config.sftp.host_key)?;
-        let shared = Shared::new(config)?;
+        let shared = Shared::new(Live::new(config))?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| AppError::Io {
@@ -242,7 +248,13 @@ impl Server {
         })
     }
 
+    /// The config in force now.
     pub fn config(&self) -> Arc<Config> {
+        self.shared.config.get()
+    }
+
+    /// The config handle that reloads replace.
+    pub fn live(&self) -> Arc<Live> {
         self.shared.config.clone()
     }
 
@@ -250,6 +262,226 @@ impl Server {
         sftp::serve(self.listener, self.shared, self.key).await?;
         Ok(())
     }
+}
+
+/// One change in who may read what, found by a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessChange {
+    pub gained: bool,
+    pub supplier: String,
+    pub authority: crate::authority::AuthorityId,
+    pub area: String,
+}
+
+impl std::fmt::Display for AccessChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {}/{}",
+            self.supplier,
+            if self.gained { "gained" } else { "lost" },
+            self.authority,
+            self.area
+        )
+    }
+}
+
+/// Every (supplier, authority, area) readable at `now` under `config`.
+pub fn access_at(
+    config: &Config,
+    now: chrono::DateTime<Utc>,
+) -> BTreeSet<(String, crate::authority::AuthorityId, String)> {
+    let mut out = BTreeSet::new();
+    for supplier in config.suppliers.keys() {
+        for (authority, areas) in config.agreements.visible(supplier, now) {
+            for area in areas {
+                out.insert((supplier.clone(), authority, area));
+            }
+        }
+    }
+    out
+}
+
+/// What changes in access terms from `old` to `new` at `now`.
+pub fn access_changes(old: &Config, new: &Config, now: chrono::DateTime<Utc>) -> Vec<AccessChange> {
+    let (before, after) = (access_at(old, now), access_at(new, now));
+    let change = |gained: bool| {
+        move |(supplier, authority, area): &(String, crate::authority::AuthorityId, String)| {
+            AccessChange {
+                gained,
+                supplier: supplier.clone(),
+                authority: *authority,
+                area: area.clone(),
+            }
+        }
+    };
+    before
+        .difference(&after)
+        .map(change(false))
+        .chain(after.difference(&before).map(change(true)))
+        .collect()
+}
+
+/// Re-reads the config file and, if it is valid, puts it in force. An
+/// invalid file is refused as a whole and the config in force stays. The
+/// column check against DFDG runs when DFDG answers; an outage of DFDG does
+/// not hold back an access change (a revocation must never wait for it).
+pub async fn reload(live: &Live, path: &Path) -> Result<Vec<AccessChange>, ConfigErrors> {
+    let new = config::load(path)?;
+    let new = match Source::connect(&new.source_url).await {
+        Ok(source) => {
+            source.close().await;
+            check_source_columns(path, new).await?
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "config reload: DFDG unreachable, column names not checked");
+            new
+        }
+    };
+    let old = live.get();
+    for (what, changed) in [
+        ("[sftp] listen", old.sftp.listen != new.sftp.listen),
+        ("[sftp] host_key", old.sftp.host_key != new.sftp.host_key),
+        ("[storage] root", old.storage_root != new.storage_root),
+        ("[state] url", old.state_url != new.state_url),
+    ] {
+        if changed {
+            tracing::warn!(
+                setting = what,
+                "config reload: this setting takes effect at the next restart"
+            );
+        }
+    }
+    let changes = access_changes(&old, &new, Utc::now());
+    live.replace(Arc::new(new));
+    for c in &changes {
+        let change = if c.gained { "gained" } else { "lost" };
+        tracing::info!(supplier = %c.supplier, authority = %c.authority, area = %c.area,
+            change = %change, "config reload: access changed");
+    }
+    tracing::info!(access_changes = changes.len(), "config reloaded");
+    Ok(changes)
+}
+
+/// The files a config is read from, with their modification time and size,
+/// to notice edits by polling (portable, and cheap at one stat per second).
+pub fn config_files_state(config: &Config) -> Vec<(PathBuf, Option<(std::time::SystemTime, u64)>)> {
+    std::iter::once(config.file.clone())
+        .chain(config.key_files.iter().cloned())
+        .map(|p| {
+            let m = std::fs::metadata(&p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            (p, m)
+        })
+        .collect()
+}
+
+/// One supplier's access to one authority's data area at a time, with the
+/// reasons when it is denied (each names the agreement and its dates).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AccessRow {
+    pub supplier: String,
+    pub authority: String,
+    pub authority_name: String,
+    pub area: String,
+    pub allowed: bool,
+    pub reasons: Vec<String>,
+}
+
+/// Access of the suppliers (all, or one) to the authorities named in any
+/// agreement (or one) and the configured areas (or one), at `at`.
+pub fn access_rows(
+    config: &Config,
+    supplier: Option<&str>,
+    authority: Option<crate::authority::AuthorityId>,
+    area: Option<&str>,
+    at: chrono::DateTime<Utc>,
+) -> Result<Vec<AccessRow>, AppError> {
+    if let Some(s) = supplier
+        && !config.suppliers.contains_key(s)
+    {
+        return Err(AppError::UnknownSupplier(s.into()));
+    }
+    if let Some(a) = area
+        && config.area(a).is_none()
+    {
+        return Err(AppError::UnknownArea(a.into()));
+    }
+    let authorities: BTreeSet<_> = match authority {
+        Some(a) => BTreeSet::from([a]),
+        None => config
+            .agreements
+            .connection
+            .iter()
+            .map(|c| c.authority)
+            .chain(
+                config
+                    .agreements
+                    .data_processing
+                    .iter()
+                    .map(|d| d.authority),
+            )
+            .collect(),
+    };
+    let mut rows = Vec::new();
+    for s in config
+        .suppliers
+        .keys()
+        .filter(|s| supplier.is_none_or(|x| x == *s))
+    {
+        for a in &authorities {
+            for ar in config
+                .areas
+                .iter()
+                .filter(|ar| area.is_none_or(|x| x == ar.id))
+            {
+                // An area routed to the other kind of authority is never delivered there.
+                let routed = match a.kind {
+                    crate::authority::AuthorityKind::Kommune => ar.route_kommune.is_some(),
+                    crate::authority::AuthorityKind::Akasse => ar.route_akasse.is_some(),
+                };
+                let decision = config.agreements.decide(s, *a, &ar.id, at);
+                let mut reasons: Vec<String> = match &decision {
+                    Ok(()) => Vec::new(),
+                    Err(denials) => denials.iter().map(|d| d.to_string()).collect(),
+                };
+                if !routed {
+                    reasons.push(format!(
+                        "area {} holds no data for a {}",
+                        ar.id,
+                        a.kind.as_str()
+                    ));
+                }
+                rows.push(AccessRow {
+                    supplier: s.clone(),
+                    authority: a.to_string(),
+                    authority_name: a.name().unwrap_or_default().to_string(),
+                    area: ar.id.clone(),
+                    allowed: reasons.is_empty(),
+                    reasons,
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Whether two configs schedule their areas differently.
+pub fn schedules_differ(a: &Config, b: &Config) -> bool {
+    let of = |c: &Config| {
+        c.areas
+            .iter()
+            .map(|a| {
+                (
+                    a.id.clone(),
+                    a.schedule_delta.as_ref().map(|s| s.to_string()),
+                    a.schedule_full.as_ref().map(|s| s.to_string()),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    of(a) != of(b)
 }
 
 /// Test keys and the demo config, compiled in so `udstil demo` runs from anywhere.

@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Who may read what, and why not.
+    Access {
+        #[command(subcommand)]
+        command: AccessCommand,
+    },
     /// Synthetic DFDG commands.
     Fixtures {
         #[command(subcommand)]
@@ -77,6 +82,41 @@ enum ConfigCommand {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum AccessCommand {
+    /// For each authority and data area: allowed, or which agreement is
+    /// missing, not yet valid or ended (with its dates).
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        supplier: String,
+        /// `kommune/101` or `akasse/901`; every authority with an agreement when left out.
+        #[arg(long)]
+        authority: Option<String>,
+        #[arg(long)]
+        area: Option<String>,
+        /// A date (Danish day) or RFC 3339 time; now when left out.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Supplier x authority x area, allowed or not, for audits.
+    Matrix {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long, value_enum, default_value_t = MatrixFormat::Csv)]
+        format: MatrixFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MatrixFormat {
+    Csv,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +169,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "udstil=info,sqlx=error,warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal; journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -166,6 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Access { command } => access(command),
         Command::Serve { config } => {
             let c = checked(&config).await?;
             app::reconcile_state(&c).await;
@@ -298,17 +341,116 @@ async fn checked(path: &Path) -> anyhow::Result<udstil::config::Config> {
         .map_err(|e| anyhow::anyhow!("refusing to start, the config has errors:\n{e}"))
 }
 
+fn parse_at(at: Option<&str>) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    match at {
+        None => Ok(chrono::Utc::now()),
+        Some(t) => udstil::config::parse_instant(t, false).ok_or_else(|| {
+            anyhow::anyhow!("--at {t} is not a date (2026-01-31) or an RFC 3339 time")
+        }),
+    }
+}
+
+fn access(command: AccessCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AccessCommand::Explain {
+            config,
+            supplier,
+            authority,
+            area,
+            at,
+        } => {
+            let c = udstil::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let at = parse_at(at.as_deref())?;
+            let authority = authority
+                .map(|a| {
+                    a.parse::<udstil::authority::AuthorityId>()
+                        .map_err(|e| anyhow::anyhow!("--authority {a}: {e}"))
+                })
+                .transpose()?;
+            let rows = app::access_rows(&c, Some(&supplier), authority, area.as_deref(), at)?;
+            println!("{supplier} at {}:", at.to_rfc3339());
+            for r in rows {
+                let verdict = if r.allowed {
+                    "allowed".to_string()
+                } else {
+                    format!("denied: {}", r.reasons.join("; "))
+                };
+                println!("  {:<12} {:<30} {verdict}", r.authority, r.area);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AccessCommand::Matrix { config, at, format } => {
+            let c = udstil::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let at = parse_at(at.as_deref())?;
+            let rows = app::access_rows(&c, None, None, None, at)?;
+            match format {
+                MatrixFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                }
+                MatrixFormat::Csv => {
+                    println!("supplier,authority,authority_name,area,allowed,reasons");
+                    for r in rows {
+                        let reasons = r.reasons.join("; ").replace('"', "\"\"");
+                        println!(
+                            "{},{},\"{}\",{},{},\"{reasons}\"",
+                            r.supplier, r.authority, r.authority_name, r.area, r.allowed
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 /// Serves SFTP and runs the configured schedules until SIGINT or SIGTERM;
-/// a load in progress is allowed to finish.
+/// a load in progress is allowed to finish. The config is reloaded on
+/// SIGHUP and when its files change; an invalid edit is refused and the
+/// config in force keeps serving.
 async fn serve_until_signal(server: app::Server) -> anyhow::Result<ExitCode> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let schedules = app::spawn_schedules(server.config(), stop.clone());
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let live = server.live();
+    let path = live.get().file.clone();
+    let mut stop = tokio_util::sync::CancellationToken::new();
+    let mut schedules = app::spawn_schedules(live.get(), stop.clone());
     tracing::info!(schedules = schedules.len(), "schedules started");
-    tokio::select! {
-        r = server.run() => { r?; }
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
-        _ = term.recv() => tracing::info!("terminated; stopping"),
+    let mut watched = app::config_files_state(&live.get());
+    let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+    let run = server.run();
+    tokio::pin!(run);
+    loop {
+        let why = tokio::select! {
+            r = &mut run => { r?; break; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); break; }
+            _ = term.recv() => { tracing::info!("terminated; stopping"); break; }
+            _ = hup.recv() => "SIGHUP",
+            _ = poll.tick() => {
+                let now = app::config_files_state(&live.get());
+                if now == watched { continue; }
+                watched = now;
+                "a config file changed"
+            }
+        };
+        let before = live.get();
+        match app::reload(&live, &path).await {
+            Ok(_) => {
+                let after = live.get();
+                watched = app::config_files_state(&after);
+                if app::schedules_differ(&before, &after) {
+                    // A load in progress finishes; the per-area file lock keeps
+                    // the new schedules from overlapping it.
+                    stop.cancel();
+                    stop = tokio_util::sync::CancellationToken::new();
+                    schedules = app::spawn_schedules(after, stop.clone());
+                    tracing::info!(schedules = schedules.len(), "schedules restarted");
+                }
+            }
+            Err(errors) => {
+                tracing::error!(trigger = why, errors = %errors, "config reload refused; the config in force keeps serving");
+            }
+        }
     }
     stop.cancel();
     for task in schedules {

@@ -296,9 +296,10 @@ async fn a_late_commit_of_a_lower_sequence_is_not_skipped() {
     journal_update(&mut fast, live[1], top + 2).await;
     sqlx::query("COMMIT").execute(&mut fast).await.unwrap();
     let cfg = config.clone();
-    let full = tokio::spawn(async move {
-        udstil::app::run_loads(&cfg, Some("joblog"), LoadKind::Full).await
-    });
+    let full =
+        tokio::spawn(
+            async move { udstil::app::run_loads(&cfg, Some("joblog"), LoadKind::Full).await },
+        );
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     assert!(!full.is_finished(), "the full load must wait for n+1");
     sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
@@ -310,9 +311,10 @@ async fn a_late_commit_of_a_lower_sequence_is_not_skipped() {
     journal_update(&mut fast, live[3], top + 4).await;
     sqlx::query("COMMIT").execute(&mut fast).await.unwrap();
     let cfg = config.clone();
-    let delta = tokio::spawn(async move {
-        udstil::app::run_loads(&cfg, Some("joblog"), LoadKind::Delta).await
-    });
+    let delta =
+        tokio::spawn(
+            async move { udstil::app::run_loads(&cfg, Some("joblog"), LoadKind::Delta).await },
+        );
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     assert!(!delta.is_finished(), "the delta must wait for n+3");
     sqlx::query("COMMIT").execute(&mut slow).await.unwrap();

@@ -7,47 +7,19 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use russh::keys::{PrivateKeyWithHashAlg, load_secret_key};
 use russh_sftp::client::SftpSession;
 use russh_sftp::protocol::OpenFlags;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-
-struct AcceptAnyHostKey;
-
-impl russh::client::Handler for AcceptAnyHostKey {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
 
 /// The SSH handle is returned too: dropping it would end the session.
 async fn connect(
     env: &Env,
     supplier: &str,
 ) -> (russh::client::Handle<AcceptAnyHostKey>, SftpSession) {
-    let mut session = russh::client::connect(
-        Arc::new(russh::client::Config::default()),
-        env.addr,
-        AcceptAnyHostKey,
-    )
-    .await
-    .unwrap();
-    let key = load_secret_key(env.key(supplier), None).unwrap();
-    let auth = session
-        .authenticate_publickey(supplier, PrivateKeyWithHashAlg::new(Arc::new(key), None))
+    library_session(env.addr, supplier, &env.key(supplier))
         .await
-        .unwrap();
-    assert!(auth.success(), "{supplier} could not log in");
-    let channel = session.channel_open_session().await.unwrap();
-    channel.request_subsystem(true, "sftp").await.unwrap();
-    let sftp = SftpSession::new(channel.into_stream()).await.unwrap();
-    (session, sftp)
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,9 +13,11 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Europe::Copenhagen;
+use ipnet::IpNet;
 use russh::keys::PublicKey;
 use russh::keys::ssh_key::authorized_keys::Entry;
 use toml::Spanned;
@@ -71,19 +73,56 @@ pub struct Config {
     pub suppliers: BTreeMap<String, Supplier>,
     pub agreements: Agreements,
     pub areas: Vec<Area>,
+    /// Key files the config reads (a reload watches them too).
+    pub key_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
 pub struct SftpSettings {
     pub listen: SocketAddr,
     pub host_key: PathBuf,
+    pub login_grace: Duration,
+    pub idle_timeout: Duration,
+    pub max_unauthenticated: usize,
+    pub max_sessions_per_supplier: usize,
+    pub ban_after_failures: u32,
+    pub ban: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct Supplier {
     pub id: String,
     pub name: String,
-    pub keys: Vec<PublicKey>,
+    pub keys: Vec<SupplierKey>,
+    /// Addresses it may log in from; empty means any.
+    pub allow_from: Vec<IpNet>,
+    pub max_sessions: usize,
+}
+
+/// A supplier's public key and when it may be used.
+#[derive(Debug, Clone)]
+pub struct SupplierKey {
+    pub key: PublicKey,
+    pub validity: Validity,
+}
+
+impl Supplier {
+    /// The supplier's key equal to `key` that is valid at `now`, if any.
+    pub fn key_valid_at(&self, key: &PublicKey, now: DateTime<Utc>) -> Option<&SupplierKey> {
+        self.keys
+            .iter()
+            .find(|k| k.key.key_data() == key.key_data() && k.validity.in_force(now))
+    }
+
+    /// Whether the supplier may connect from `addr`.
+    pub fn allows_address(&self, addr: std::net::IpAddr) -> bool {
+        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let addr = match addr {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.allow_from.is_empty() || self.allow_from.iter().any(|net| net.contains(&addr))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +181,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         text,
         errors: Vec::new(),
+        default_sessions: 32,
+        key_files: Vec::new(),
     };
     let config = v.config(raw);
     if v.errors.is_empty() {
@@ -164,6 +205,8 @@ struct Validator<'a> {
     dir: PathBuf,
     text: &'a str,
     errors: Vec<ConfigError>,
+    default_sessions: usize,
+    key_files: Vec<PathBuf>,
 }
 
 impl Validator<'_> {
@@ -206,6 +249,11 @@ impl Validator<'_> {
 
         let areas = self.areas(&raw.areas);
         let area_ids: BTreeSet<String> = areas.iter().map(|a| a.id.clone()).collect();
+        self.default_sessions = self.count(
+            "[sftp] max_sessions_per_supplier",
+            &raw.sftp.max_sessions_per_supplier,
+            32,
+        ) as usize;
         let suppliers = self.suppliers(&raw.suppliers);
         let agreements = self.agreements(&raw.agreements, &suppliers, &area_ids);
 
@@ -214,6 +262,32 @@ impl Validator<'_> {
             sftp: SftpSettings {
                 listen,
                 host_key: self.path(raw.sftp.host_key.get_ref()),
+                login_grace: Duration::from_secs(self.count(
+                    "[sftp] login_grace_seconds",
+                    &raw.sftp.login_grace_seconds,
+                    30,
+                )),
+                idle_timeout: Duration::from_secs(self.count(
+                    "[sftp] idle_timeout_seconds",
+                    &raw.sftp.idle_timeout_seconds,
+                    900,
+                )),
+                max_unauthenticated: self.count(
+                    "[sftp] max_unauthenticated",
+                    &raw.sftp.max_unauthenticated,
+                    64,
+                ) as usize,
+                max_sessions_per_supplier: self.default_sessions,
+                ban_after_failures: self.count(
+                    "[sftp] ban_after_failures",
+                    &raw.sftp.ban_after_failures,
+                    10,
+                ) as u32,
+                ban: Duration::from_secs(self.count(
+                    "[sftp] ban_seconds",
+                    &raw.sftp.ban_seconds,
+                    300,
+                )),
             },
             storage_root: self.path(raw.storage.root.get_ref()),
             source_url,
@@ -221,6 +295,7 @@ impl Validator<'_> {
             suppliers,
             agreements,
             areas,
+            key_files: std::mem::take(&mut self.key_files),
         }
     }
 
@@ -451,6 +526,10 @@ impl Validator<'_> {
                     format!("supplier id \"{id}\" must be lower-case letters, digits and - (it is the SSH user name)"),
                 );
             }
+            let always = Validity {
+                from: DateTime::<Utc>::MIN_UTC,
+                to: None,
+            };
             let mut keys = Vec::new();
             for k in &r.keys {
                 self.keys_from(
@@ -458,56 +537,145 @@ impl Validator<'_> {
                     k.get_ref(),
                     k.span(),
                     &format!("supplier {id}: key line"),
+                    &always,
                 );
             }
             for f in &r.key_files {
-                let path = self.path(f.get_ref());
-                match std::fs::read_to_string(&path) {
-                    Err(e) => self.err(
-                        f.span(),
-                        format!(
-                            "supplier {id}: cannot read key file {}: {e}",
-                            path.display()
-                        ),
-                    ),
-                    Ok(text) => self.keys_from(
+                self.key_file(&mut keys, &id, f, &always);
+            }
+            for dated in &r.dated_keys {
+                let d = dated.get_ref();
+                let what = format!("supplier {id}: [[supplier.key]]");
+                let validity = match &d.valid_from {
+                    Some(from) => self.validity(&what, from, d.valid_to.as_ref()),
+                    None => match &d.valid_to {
+                        Some(to) => self.instant(&what, "valid_to", to, true).map(|t| Validity {
+                            from: DateTime::<Utc>::MIN_UTC,
+                            to: Some(t),
+                        }),
+                        None => Some(always),
+                    },
+                };
+                let Some(validity) = validity else { continue };
+                match (&d.key, &d.file) {
+                    (Some(k), None) => self.keys_from(
                         &mut keys,
-                        &text,
-                        f.span(),
-                        &format!("supplier {id}: {} line", path.display()),
+                        k.get_ref(),
+                        k.span(),
+                        &format!("{what} key"),
+                        &validity,
+                    ),
+                    (None, Some(f)) => self.key_file(&mut keys, &id, f, &validity),
+                    _ => self.err(
+                        dated.span(),
+                        format!("{what} needs exactly one of key = \"...\" or file = \"...\""),
                     ),
                 }
             }
-            if keys.is_empty() && r.keys.is_empty() && r.key_files.is_empty() {
+            if keys.is_empty()
+                && r.keys.is_empty()
+                && r.key_files.is_empty()
+                && r.dated_keys.is_empty()
+            {
                 self.err(
                     spanned.span(),
                     format!("supplier {id} has no public key, so it can never log in"),
                 );
             }
+            let mut allow_from = Vec::new();
+            for cidr in &r.allow_from {
+                match parse_cidr(cidr.get_ref()) {
+                    Some(net) => allow_from.push(net),
+                    None => self.err(
+                        cidr.span(),
+                        format!(
+                            "supplier {id}: allow_from \"{}\" is not an address block such as 192.0.2.0/24 or 2001:db8::/32",
+                            cidr.get_ref()
+                        ),
+                    ),
+                }
+            }
+            let max_sessions = match &r.max_sessions {
+                Some(n) => self.count(&format!("supplier {id}: max_sessions"), &Some(n.clone()), 0)
+                    as usize,
+                None => self.default_sessions,
+            };
             out.insert(
                 id.clone(),
                 Supplier {
                     id,
                     name: r.name.clone(),
                     keys,
+                    allow_from,
+                    max_sessions,
                 },
             );
         }
         out
     }
 
+    /// Reads the keys of an `authorized_keys` file named in the config.
+    fn key_file(
+        &mut self,
+        keys: &mut Vec<SupplierKey>,
+        id: &str,
+        f: &Spanned<String>,
+        validity: &Validity,
+    ) {
+        let path = self.path(f.get_ref());
+        self.key_files.push(path.clone());
+        match std::fs::read_to_string(&path) {
+            Err(e) => self.err(
+                f.span(),
+                format!(
+                    "supplier {id}: cannot read key file {}: {e}",
+                    path.display()
+                ),
+            ),
+            Ok(text) => self.keys_from(
+                keys,
+                &text,
+                f.span(),
+                &format!("supplier {id}: {} line", path.display()),
+                validity,
+            ),
+        }
+    }
+
+    /// A positive whole number setting, or its default when absent.
+    fn count(&mut self, what: &str, v: &Option<Spanned<i64>>, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(n) if *n.get_ref() >= 1 => *n.get_ref() as u64,
+            Some(n) => {
+                self.err(
+                    n.span(),
+                    format!("{what} = {} must be at least 1", n.get_ref()),
+                );
+                default
+            }
+        }
+    }
+
     /// Parses `authorized_keys` text into `keys`; each bad line is an error
     /// reported as `<origin> <line number>`.
     fn keys_from(
         &mut self,
-        keys: &mut Vec<PublicKey>,
+        keys: &mut Vec<SupplierKey>,
         text: &str,
         span: Range<usize>,
         origin: &str,
+        validity: &Validity,
     ) {
         for (n, line) in text.lines().enumerate() {
             match parse_key_line(line) {
-                Ok(Some(key)) => keys.push(key),
+                Ok(Some(key)) => match key_refusal(&key) {
+                    None => keys.push(SupplierKey {
+                        key,
+                        validity: *validity,
+                    }),
+                    Some(why) => self.err(span.clone(), format!("{origin} {}: {why}", n + 1)),
+                },
                 Ok(None) => {}
                 Err(e) => self.err(
                     span.clone(),
@@ -716,6 +884,66 @@ fn parse_key_line(line: &str) -> Result<Option<PublicKey>, String> {
     Entry::from_str(line)
         .map(|e| Some(e.public_key().clone()))
         .map_err(|e| e.to_string())
+}
+
+/// The config in force. A reload replaces it as a whole; readers take the
+/// current one per request, so a change applies to open sessions at once.
+#[derive(Debug)]
+pub struct Live {
+    current: std::sync::RwLock<std::sync::Arc<Config>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Live {
+    pub fn new(config: std::sync::Arc<Config>) -> std::sync::Arc<Live> {
+        std::sync::Arc::new(Live {
+            current: std::sync::RwLock::new(config),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    pub fn get(&self) -> std::sync::Arc<Config> {
+        self.current.read().expect("config lock").clone()
+    }
+
+    /// Bumped by every reload, so cached decisions know they are stale.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Puts `config` in force and returns the one it replaces.
+    pub fn replace(&self, config: std::sync::Arc<Config>) -> std::sync::Arc<Config> {
+        let old = std::mem::replace(&mut *self.current.write().expect("config lock"), config);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        old
+    }
+}
+
+/// Why a public key may not be used to log in, if it may not: only
+/// algorithms without known weaknesses, RSA only from 3072 bits.
+pub fn key_refusal(key: &PublicKey) -> Option<String> {
+    use russh::keys::ssh_key::public::KeyData;
+    match key.key_data() {
+        KeyData::Ed25519(_) | KeyData::Ecdsa(_) => None,
+        KeyData::Rsa(rsa) if rsa.key_size() >= 3072 => None,
+        KeyData::Rsa(rsa) => Some(format!(
+            "an RSA key of {} bits is refused; RSA keys need at least 3072 bits (or use ssh-ed25519)",
+            rsa.key_size()
+        )),
+        KeyData::Dsa(_) => Some("DSA (ssh-dss) keys are refused: 1024 bits and SHA-1".into()),
+        other => Some(format!(
+            "{} keys are not supported; use ssh-ed25519, ecdsa-sha2-nistp256/384/521 or RSA of 3072 bits or more",
+            other.algorithm()
+        )),
+    }
+}
+
+/// `192.0.2.0/24`, `2001:db8::/32`, or a single address.
+fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
 /// The columns a source table has, as found by introspection.

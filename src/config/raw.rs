@@ -28,6 +28,18 @@ pub struct RawSftp {
     pub listen: Spanned<String>,
     /// The server's ed25519 host key (OpenSSH format); generated on first start.
     pub host_key: Spanned<String>,
+    /// Seconds a connection has to authenticate before it is closed (default 30).
+    pub login_grace_seconds: Option<Spanned<i64>>,
+    /// Seconds without an SFTP request before a session is closed (default 900).
+    pub idle_timeout_seconds: Option<Spanned<i64>>,
+    /// Connections not yet authenticated, from all addresses together (default 64).
+    pub max_unauthenticated: Option<Spanned<i64>>,
+    /// Concurrent connections per supplier, unless the supplier sets its own (default 32).
+    pub max_sessions_per_supplier: Option<Spanned<i64>>,
+    /// Failed logins from one address (within an hour) before it is banned (default 10).
+    pub ban_after_failures: Option<Spanned<i64>>,
+    /// Length of a first ban in seconds; each repeat doubles it, up to a day (default 300).
+    pub ban_seconds: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +75,27 @@ pub struct RawSupplier {
     /// Files in `authorized_keys` format.
     #[serde(default)]
     pub key_files: Vec<Spanned<String>>,
+    /// `[[supplier.key]]`: a key with a validity period (for rotation).
+    #[serde(default, rename = "key")]
+    pub dated_keys: Vec<Spanned<RawKey>>,
+    /// Source addresses allowed to log in, as CIDR blocks (`192.0.2.0/24`); empty = any.
+    #[serde(default)]
+    pub allow_from: Vec<Spanned<String>>,
+    /// Concurrent connections of this supplier (default: `sftp.max_sessions_per_supplier`).
+    pub max_sessions: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// One `authorized_keys` line (give this or `file`).
+    pub key: Option<Spanned<String>>,
+    /// A file in `authorized_keys` format (give this or `key`).
+    pub file: Option<Spanned<String>>,
+    /// From when the key may log in (a date or RFC 3339 instant; default: always).
+    pub valid_from: Option<Spanned<toml::Value>>,
+    /// Until when the key may log in (a date, inclusive, or an RFC 3339 instant).
+    pub valid_to: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,28 +1,35 @@
 //! The SSH front door (russh) and the SFTP subsystem (russh-sftp).
 //!
 //! Step 1, platform access: the SSH user name is the supplier id and only
-//! public-key authentication with one of that supplier's keys succeeds.
-//! Step 2, data access, is the access policy, asked on every path lookup of
-//! the SFTP session (see `session`). Only the `sftp` subsystem is served:
-//! shell, exec, pty and every kind of forwarding are refused.
+//! public-key authentication with one of that supplier's keys, valid now,
+//! of an accepted type and signed with SHA-2, from an allowed address,
+//! succeeds. Around it: a login grace time, an idle timeout, caps on
+//! unauthenticated connections and on sessions per supplier, and penalties
+//! for addresses that fail (see `defender`).
+//! Step 2, data access, is the access policy against the live config, asked
+//! on every path lookup and again on reads of open handles (see `session`).
+//! Only the `sftp` subsystem is served: shell, exec, pty and every kind of
+//! forwarding are refused.
 
+mod defender;
 mod pipe;
 mod session;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use russh::keys::{HashAlg, PrivateKey, PublicKey};
-use russh::server::{
-    Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Server as _, Session, VerifiedPublicKey,
-};
+use chrono::Utc;
+use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::Config;
+use crate::config::Live;
+pub use defender::{Defender, Verdict};
 pub use session::{MAX_READ, SftpSession};
 
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +79,10 @@ pub fn host_key(path: &Path) -> Result<PrivateKey, SftpError> {
     Ok(key)
 }
 
-/// russh settings: public key only, modern algorithms, sane limits.
+/// russh settings: public key only, modern algorithms only, strict key
+/// exchange (the Terrapin counter-measure) advertised.
 pub fn ssh_config(key: PrivateKey) -> russh::server::Config {
+    use russh::{cipher, kex, mac};
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
     russh::server::Config {
@@ -84,35 +93,138 @@ pub fn ssh_config(key: PrivateKey) -> russh::server::Config {
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![key],
         max_auth_attempts: 6,
-        inactivity_timeout: Some(Duration::from_secs(600)),
+        // Login grace and idle time are enforced per connection (see `watch`);
+        // keepalives find dead peers.
+        inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(60)),
+        keepalive_max: 3,
         window_size: 8 << 20,
         maximum_packet_size: 65_535,
         channel_buffer_size: 256,
         nodelay: true,
+        preferred: russh::Preferred {
+            kex: std::borrow::Cow::Borrowed(&[
+                kex::MLKEM768X25519_SHA256,
+                kex::CURVE25519,
+                kex::CURVE25519_PRE_RFC_8731,
+                kex::EXTENSION_SUPPORT_AS_SERVER,
+                kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+            ]),
+            // Host keys are advertised only for keys the server has (ed25519);
+            // this list is also `server-sig-algs`, the client-key signatures
+            // accepted: no `ssh-rsa` (SHA-1), no DSA.
+            key: std::borrow::Cow::Borrowed(&[
+                Algorithm::Ed25519,
+                Algorithm::Ecdsa {
+                    curve: russh::keys::EcdsaCurve::NistP256,
+                },
+                Algorithm::Ecdsa {
+                    curve: russh::keys::EcdsaCurve::NistP384,
+                },
+                Algorithm::Ecdsa {
+                    curve: russh::keys::EcdsaCurve::NistP521,
+                },
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha512),
+                },
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha256),
+                },
+            ]),
+            cipher: std::borrow::Cow::Borrowed(&[
+                cipher::CHACHA20_POLY1305,
+                cipher::AES_256_GCM,
+                cipher::AES_128_GCM,
+            ]),
+            mac: std::borrow::Cow::Borrowed(&[mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM]),
+            ..russh::Preferred::default()
+        },
         ..Default::default()
+    }
+}
+
+/// Milliseconds on a process-wide monotonic clock, for cheap atomics.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// When the client last sent anything on its SFTP channel.
+#[derive(Debug)]
+pub struct Activity(AtomicU64);
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity(AtomicU64::new(now_ms())))
+    }
+
+    pub fn touch(&self) {
+        self.0.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.0.load(Ordering::Relaxed)))
     }
 }
 
 /// The state every connection shares.
 pub struct Shared {
-    pub config: Arc<Config>,
+    pub config: Arc<Live>,
     /// The storage root with symlinks resolved.
     pub root: PathBuf,
+    defender: Mutex<Defender>,
+    unauthenticated: AtomicUsize,
+    sessions: Mutex<HashMap<String, usize>>,
 }
 
 impl Shared {
-    pub fn new(config: Arc<Config>) -> Result<Arc<Shared>, SftpError> {
-        std::fs::create_dir_all(&config.storage_root).map_err(|source| SftpError::Root {
-            path: config.storage_root.clone(),
+    pub fn new(config: Arc<Live>) -> Result<Arc<Shared>, SftpError> {
+        let c = config.get();
+        std::fs::create_dir_all(&c.storage_root).map_err(|source| SftpError::Root {
+            path: c.storage_root.clone(),
             source,
         })?;
-        let root =
-            std::fs::canonicalize(&config.storage_root).map_err(|source| SftpError::Root {
-                path: config.storage_root.clone(),
-                source,
-            })?;
-        Ok(Arc::new(Shared { config, root }))
+        let root = std::fs::canonicalize(&c.storage_root).map_err(|source| SftpError::Root {
+            path: c.storage_root.clone(),
+            source,
+        })?;
+        let defender = Defender::new(c.sftp.ban_after_failures, c.sftp.ban);
+        Ok(Arc::new(Shared {
+            config,
+            root,
+            defender: Mutex::new(defender),
+            unauthenticated: AtomicUsize::new(0),
+            sessions: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Takes one of the supplier's session slots, if one is free.
+    fn session_slot(self: &Arc<Self>, supplier: &str, cap: usize) -> Option<SessionSlot> {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let n = sessions.entry(supplier.to_string()).or_default();
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(SessionSlot {
+            shared: self.clone(),
+            supplier: supplier.to_string(),
+        })
+    }
+}
+
+/// A supplier's session counted against its cap until dropped.
+struct SessionSlot {
+    shared: Arc<Shared>,
+    supplier: String,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut sessions = self.shared.sessions.lock().expect("sessions lock");
+        if let Some(n) = sessions.get_mut(&self.supplier) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -122,52 +234,188 @@ pub async fn serve(
     shared: Arc<Shared>,
     key: PrivateKey,
 ) -> Result<(), SftpError> {
-    let config = Arc::new(ssh_config(key));
-    let mut server = Server { shared };
-    server.run_on_socket(config, &listener).await?;
-    Ok(())
+    let ssh = Arc::new(ssh_config(key));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: keep serving the others.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let settings = shared.config.get().sftp.clone();
+        let ip = peer.ip();
+        let verdict = {
+            let mut d = shared.defender.lock().expect("defender lock");
+            d.configure(settings.ban_after_failures, settings.ban);
+            d.check(ip, Instant::now())
+        };
+        if let Verdict::Banned { remaining } = verdict {
+            tracing::debug!(peer = %peer, remaining_s = remaining.as_secs(), "connection from a banned address dropped");
+            continue;
+        }
+        if shared.unauthenticated.load(Ordering::Acquire) >= settings.max_unauthenticated {
+            tracing::warn!(peer = %peer, cap = settings.max_unauthenticated, "too many connections not yet logged in; dropped");
+            continue;
+        }
+        shared.unauthenticated.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(connection(shared.clone(), ssh.clone(), stream, peer));
+    }
 }
 
-struct Server {
+/// What the watchdog of a connection needs to know about it.
+struct ConnState {
+    supplier: OnceLock<String>,
+    activity: Arc<Activity>,
+}
+
+/// One TCP connection from accept to close: the SSH session, watched for
+/// its login grace time and idle time, then its failure recorded (if it
+/// never logged in) against its address.
+async fn connection(
     shared: Arc<Shared>,
-}
-
-impl russh::server::Server for Server {
-    type Handler = Connection;
-
-    fn new_client(&mut self, peer: Option<SocketAddr>) -> Connection {
-        Connection {
-            shared: self.shared.clone(),
-            peer,
-            supplier: None,
-            channels: HashMap::new(),
+    ssh: Arc<russh::server::Config>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let started = Instant::now();
+    let state = Arc::new(ConnState {
+        supplier: OnceLock::new(),
+        activity: Activity::new(),
+    });
+    let handler = Connection {
+        shared: shared.clone(),
+        peer,
+        state: state.clone(),
+        slot: None,
+        channels: HashMap::new(),
+    };
+    let grace = shared.config.get().sftp.login_grace;
+    let outcome =
+        match tokio::time::timeout(grace, russh::server::run_stream(ssh, stream, handler)).await {
+            Err(_) => Some("login grace time exceeded before the SSH handshake"),
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %peer, error = %e, "ssh handshake failed");
+                None
+            }
+            Ok(Ok(session)) => watch(&shared, session, &state, started).await,
+        };
+    if let Some(reason) = outcome {
+        tracing::info!(peer = %peer, supplier = ?state.supplier.get(), reason, "connection closed");
+    }
+    if state.supplier.get().is_none() {
+        shared.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+        let ban = shared
+            .defender
+            .lock()
+            .expect("defender lock")
+            .failed(peer.ip(), Instant::now());
+        if let Some(length) = ban {
+            tracing::warn!(peer = %peer.ip(), ban_s = length.as_secs(), "address banned after repeated failed logins");
         }
     }
+}
 
-    fn handle_session_error(&mut self, error: russh::Error) {
-        // Malformed traffic ends that connection only.
-        tracing::debug!(%error, "ssh connection ended with an error");
-    }
+/// Runs a session to its end, closing it when the login grace time or the
+/// idle timeout of the config in force runs out. Returns why it closed it.
+async fn watch(
+    shared: &Shared,
+    session: russh::server::RunningSession<Connection>,
+    state: &ConnState,
+    started: Instant,
+) -> Option<&'static str> {
+    let handle = session.handle();
+    tokio::pin!(session);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let reason = loop {
+        tokio::select! {
+            r = &mut session => {
+                if let Err(e) = r {
+                    // Malformed traffic ends that connection only.
+                    tracing::debug!(error = %e, "ssh connection ended with an error");
+                }
+                return None;
+            }
+            _ = tick.tick() => {
+                let settings = &shared.config.get().sftp;
+                if state.supplier.get().is_none() {
+                    if started.elapsed() >= settings.login_grace {
+                        break "login grace time exceeded";
+                    }
+                } else if state.activity.idle() >= settings.idle_timeout {
+                    break "idle timeout";
+                }
+            }
+        }
+    };
+    let _ = handle
+        .disconnect(russh::Disconnect::ByApplication, reason.into(), "en".into())
+        .await;
+    // A peer that does not read its disconnect message is not waited for.
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
+    Some(reason)
 }
 
 struct Connection {
     shared: Arc<Shared>,
-    peer: Option<SocketAddr>,
-    supplier: Option<String>,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    slot: Option<SessionSlot>,
     channels: HashMap<ChannelId, Channel<Msg>>,
 }
 
+/// Why a key offered by `user` is not accepted now, if it is not.
+fn key_refusal(
+    config: &crate::config::Config,
+    user: &str,
+    key: &PublicKey,
+    algorithm: &Algorithm,
+    ip: IpAddr,
+) -> Option<&'static str> {
+    let Some(supplier) = config.suppliers.get(user) else {
+        return Some("unknown user");
+    };
+    if !supplier.allows_address(ip) {
+        return Some("address not allowed for this supplier");
+    }
+    // The same RSA key may sign with SHA-1 (`ssh-rsa`); only SHA-2 is accepted.
+    if matches!(algorithm, Algorithm::Rsa { hash: None }) {
+        return Some("ssh-rsa (SHA-1) signature refused");
+    }
+    if supplier.key_valid_at(key, Utc::now()).is_none() {
+        return Some(
+            if supplier
+                .keys
+                .iter()
+                .any(|k| k.key.key_data() == key.key_data())
+            {
+                "key not valid now"
+            } else {
+                "unknown key"
+            },
+        );
+    }
+    None
+}
+
 impl Connection {
-    fn key_allowed(&self, user: &str, key: &PublicKey) -> bool {
-        self.shared
-            .config
-            .suppliers
-            .get(user)
-            .is_some_and(|s| s.keys.iter().any(|k| k.key_data() == key.key_data()))
+    fn ip(&self) -> IpAddr {
+        self.peer.ip()
     }
 
-    fn peer(&self) -> String {
-        self.peer.map(|p| p.to_string()).unwrap_or_default()
+    /// Holds back a rejection according to the address's record.
+    async fn penalty(&self) {
+        let delay = self
+            .shared
+            .defender
+            .lock()
+            .expect("defender lock")
+            .delay(self.ip(), Instant::now());
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
 }
 
@@ -179,10 +427,13 @@ impl russh::server::Handler for Connection {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.key_allowed(user, offer.public_key) {
-            Ok(Auth::Accept)
-        } else {
-            Ok(Auth::reject())
+        let config = self.shared.config.get();
+        match key_refusal(&config, user, offer.public_key, offer.algorithm, self.ip()) {
+            None => Ok(Auth::Accept),
+            Some(_) => {
+                self.penalty().await;
+                Ok(Auth::reject())
+            }
         }
     }
 
@@ -192,18 +443,35 @@ impl russh::server::Handler for Connection {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         let fingerprint = key.public_key.fingerprint(HashAlg::Sha256);
-        if self.key_allowed(user, key.public_key) {
-            tracing::info!(supplier = user, %fingerprint, peer = %self.peer(), "login accepted");
-            self.supplier = Some(user.to_string());
-            Ok(Auth::Accept)
-        } else {
-            tracing::info!(user, %fingerprint, peer = %self.peer(), "login refused: unknown user or key");
-            Ok(Auth::reject())
+        let config = self.shared.config.get();
+        if let Some(reason) = key_refusal(&config, user, key.public_key, key.algorithm, self.ip()) {
+            tracing::info!(user, %fingerprint, peer = %self.peer, reason, "login refused");
+            self.penalty().await;
+            return Ok(Auth::reject());
         }
+        let cap = config.suppliers[user].max_sessions;
+        // Over the cap, the login itself succeeds (it is no attack) but no
+        // session channel opens; see `channel_open_session`.
+        self.slot = self.shared.session_slot(user, cap);
+        if self.slot.is_none() {
+            tracing::warn!(supplier = user, cap, peer = %self.peer, "session refused: the supplier has reached its session cap");
+        } else {
+            tracing::info!(supplier = user, %fingerprint, peer = %self.peer, "login accepted");
+        }
+        if self.state.supplier.set(user.to_string()).is_ok() {
+            self.shared.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.shared
+            .defender
+            .lock()
+            .expect("defender lock")
+            .succeeded(self.ip());
+        Ok(Auth::Accept)
     }
 
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
-        tracing::info!(user, peer = %self.peer(), "login refused: password authentication is not offered");
+        tracing::info!(user, peer = %self.peer, "login refused: password authentication is not offered");
+        self.penalty().await;
         Ok(Auth::reject())
     }
 
@@ -213,7 +481,7 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.supplier.is_none() || self.channels.len() >= 4 {
+        if self.slot.is_none() || self.channels.len() >= 4 {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -277,7 +545,7 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tracing::info!(supplier = ?self.supplier, "shell refused");
+        tracing::info!(supplier = ?self.state.supplier.get(), "shell refused");
         session.channel_failure(channel)?;
         session.close(channel)
     }
@@ -288,7 +556,7 @@ impl russh::server::Handler for Connection {
         _data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tracing::info!(supplier = ?self.supplier, "exec refused");
+        tracing::info!(supplier = ?self.state.supplier.get(), "exec refused");
         session.channel_failure(channel)?;
         session.close(channel)
     }
@@ -307,7 +575,7 @@ impl russh::server::Handler for Connection {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (Some(supplier), true) = (self.supplier.clone(), name == "sftp") else {
+        let (Some(supplier), true) = (self.state.supplier.get().cloned(), name == "sftp") else {
             session.channel_failure(channel_id)?;
             return Ok(());
         };
@@ -321,7 +589,7 @@ impl russh::server::Handler for Connection {
             self.shared.config.clone(),
             self.shared.root.clone(),
         );
-        russh_sftp::server::run(pipe::stream(channel), handler).await;
+        russh_sftp::server::run(pipe::stream(channel, self.state.activity.clone()), handler).await;
         Ok(())
     }
 }

@@ -24,7 +24,11 @@ pub const MAX_QUEUED_BYTES: usize = 8 << 20;
 
 /// Splits the channel into a stream for the SFTP handler that cannot stall
 /// the SSH session.
-pub fn stream(channel: Channel<Msg>) -> impl AsyncRead + AsyncWrite + Unpin + Send + 'static {
+/// Every chunk the client sends touches `activity` (for the idle timeout).
+pub fn stream(
+    channel: Channel<Msg>,
+    activity: Arc<super::Activity>,
+) -> impl AsyncRead + AsyncWrite + Unpin + Send + 'static {
     let (mut read, write) = tokio::io::split(channel.into_stream());
     let (tx, rx) = futures::channel::mpsc::unbounded::<Bytes>();
     let queued = Arc::new(AtomicUsize::new(0));
@@ -35,6 +39,7 @@ pub fn stream(channel: Channel<Msg>) -> impl AsyncRead + AsyncWrite + Unpin + Se
             match read.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    activity.touch();
                     if pumped.fetch_add(n, Ordering::AcqRel) + n > MAX_QUEUED_BYTES {
                         tracing::warn!(
                             "sftp client pipelined too much without reading; closing channel"

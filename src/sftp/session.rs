@@ -16,8 +16,12 @@ use russh_sftp::protocol::{
 use russh_sftp::server::StatusReply;
 
 use crate::authority::AuthorityKind;
-use crate::config::Config;
+use crate::config::Live;
 use crate::tree::{self, Location};
+
+/// How long an open handle trusts its last access check; a revoked
+/// agreement or a config edit stops its reads within this time.
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Largest read answered (as OpenSSH's sftp-server: 256 KiB less headers).
 pub const MAX_READ: u32 = 261_120;
@@ -26,7 +30,7 @@ const MAX_HANDLES: usize = 256;
 
 pub struct SftpSession {
     supplier: String,
-    config: Arc<Config>,
+    config: Arc<Live>,
     /// The storage root with symlinks resolved; every real path must stay under it.
     root: PathBuf,
     handles: HashMap<String, OpenHandle>,
@@ -36,13 +40,24 @@ pub struct SftpSession {
 
 enum OpenHandle {
     Dir {
+        location: Location,
         entries: Option<Vec<File>>,
+        checked: Checked,
     },
     File {
+        location: Location,
         file: Arc<std::fs::File>,
         size: u64,
         mtime: u32,
+        checked: Checked,
     },
+}
+
+/// When a handle's access was last found allowed, and under which config.
+#[derive(Debug, Clone, Copy)]
+struct Checked {
+    at: std::time::Instant,
+    generation: u64,
 }
 
 type Reply<T> = Result<T, StatusReply>;
@@ -103,7 +118,7 @@ fn ok(id: u32) -> Status {
 }
 
 impl SftpSession {
-    pub fn new(supplier: String, config: Arc<Config>, root: PathBuf) -> Self {
+    pub fn new(supplier: String, config: Arc<Live>, root: PathBuf) -> Self {
         SftpSession {
             supplier,
             config,
@@ -117,12 +132,59 @@ impl SftpSession {
     /// Resolves a client path to a visible location, evaluated now.
     fn locate(&self, path: &str) -> Reply<Location> {
         let loc = tree::resolve(path).map_err(|_| not_found())?;
-        let visible = self.config.agreements.visible(&self.supplier, Utc::now());
-        if loc.is_visible(&visible) {
+        if self.allowed(&loc) {
             Ok(loc)
         } else {
             Err(not_found())
         }
+    }
+
+    /// Whether the supplier may see `loc` now, under the config in force.
+    fn allowed(&self, loc: &Location) -> bool {
+        let config = self.config.get();
+        // A supplier removed from the config loses its open sessions' access too.
+        if !config.suppliers.contains_key(&self.supplier) {
+            return false;
+        }
+        let visible = config.agreements.visible(&self.supplier, Utc::now());
+        loc.is_visible(&visible)
+    }
+
+    fn checked_now(&self) -> Checked {
+        Checked {
+            at: std::time::Instant::now(),
+            generation: self.config.generation(),
+        }
+    }
+
+    /// Re-checks an open handle's access when its last check is stale, so
+    /// the hot read path does not evaluate the policy on every packet.
+    fn recheck(&mut self, handle: &str) -> Reply<()> {
+        let generation = self.config.generation();
+        let (location, checked) = match self.handles.get(handle) {
+            Some(OpenHandle::File {
+                location, checked, ..
+            })
+            | Some(OpenHandle::Dir {
+                location, checked, ..
+            }) => (location.clone(), *checked),
+            None => return Err(StatusCode::Failure.with_message("unknown handle")),
+        };
+        if checked.generation == generation && checked.at.elapsed() < RECHECK {
+            return Ok(());
+        }
+        if !self.allowed(&location) {
+            tracing::info!(supplier = %self.supplier, path = %location.virtual_path(), "access ended while a handle was open");
+            self.handles.remove(handle);
+            return Err(not_found());
+        }
+        let now = self.checked_now();
+        if let Some(OpenHandle::File { checked, .. } | OpenHandle::Dir { checked, .. }) =
+            self.handles.get_mut(handle)
+        {
+            *checked = now;
+        }
+        Ok(())
     }
 
     /// The real path of an area location, refused if a symlink anywhere in it
@@ -166,7 +228,7 @@ impl SftpSession {
 
     async fn list(&self, loc: &Location) -> Reply<Vec<File>> {
         let now = Utc::now();
-        let visible = self.config.agreements.visible(&self.supplier, now);
+        let visible = self.config.get().agreements.visible(&self.supplier, now);
         let mtime = self.root_mtime().await;
         let mut out = vec![
             File::new(".", dir_attrs(mtime)),
@@ -279,9 +341,11 @@ impl russh_sftp::server::Handler for SftpSession {
             return Err(StatusCode::Failure.with_message("not a regular file"));
         }
         let handle = self.new_handle(OpenHandle::File {
+            location: loc.clone(),
             file: Arc::new(file),
             size: meta.len(),
             mtime: meta.mtime().clamp(0, u32::MAX as i64) as u32,
+            checked: self.checked_now(),
         })?;
         tracing::info!(supplier = %self.supplier, path = %loc.virtual_path(), "file opened");
         Ok(Handle { id, handle })
@@ -295,6 +359,7 @@ impl russh_sftp::server::Handler for SftpSession {
     }
 
     async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Reply<Data> {
+        self.recheck(&handle)?;
         let Some(OpenHandle::File { file, size, .. }) = self.handles.get(&handle) else {
             return Err(StatusCode::Failure.with_message("not an open file handle"));
         };
@@ -335,6 +400,7 @@ impl russh_sftp::server::Handler for SftpSession {
     }
 
     async fn fstat(&mut self, id: u32, handle: String) -> Reply<Attrs> {
+        self.recheck(&handle)?;
         match self.handles.get(&handle) {
             Some(OpenHandle::File { size, mtime, .. }) => Ok(Attrs {
                 id,
@@ -369,14 +435,17 @@ impl russh_sftp::server::Handler for SftpSession {
         // Listing happens now, so the handle shows the view as it was when opened.
         let entries = self.list(&loc).await?;
         let handle = self.new_handle(OpenHandle::Dir {
+            location: loc,
             entries: Some(entries),
+            checked: self.checked_now(),
         })?;
         Ok(Handle { id, handle })
     }
 
     async fn readdir(&mut self, id: u32, handle: String) -> Reply<Name> {
+        self.recheck(&handle)?;
         match self.handles.get_mut(&handle) {
-            Some(OpenHandle::Dir { entries }) => match entries.take() {
+            Some(OpenHandle::Dir { entries, .. }) => match entries.take() {
                 Some(files) => Ok(Name { id, files }),
                 None => Err(StatusCode::Eof.into()),
             },

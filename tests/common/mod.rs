@@ -19,6 +19,8 @@ pub struct Env {
     pub config_path: PathBuf,
     pub config: Arc<Config>,
     pub addr: SocketAddr,
+    /// The config in force in the running server (reloads replace it).
+    pub live: Arc<udstil::config::Live>,
 }
 
 impl Env {
@@ -88,10 +90,19 @@ pub fn ssh_opts() -> Vec<String> {
 /// Builds a demo folder (`citizens` synthetic citizens), runs full loads of
 /// every area and starts the server.
 pub async fn start(citizens: u64) -> Env {
+    start_with(citizens, |_, _| {}).await
+}
+
+/// Like [`start`], with the demo config text edited by `edit` (in the data
+/// folder, so relative key paths resolve there) before it is checked.
+pub async fn start_with(citizens: u64, edit: impl FnOnce(&Path, &mut String)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let config_path = app::prepare_demo(dir.path(), "127.0.0.1:0".parse().unwrap(), citizens, 7)
         .await
         .unwrap();
+    let mut text = std::fs::read_to_string(&config_path).unwrap();
+    edit(dir.path(), &mut text);
+    std::fs::write(&config_path, text).unwrap();
     let config = app::check_config(&config_path).await.unwrap();
     app::full_loads(&config, None).await.unwrap();
     let config = Arc::new(config);
@@ -99,13 +110,84 @@ pub async fn start(citizens: u64) -> Env {
         .await
         .unwrap();
     let addr = server.addr;
+    let live = server.live();
     tokio::spawn(server.run());
     Env {
         dir,
         config_path,
         config,
         addr,
+        live,
     }
+}
+
+/// Makes an OpenSSH key pair `<dir>/keys/<name>` with `ssh-keygen`.
+pub fn keygen(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let path = dir.join("keys").join(name);
+    let out = Command::new("ssh-keygen")
+        .args(args)
+        .args(["-q", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen is installed");
+    assert!(out.status.success(), "ssh-keygen: {}", stderr(&out));
+    path
+}
+
+pub struct AcceptAnyHostKey;
+
+impl russh::client::Handler for AcceptAnyHostKey {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// An SFTP session through the client library (russh + russh-sftp). The SSH
+/// handle is returned too: dropping it would end the session.
+pub async fn library_session(
+    addr: SocketAddr,
+    user: &str,
+    key: &Path,
+) -> Result<
+    (
+        russh::client::Handle<AcceptAnyHostKey>,
+        russh_sftp::client::SftpSession,
+    ),
+    String,
+> {
+    use russh::keys::{PrivateKeyWithHashAlg, load_secret_key};
+    let mut session = russh::client::connect(
+        Arc::new(russh::client::Config::default()),
+        addr,
+        AcceptAnyHostKey,
+    )
+    .await
+    .map_err(|e| format!("connect: {e}"))?;
+    let key = load_secret_key(key, None).unwrap();
+    let auth = session
+        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), None))
+        .await
+        .map_err(|e| format!("authenticate: {e}"))?;
+    if !auth.success() {
+        return Err(format!("{user} could not log in"));
+    }
+    let channel = session
+        .channel_open_session()
+        .await
+        .map_err(|e| format!("channel: {e}"))?;
+    channel
+        .request_subsystem(true, "sftp")
+        .await
+        .map_err(|e| format!("subsystem: {e}"))?;
+    let sftp = russh_sftp::client::SftpSession::new(channel.into_stream())
+        .await
+        .map_err(|e| format!("sftp: {e}"))?;
+    Ok((session, sftp))
 }
 
 pub fn sha256_file(path: &Path) -> String {

@@ -1,0 +1,166 @@
+//! Config reload in a running daemon (`udstil serve`, a real process): an
+//! edit takes effect in open sessions without reconnecting; an invalid edit
+//! is refused and the config in force keeps serving.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use udstil::app;
+
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `check` every 100 ms for up to `limit`.
+async fn within<F: AsyncFnMut() -> bool>(limit: Duration, mut check: F) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn areas_of(sftp: &russh_sftp::client::SftpSession, dir: &str) -> Option<Vec<String>> {
+    let mut names: Vec<String> = sftp
+        .read_dir(dir)
+        .await
+        .ok()?
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_apply_to_open_sessions_and_invalid_edits_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config_path = app::prepare_demo(dir.path(), addr, 60, 7).await.unwrap();
+    let config = app::check_config(&config_path).await.unwrap();
+    app::full_loads(&config, None).await.unwrap();
+    let good = std::fs::read_to_string(&config_path).unwrap();
+
+    let log = dir.path().join("daemon.log");
+    let _daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_udstil"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        within(Duration::from_secs(20), async || {
+            std::net::TcpStream::connect(addr).is_ok()
+        })
+        .await,
+        "the daemon did not start listening"
+    );
+    let key = dir.path().join("keys/bi-alpha");
+    let (_ssh, sftp) = library_session(addr, "bi-alpha", &key).await.unwrap();
+    assert_eq!(
+        areas_of(&sftp, "/kommune/101").await.unwrap(),
+        ["joblog", "plans-and-activities"]
+    );
+
+    // Remove joblog from bi-alpha's cooperation agreement: gone without reconnecting.
+    let narrowed = good.replacen(
+        "id = \"sup-alpha\"\nsupplier = \"bi-alpha\"\nareas = [\"joblog\", \"plans-and-activities\"]",
+        "id = \"sup-alpha\"\nsupplier = \"bi-alpha\"\nareas = [\"plans-and-activities\"]",
+        1,
+    );
+    assert_ne!(narrowed, good);
+    std::fs::write(&config_path, &narrowed).unwrap();
+    assert!(
+        within(Duration::from_secs(5), async || {
+            areas_of(&sftp, "/kommune/101").await == Some(vec!["plans-and-activities".into()])
+        })
+        .await,
+        "joblog still listed after the edit"
+    );
+    assert!(sftp.metadata("/kommune/101/joblog").await.is_err());
+
+    // An invalid edit is refused as a whole; the config in force keeps serving.
+    std::fs::write(
+        &config_path,
+        good.replacen(
+            "id = \"sup-alpha\"",
+            "id = \"sup-alpha\"\nvalid_from = \"not a date\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let log_has = |s: &str| std::fs::read_to_string(&log).unwrap().contains(s);
+    assert!(
+        within(Duration::from_secs(5), async || log_has(
+            "config reload refused"
+        ))
+        .await,
+        "no refusal logged"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        areas_of(&sftp, "/kommune/101").await.unwrap(),
+        ["plans-and-activities"],
+        "the refused edit changed access"
+    );
+    let check = Command::new(env!("CARGO_BIN_EXE_udstil"))
+        .args(["config", "check", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    assert!(
+        stderr(&check).contains("udstil.toml:"),
+        "{}",
+        stderr(&check)
+    );
+    // New logins are still served by the config in force.
+    let beta = library_session(addr, "bi-beta", &dir.path().join("keys/bi-beta")).await;
+    assert!(beta.is_ok(), "{:?}", beta.err());
+
+    // Restore and signal: joblog is back in the open session.
+    std::fs::write(&config_path, &good).unwrap();
+    let pid = _daemon.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        within(Duration::from_secs(5), async || {
+            areas_of(&sftp, "/kommune/101").await
+                == Some(vec!["joblog".into(), "plans-and-activities".into()])
+        })
+        .await,
+        "joblog not back after restoring the config"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("access changed")
+            && text.contains("area=joblog")
+            && text.contains("change=lost")
+            && text.contains("change=gained"),
+        "{text}"
+    );
+}
