@@ -376,10 +376,7 @@ impl Fanout {
                 .collect::<Result<Vec<()>, LoadError>>()
         })?;
         let _ = std::fs::remove_dir(self.staging.join(".spill"));
-        Ok((
-            outputs.into_inner().expect("outputs lock"),
-            self.withheld,
-        ))
+        Ok((outputs.into_inner().expect("outputs lock"), self.withheld))
     }
 
     /// Phase 2 for one authority: its spill file into Parquet (and legacy text).
@@ -425,7 +422,7 @@ impl Fanout {
                     zip.write_all(text.as_bytes()).map_err(self.io(&dir))?;
                 }
                 if current.is_none() {
-                    current = Some(self.open_file(&dir, files.len(), &props)?);
+                    current = Some(self.open_file(&dir, files.len(), props)?);
                 }
                 let open = current.as_mut().expect("opened above");
                 open.writer

@@ -527,11 +527,10 @@ impl Source {
                 .await
                 .map_err(qerr)?;
             wait_for_journal_writers(pool, &area.journal, SETTLE_TIMEOUT).await?;
-            let committed: i64 =
-                sqlx::query_scalar(AssertSqlSafe(count_sql(settled, watermark)))
-                    .fetch_one(pool)
-                    .await
-                    .map_err(qerr)?;
+            let committed: i64 = sqlx::query_scalar(AssertSqlSafe(count_sql(settled, watermark)))
+                .fetch_one(pool)
+                .await
+                .map_err(qerr)?;
             if seen == committed {
                 return Ok((tx, watermark));
             }
