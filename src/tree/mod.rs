@@ -345,3 +345,72 @@ mod tests {
         );
     }
 }
+
+/// Properties of the one path resolver over arbitrary client input: nothing
+/// resolves outside the view, into a hidden name, or to a hidden authority.
+#[cfg(test)]
+mod resolve_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn component() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just(".".to_string()),
+            Just("..".to_string()),
+            Just("kommune".to_string()),
+            Just("akasse".to_string()),
+            Just("101".to_string()),
+            Just("147".to_string()),
+            Just("901".to_string()),
+            Just("joblog".to_string()),
+            Just(".staging".to_string()),
+            Just("...".to_string()),
+            Just("\\..".to_string()),
+            any::<String>(),
+        ]
+    }
+
+    fn client_path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::collection::vec(component(), 0..12).prop_map(|c| c.join("/")),
+            proptest::collection::vec(component(), 0..12).prop_map(|c| format!("/{}", c.join("/"))),
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_path_leaves_the_view(path in client_path()) {
+            let root = Path::new("/srv/tree");
+            let mut visible = BTreeMap::new();
+            visible.insert("kommune/101".parse::<AuthorityId>().unwrap(), BTreeSet::from(["joblog".to_string()]));
+            if let Ok(loc) = resolve(&path) {
+                // The canonical path resolves to the same place.
+                prop_assert_eq!(resolve(&loc.virtual_path()), Ok(loc.clone()));
+                if let Some(real) = loc.real_path(root) {
+                    prop_assert!(real.starts_with(root));
+                    for c in real.strip_prefix(root).unwrap().components() {
+                        let std::path::Component::Normal(name) = c else {
+                            return Err(TestCaseError::fail(format!("{path:?} -> {}", real.display())));
+                        };
+                        prop_assert!(!name.to_string_lossy().starts_with('.'));
+                    }
+                }
+                if loc.is_visible(&visible) {
+                    match &loc {
+                        Location::Root => {}
+                        Location::Kind(k) => prop_assert_eq!(*k, AuthorityKind::Kommune),
+                        Location::Authority(a) => prop_assert_eq!(a.to_string(), "kommune/101"),
+                        Location::Area { authority, area, .. } => {
+                            prop_assert_eq!(authority.to_string(), "kommune/101");
+                            prop_assert_eq!(area.as_str(), "joblog");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
