@@ -40,17 +40,19 @@ pub enum AppError {
 /// against the source database.
 pub async fn check_config(path: &Path) -> Result<Config, ConfigErrors> {
     let config = config::load(path)?;
-    check_source_columns(path, config).await
-}
-
-async fn check_source_columns(path: &Path, config: Config) -> Result<Config, ConfigErrors> {
-    let source = Source::connect(&config.source_url).await.map_err(|e| {
+    let columns = source_columns(&config).await.map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
             line: None,
             message: format!("[source] {e}"),
         }])
     })?;
+    columns_checked(config, &columns)
+}
+
+/// The columns of every table and journal the config's areas name, read from DFDG.
+async fn source_columns(config: &Config) -> Result<config::TableColumns, SourceError> {
+    let source = Source::connect(&config.source_url).await?;
     let tables: BTreeSet<String> = config
         .areas
         .iter()
@@ -58,14 +60,11 @@ async fn check_source_columns(path: &Path, config: Config) -> Result<Config, Con
         .collect();
     let columns = source.table_columns(&tables).await;
     source.close().await;
-    let columns = columns.map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            message: format!("[source] {e}"),
-        }])
-    })?;
-    let errors = config::check_columns(&config, &columns);
+    columns
+}
+
+fn columns_checked(config: Config, columns: &config::TableColumns) -> Result<Config, ConfigErrors> {
+    let errors = config::check_columns(&config, columns);
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -328,11 +327,8 @@ pub fn access_changes(old: &Config, new: &Config, now: chrono::DateTime<Utc>) ->
 /// not hold back an access change (a revocation must never wait for it).
 pub async fn reload(live: &Live, path: &Path) -> Result<Vec<AccessChange>, ConfigErrors> {
     let new = config::load(path)?;
-    let new = match Source::connect(&new.source_url).await {
-        Ok(source) => {
-            source.close().await;
-            check_source_columns(path, new).await?
-        }
+    let new = match source_columns(&new).await {
+        Ok(columns) => columns_checked(new, &columns)?,
         Err(e) => {
             tracing::warn!(error = %e, "config reload: DFDG unreachable, column names not checked");
             new
@@ -437,10 +433,7 @@ pub fn access_rows(
                 .filter(|ar| area.is_none_or(|x| x == ar.id))
             {
                 // An area routed to the other kind of authority is never delivered there.
-                let routed = match a.kind {
-                    crate::authority::AuthorityKind::Kommune => ar.route_kommune.is_some(),
-                    crate::authority::AuthorityKind::Akasse => ar.route_akasse.is_some(),
-                };
+                let routed = ar.routes_to(a.kind);
                 let decision = config.agreements.decide(s, *a, &ar.id, at);
                 let mut reasons: Vec<String> = match &decision {
                     Ok(()) => Vec::new(),

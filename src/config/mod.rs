@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, NaiveDateTime, TimeZone, Utc};
@@ -104,6 +106,16 @@ pub struct Supplier {
 pub struct SupplierKey {
     pub key: PublicKey,
     pub validity: Validity,
+}
+
+impl Area {
+    /// Whether the area's rows are routed to authorities of `kind` at all.
+    pub fn routes_to(&self, kind: crate::authority::AuthorityKind) -> bool {
+        match kind {
+            crate::authority::AuthorityKind::Kommune => self.route_kommune.is_some(),
+            crate::authority::AuthorityKind::Akasse => self.route_akasse.is_some(),
+        }
+    }
 }
 
 impl Supplier {
@@ -890,32 +902,31 @@ fn parse_key_line(line: &str) -> Result<Option<PublicKey>, String> {
 /// current one per request, so a change applies to open sessions at once.
 #[derive(Debug)]
 pub struct Live {
-    current: std::sync::RwLock<std::sync::Arc<Config>>,
-    generation: std::sync::atomic::AtomicU64,
+    current: RwLock<Arc<Config>>,
+    generation: AtomicU64,
 }
 
 impl Live {
-    pub fn new(config: std::sync::Arc<Config>) -> std::sync::Arc<Live> {
-        std::sync::Arc::new(Live {
-            current: std::sync::RwLock::new(config),
-            generation: std::sync::atomic::AtomicU64::new(0),
+    pub fn new(config: Arc<Config>) -> Arc<Live> {
+        Arc::new(Live {
+            current: RwLock::new(config),
+            generation: AtomicU64::new(0),
         })
     }
 
-    pub fn get(&self) -> std::sync::Arc<Config> {
+    pub fn get(&self) -> Arc<Config> {
         self.current.read().expect("config lock").clone()
     }
 
     /// Bumped by every reload, so cached decisions know they are stale.
     pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Puts `config` in force and returns the one it replaces.
-    pub fn replace(&self, config: std::sync::Arc<Config>) -> std::sync::Arc<Config> {
+    pub fn replace(&self, config: Arc<Config>) -> Arc<Config> {
         let old = std::mem::replace(&mut *self.current.write().expect("config lock"), config);
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         old
     }
 }

@@ -359,11 +359,7 @@ pub async fn full_load(
     // Every authority party to a connection agreement gets a load, empty or
     // not, so "you have no rows" and "not delivered" differ.
     for c in &config.agreements.connection {
-        let routed = match c.authority.kind {
-            AuthorityKind::Kommune => area.route_kommune.is_some(),
-            AuthorityKind::Akasse => area.route_akasse.is_some(),
-        };
-        if routed {
+        if area.routes_to(c.authority.kind) {
             outputs.entry(c.authority).or_default();
         }
     }

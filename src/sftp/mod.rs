@@ -367,7 +367,7 @@ struct Connection {
 }
 
 /// Why a key offered by `user` is not accepted now, if it is not.
-fn key_refusal(
+fn login_refusal(
     config: &crate::config::Config,
     user: &str,
     key: &PublicKey,
@@ -428,7 +428,7 @@ impl russh::server::Handler for Connection {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         let config = self.shared.config.get();
-        match key_refusal(&config, user, offer.public_key, offer.algorithm, self.ip()) {
+        match login_refusal(&config, user, offer.public_key, offer.algorithm, self.ip()) {
             None => Ok(Auth::Accept),
             Some(_) => {
                 self.penalty().await;
@@ -444,7 +444,8 @@ impl russh::server::Handler for Connection {
     ) -> Result<Auth, Self::Error> {
         let fingerprint = key.public_key.fingerprint(HashAlg::Sha256);
         let config = self.shared.config.get();
-        if let Some(reason) = key_refusal(&config, user, key.public_key, key.algorithm, self.ip()) {
+        if let Some(reason) = login_refusal(&config, user, key.public_key, key.algorithm, self.ip())
+        {
             tracing::info!(user, %fingerprint, peer = %self.peer, reason, "login refused");
             self.penalty().await;
             return Ok(Auth::reject());

@@ -117,6 +117,16 @@ fn ok(id: u32) -> Status {
     }
 }
 
+/// Whether `supplier` may see `loc` now, under the config in force.
+fn allowed(config: &Live, supplier: &str, loc: &Location) -> bool {
+    let config = config.get();
+    // A supplier removed from the config loses its open sessions' access too.
+    if !config.suppliers.contains_key(supplier) {
+        return false;
+    }
+    loc.is_visible(&config.agreements.visible(supplier, Utc::now()))
+}
+
 impl SftpSession {
     pub fn new(supplier: String, config: Arc<Live>, root: PathBuf) -> Self {
         SftpSession {
@@ -139,15 +149,8 @@ impl SftpSession {
         }
     }
 
-    /// Whether the supplier may see `loc` now, under the config in force.
     fn allowed(&self, loc: &Location) -> bool {
-        let config = self.config.get();
-        // A supplier removed from the config loses its open sessions' access too.
-        if !config.suppliers.contains_key(&self.supplier) {
-            return false;
-        }
-        let visible = config.agreements.visible(&self.supplier, Utc::now());
-        loc.is_visible(&visible)
+        allowed(&self.config, &self.supplier, loc)
     }
 
     fn checked_now(&self) -> Checked {
@@ -158,33 +161,33 @@ impl SftpSession {
     }
 
     /// Re-checks an open handle's access when its last check is stale, so
-    /// the hot read path does not evaluate the policy on every packet.
+    /// the hot read path neither evaluates the policy nor allocates per packet.
     fn recheck(&mut self, handle: &str) -> Reply<()> {
         let generation = self.config.generation();
-        let (location, checked) = match self.handles.get(handle) {
-            Some(OpenHandle::File {
+        let Some(
+            OpenHandle::File {
                 location, checked, ..
-            })
-            | Some(OpenHandle::Dir {
+            }
+            | OpenHandle::Dir {
                 location, checked, ..
-            }) => (location.clone(), *checked),
-            None => return Err(StatusCode::Failure.with_message("unknown handle")),
+            },
+        ) = self.handles.get_mut(handle)
+        else {
+            return Err(StatusCode::Failure.with_message("unknown handle"));
         };
         if checked.generation == generation && checked.at.elapsed() < RECHECK {
             return Ok(());
         }
-        if !self.allowed(&location) {
-            tracing::info!(supplier = %self.supplier, path = %location.virtual_path(), "access ended while a handle was open");
-            self.handles.remove(handle);
-            return Err(not_found());
+        if allowed(&self.config, &self.supplier, location) {
+            *checked = Checked {
+                at: std::time::Instant::now(),
+                generation,
+            };
+            return Ok(());
         }
-        let now = self.checked_now();
-        if let Some(OpenHandle::File { checked, .. } | OpenHandle::Dir { checked, .. }) =
-            self.handles.get_mut(handle)
-        {
-            *checked = now;
-        }
-        Ok(())
+        tracing::info!(supplier = %self.supplier, path = %location.virtual_path(), "access ended while a handle was open");
+        self.handles.remove(handle);
+        Err(not_found())
     }
 
     /// The real path of an area location, refused if a symlink anywhere in it
