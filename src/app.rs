@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::net::TcpListener;
 
+use crate::audit::{self, Action, Event, Trail};
 use crate::config::{self, Config, ConfigError, ConfigErrors, Live};
 use crate::load::{self, LoadError, LoadReport};
 use crate::sftp::{self, SftpError, Shared};
@@ -34,6 +35,17 @@ pub enum AppError {
     UnknownArea(String),
     #[error("no supplier \"{0}\" in the config")]
     UnknownSupplier(String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("no [state] url in the config: the audit trail lives in the state database")]
+    NoState,
+    #[error("audit key {path}: {source}")]
+    AuditKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("audit trail broken: {0}")]
+    AuditBroken(#[from] audit::Broken),
 }
 
 /// Everything `config check` checks: the file itself, then the column names
@@ -117,7 +129,7 @@ pub async fn run_loads_with(
     trigger: &str,
     progress: Option<load::Progress>,
 ) -> Result<Vec<LoadReport>, AppError> {
-    let areas: Vec<_> = match area {
+    let areas: Vec<&config::Area> = match area {
         Some(id) => vec![
             config
                 .area(id)
@@ -131,7 +143,7 @@ pub async fn run_loads_with(
     match Source::connect(&config.source_url).await {
         Err(e) => failure = Some(AppError::Source(e)),
         Ok(source) => {
-            for area in areas {
+            for area in &areas {
                 let run = match &state {
                     Some(s) => s
                         .load_started(&area.id, area.version, kind, trigger)
@@ -156,6 +168,22 @@ pub async fn run_loads_with(
                                 .await
                                 .map_err(log_state);
                         }
+                        if let Some(s) = &state {
+                            let mut event = Event::new(Action::LoadPublished, "ok")
+                                .detail(&format!(
+                                    "{} load v{}, {} authorities, {} rows, watermark {:?}..{}, trigger {trigger}",
+                                    r.kind.as_str(),
+                                    area.version,
+                                    r.authorities,
+                                    r.rows_written,
+                                    r.watermark_from,
+                                    r.watermark_to
+                                ))
+                                .bytes(r.bytes);
+                            event.area = Some(r.area.clone());
+                            event.load_id = Some(r.load_id.to_string());
+                            audit::writer::append_retrying(s, &[event], 20).await;
+                        }
                         tracing::info!(
                             area = %r.area, kind = r.kind.as_str(), load = %r.load_id, rows = r.rows_read,
                             authorities = r.authorities, files = r.files, bytes = r.bytes,
@@ -179,19 +207,66 @@ pub async fn run_loads_with(
             source.close().await;
         }
     }
+    if let Some(s) = &state
+        && !reports.is_empty()
+    {
+        index_persons(config, &areas, s).await;
+    }
     if let Some(s) = state {
-        // A source that could not be reached is a failed run too.
-        if let Some(AppError::Source(e)) = &failure
-            && let Some(area) = area.and_then(|a| config.area(a))
-            && let Ok(id) = s.load_started(&area.id, area.version, kind, trigger).await
-        {
-            let _ = s.load_failed(id, &e.to_string()).await.map_err(log_state);
+        // A source that could not be reached is a failed run of every area asked for.
+        if let Some(AppError::Source(e)) = &failure {
+            for area in &areas {
+                if let Ok(id) = s.load_started(&area.id, area.version, kind, trigger).await {
+                    let _ = s.load_failed(id, &e.to_string()).await.map_err(log_state);
+                }
+            }
         }
         s.close().await;
     }
     match failure {
         Some(e) => Err(e),
         None => Ok(reports),
+    }
+}
+
+/// Brings the audit person index up to date with the tree. A failure is
+/// logged, not fatal: the load is published, and the next run catches up.
+async fn index_persons(config: &Config, areas: &[&config::Area], state: &State) {
+    let key = match audit::load_or_create_key(&config.audit.key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(path = %config.audit.key_file.display(), error = %e, "audit key unavailable; person index not updated");
+            return;
+        }
+    };
+    match audit::index::index_tree(config, areas, state, &key).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(folders = n, "audit person index updated"),
+        Err(e) => {
+            tracing::error!(error = %e, "audit person index not updated; the next run retries")
+        }
+    }
+}
+
+/// The audit trail's upkeep while serving: at start the person index of
+/// anything published while the daemon was down, then hourly retention.
+pub async fn audit_housekeeping(live: Arc<Live>, state: State) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let config = live.get();
+        let areas: Vec<&config::Area> = config.areas.iter().collect();
+        index_persons(&config, &areas, &state).await;
+        // A retention longer than chrono can subtract keeps everything.
+        let cutoff = chrono::Duration::from_std(config.audit.retention)
+            .ok()
+            .and_then(|d| Utc::now().checked_sub_signed(d))
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        match state.audit_prune(&audit::timestamp(cutoff)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "audit retention removed old events"),
+            Err(e) => tracing::error!(error = %e, "audit retention failed; retried in an hour"),
+        }
     }
 }
 
@@ -223,12 +298,26 @@ pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
     key: russh::keys::PrivateKey,
+    state: Option<State>,
 }
 
 impl Server {
+    /// Binds the listener and, with a state database, starts the audit
+    /// writer: a server that cannot keep its audit trail does not start.
     pub async fn bind(config: Arc<Config>, listen: SocketAddr) -> Result<Server, AppError> {
         let key = sftp::host_key(&config.sftp.host_key)?;
-        let shared = Shared::new(Live::new(config))?;
+        let (trail, state) = match &config.state_url {
+            Some(url) => {
+                let state = State::open(url).await?;
+                let (trail, _writer) = audit::writer::spawn(state.clone());
+                (trail, Some(state))
+            }
+            None => {
+                tracing::warn!("no [state] url: the audit trail is not kept");
+                (Trail::disabled(), None)
+            }
+        };
+        let shared = Shared::new(Live::new(config), trail)?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| AppError::Io {
@@ -244,7 +333,13 @@ impl Server {
             listener,
             shared,
             key,
+            state,
         })
+    }
+
+    /// Where this server records audit events.
+    pub fn audit(&self) -> Trail {
+        self.shared.audit.clone()
     }
 
     /// The config in force now.
@@ -258,7 +353,15 @@ impl Server {
     }
 
     pub async fn run(self) -> Result<(), AppError> {
-        sftp::serve(self.listener, self.shared, self.key).await?;
+        let upkeep = self
+            .state
+            .clone()
+            .map(|s| tokio::spawn(audit_housekeeping(self.shared.config.clone(), s)));
+        let served = sftp::serve(self.listener, self.shared, self.key).await;
+        if let Some(task) = upkeep {
+            task.abort();
+        }
+        served?;
         Ok(())
     }
 }
@@ -357,6 +460,33 @@ pub async fn reload(live: &Live, path: &Path) -> Result<Vec<AccessChange>, Confi
     }
     tracing::info!(access_changes = changes.len(), "config reloaded");
     Ok(changes)
+}
+
+/// [`reload`], recording the outcome in the audit trail: the access changes
+/// of an accepted reload, the errors of a refused one.
+pub async fn reload_recorded(
+    live: &Live,
+    path: &Path,
+    audit: &Trail,
+    trigger: &str,
+) -> Result<Vec<AccessChange>, ConfigErrors> {
+    let result = reload(live, path).await;
+    let event = match &result {
+        Ok(changes) => {
+            let list: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+            Event::new(Action::ConfigReload, "ok").detail(&format!(
+                "{trigger}; {} access change(s){}{}",
+                changes.len(),
+                if list.is_empty() { "" } else { ": " },
+                list.join("; ")
+            ))
+        }
+        Err(errors) => {
+            Event::new(Action::ConfigRefused, "refused").detail(&format!("{trigger}; {errors}"))
+        }
+    };
+    audit.record(event).await;
+    result
 }
 
 /// The files a config is read from, with their modification time and size,
@@ -644,4 +774,106 @@ pub fn spawn_schedules(
         }
     }
     tasks
+}
+
+/// The state database of a config, for the audit commands (which need one).
+async fn required_state(config: &Config) -> Result<State, AppError> {
+    let url = config.state_url.as_ref().ok_or(AppError::NoState)?;
+    Ok(State::open(url).await?)
+}
+
+/// Who runs an audit command, as the operating system says.
+fn operator() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Reading the audit trail is itself recorded in it.
+async fn record_audit_read(state: &State, what: &str) {
+    let event =
+        Event::new(Action::AuditRead, "ok").detail(&format!("operator {}: {what}", operator()));
+    audit::writer::append_retrying(state, &[event], 20).await;
+}
+
+/// Checks the whole chain a page at a time; the first broken row is the error.
+pub async fn audit_verify(config: &Config) -> Result<audit::Summary, AppError> {
+    let state = required_state(config).await?;
+    let anchor = state.audit_anchor().await?;
+    // Rows are read from the anchor on (all rows when none).
+    let mut after = anchor.as_ref().map_or(0, |a| a.last_removed_id);
+    let mut verifier = audit::Verifier::new(anchor);
+    let result = loop {
+        let page = state.audit_page(after, 10_000).await?;
+        let Some(last) = page.last() else {
+            break verifier.finish();
+        };
+        after = last.id;
+        if let Err(broken) = page.iter().try_for_each(|r| verifier.check(r)) {
+            break Err(broken);
+        }
+    };
+    record_audit_read(
+        &state,
+        &format!(
+            "verify: {}",
+            match &result {
+                Ok(s) => format!("intact, {} rows", s.rows),
+                Err(b) => format!("broken at row {}", b.id),
+            }
+        ),
+    )
+    .await;
+    state.close().await;
+    Ok(result?)
+}
+
+/// Audit events matching a filter.
+pub async fn audit_query(
+    config: &Config,
+    filter: &crate::state::AuditFilter,
+) -> Result<Vec<audit::Record>, AppError> {
+    let state = required_state(config).await?;
+    let rows = state.audit_query(filter).await?;
+    record_audit_read(
+        &state,
+        &format!(
+            "query supplier={:?} authority={:?} area={:?} action={:?} from={:?} to={:?}: {} rows",
+            filter.supplier,
+            filter.authority,
+            filter.area,
+            filter.action,
+            filter.from,
+            filter.to,
+            rows.len()
+        ),
+    )
+    .await;
+    state.close().await;
+    Ok(rows)
+}
+
+/// Which suppliers received files holding this person, and when: downloads
+/// of data files of loads whose person index holds the CPR number.
+pub async fn audit_person(config: &Config, cpr: &str) -> Result<Vec<audit::Record>, AppError> {
+    let key =
+        audit::load_or_create_key(&config.audit.key_file).map_err(|source| AppError::AuditKey {
+            path: config.audit.key_file.clone(),
+            source,
+        })?;
+    let state = required_state(config).await?;
+    let person = key.person(cpr);
+    let rows = state.audit_person(&person).await?;
+    // The CPR number itself is not written into the log, only its index key.
+    record_audit_read(
+        &state,
+        &format!(
+            "person lookup {}: {} downloads",
+            hex::encode(person),
+            rows.len()
+        ),
+    )
+    .await;
+    state.close().await;
+    Ok(rows)
 }

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod app;
+pub mod audit;
 pub mod authority;
 pub mod config;
 pub mod fixtures;

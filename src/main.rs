@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: AccessCommand,
     },
+    /// The audit trail: check its chain, search it, find who received a person's data.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Synthetic DFDG commands.
     Fixtures {
         #[command(subcommand)]
@@ -111,6 +116,56 @@ enum AccessCommand {
         #[arg(long, value_enum, default_value_t = MatrixFormat::Csv)]
         format: MatrixFormat,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; names the first row that was changed, inserted or removed.
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Audit events, oldest first, filtered.
+    Query {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        supplier: Option<String>,
+        /// `kommune/101` or `akasse/901`.
+        #[arg(long)]
+        authority: Option<String>,
+        #[arg(long)]
+        area: Option<String>,
+        /// login, login_refused, listing, file_open, download, load_published,
+        /// config_reload, config_refused, audit_read, audit_pruned.
+        #[arg(long)]
+        action: Option<String>,
+        /// From this date (Danish day) or RFC 3339 time, inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// Up to this date or time, exclusive.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 10_000)]
+        limit: i64,
+        #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
+        format: AuditFormat,
+    },
+    /// Which suppliers downloaded files holding this person (CPR number), and when.
+    Person {
+        #[arg(long)]
+        config: PathBuf,
+        /// The CPR number, `DDMMYYSSSS` or `DDMMYY-SSSS`.
+        cpr: String,
+        #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
+        format: AuditFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AuditFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -209,6 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Access { command } => access(command),
+        Command::Audit { command } => audit(command).await,
         Command::Serve { config } => {
             let c = checked(&config).await?;
             app::reconcile_state(&c).await;
@@ -403,6 +459,117 @@ fn access(command: AccessCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn print_records(rows: &[udstil::audit::Record], format: AuditFormat) -> anyhow::Result<()> {
+    match format {
+        AuditFormat::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+        AuditFormat::Text => {
+            for r in rows {
+                let e = &r.event;
+                let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                println!(
+                    "{:>6} {} {:<14} {:<10} {:<12} {:<28} {} bytes={} from={} key={} outcome={} {}",
+                    r.id,
+                    e.at,
+                    e.action,
+                    opt(&e.supplier),
+                    opt(&e.authority),
+                    opt(&e.area),
+                    opt(&e.file),
+                    e.bytes.map_or("-".into(), |b| b.to_string()),
+                    opt(&e.address),
+                    opt(&e.key_fingerprint),
+                    e.outcome,
+                    opt(&e.detail)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::Verify { config } => {
+            let c = udstil::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            match app::audit_verify(&c).await {
+                Ok(s) => {
+                    println!(
+                        "audit chain intact: {} rows ({}..{}), head hash {}",
+                        s.rows,
+                        s.first_id.map_or("-".into(), |i| i.to_string()),
+                        s.last_id,
+                        s.head_hash
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(app::AppError::AuditBroken(b)) => {
+                    eprintln!("audit chain broken: {b}");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        AuditCommand::Query {
+            config,
+            supplier,
+            authority,
+            area,
+            action,
+            from,
+            to,
+            limit,
+            format,
+        } => {
+            let c = udstil::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(a) = &action
+                && udstil::audit::Action::parse(a).is_none()
+            {
+                anyhow::bail!("--action {a}: not an audit action (see --help)");
+            }
+            let bound = |flag: &str, v: Option<String>| -> anyhow::Result<Option<String>> {
+                v.map(|v| {
+                    udstil::config::parse_instant(&v, false)
+                        .map(udstil::audit::timestamp)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "{flag} {v} is not a date (2026-01-31) or an RFC 3339 time"
+                            )
+                        })
+                })
+                .transpose()
+            };
+            let filter = udstil::state::AuditFilter {
+                supplier,
+                authority,
+                area,
+                action,
+                from: bound("--from", from)?,
+                to: bound("--to", to)?,
+                limit,
+            };
+            let rows = app::audit_query(&c, &filter).await?;
+            print_records(&rows, format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Person {
+            config,
+            cpr,
+            format,
+        } => {
+            let c = udstil::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let Some(cpr) = udstil::audit::parse_cpr(&cpr) else {
+                anyhow::bail!("the CPR number must be 10 digits (DDMMYYSSSS or DDMMYY-SSSS)");
+            };
+            let rows = app::audit_person(&c, &cpr).await?;
+            if matches!(format, AuditFormat::Text) && rows.is_empty() {
+                println!("no downloads of files holding this person are recorded");
+            }
+            print_records(&rows, format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 /// Serves SFTP and runs the configured schedules until SIGINT or SIGTERM;
 /// a load in progress is allowed to finish. The config is reloaded on
 /// SIGHUP and when its files change; an invalid edit is refused and the
@@ -412,6 +579,7 @@ async fn serve_until_signal(server: app::Server) -> anyhow::Result<ExitCode> {
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     let live = server.live();
+    let audit = server.audit();
     let path = live.get().file.clone();
     let mut stop = tokio_util::sync::CancellationToken::new();
     let mut schedules = app::spawn_schedules(live.get(), stop.clone());
@@ -434,7 +602,7 @@ async fn serve_until_signal(server: app::Server) -> anyhow::Result<ExitCode> {
             }
         };
         let before = live.get();
-        match app::reload(&live, &path).await {
+        match app::reload_recorded(&live, &path, &audit, why).await {
             Ok(_) => {
                 let after = live.get();
                 watched = app::config_files_state(&after);
@@ -455,6 +623,13 @@ async fn serve_until_signal(server: app::Server) -> anyhow::Result<ExitCode> {
     stop.cancel();
     for task in schedules {
         let _ = task.await;
+    }
+    // Events of the last requests are written before the process ends.
+    if tokio::time::timeout(std::time::Duration::from_secs(10), audit.flush())
+        .await
+        .is_err()
+    {
+        tracing::error!("audit trail not fully written at stop");
     }
     Ok(ExitCode::SUCCESS)
 }

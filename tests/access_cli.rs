@@ -2,18 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{stderr, stdout};
-
-fn udstil(args: &[&str], config: &std::path::Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_udstil"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap()
-}
+use common::{stderr, stdout, udstil};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_names_the_agreement_and_matrix_covers_every_combination() {

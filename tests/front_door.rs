@@ -289,3 +289,79 @@ async fn an_agreement_ending_during_a_session_cuts_access_within_a_second() {
         "{names:?}"
     );
 }
+
+/// Reads until the server closes the connection; whether it did within 10 s.
+fn closed_by_server(stream: &mut std::net::TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            // A reset is a close too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_ssh_and_sftp_traffic_closes_only_that_connection() {
+    use std::io::Write;
+    let env = start(50).await;
+    // A session that stays open through all of it.
+    let (_ssh, bystander) = library_session(env.addr, "bi-alpha", &env.key("bi-alpha"))
+        .await
+        .unwrap();
+
+    let cases: [&[u8]; 3] = [
+        // Not SSH at all.
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        // A banner, then a packet length far beyond any limit.
+        b"SSH-2.0-fuzz\r\n\xff\xff\xff\xf0\x00\x00\x00\x00\x00\x00\x00\x00",
+        // A banner, then a well-framed packet of an unknown type and junk padding.
+        b"SSH-2.0-fuzz\r\n\x00\x00\x00\x0c\x0a\xc8junkjunkjunk\x00",
+    ];
+    let cases: Vec<&[u8]> = cases.to_vec();
+    let addr = env.addr;
+    tokio::task::spawn_blocking(move || {
+        for bytes in cases {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(bytes).unwrap();
+            assert!(closed_by_server(&mut s), "server kept {bytes:?} open");
+        }
+    })
+    .await
+    .unwrap();
+
+    // Malformed SFTP inside an authenticated session: a packet whose length
+    // is beyond the SFTP limit, and an empty one, each after a valid INIT.
+    let init = b"\x00\x00\x00\x05\x01\x00\x00\x00\x03";
+    for packet in [&b"\xff\xff\xff\xff\x01"[..], &b"\x00\x00\x00\x00"[..]] {
+        let session = library_login(env.addr, "bi-alpha", &env.key("bi-alpha"))
+            .await
+            .unwrap();
+        let mut channel = session.channel_open_session().await.unwrap();
+        channel.request_subsystem(true, "sftp").await.unwrap();
+        channel.data(&init[..]).await.unwrap();
+        channel.data(packet).await.unwrap();
+        // The server ends the SFTP channel (it may answer a status first).
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(msg) = channel.wait().await {
+                if matches!(msg, russh::ChannelMsg::Close | russh::ChannelMsg::Eof) {
+                    return true;
+                }
+            }
+            true
+        })
+        .await;
+        assert_eq!(ended, Ok(true), "the channel stayed open after {packet:?}");
+    }
+
+    // Everyone else was not disturbed.
+    assert!(bystander.read_dir("/kommune").await.is_ok());
+    let out = ls_root(&env, "bi-beta", &env.key("bi-beta"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -36,7 +36,29 @@ async fn check_state(state_url: &str) {
             .is_err()
     );
 
+    // Also when every area was asked for: each area's run is recorded as failed.
+    assert!(
+        udstil::app::run_loads(&broken, None, LoadKind::Full)
+            .await
+            .is_err()
+    );
+
     let state = State::open(state_url).await.unwrap();
+    for area in ["plans-and-activities", "unemployment-fund-membership"] {
+        let rows = state.loads(area).await.unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(
+            (rows[0].kind.as_str(), rows[0].status.as_str()),
+            ("full", "failed")
+        );
+        assert!(
+            rows[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("cannot connect to source")
+        );
+    }
     let rows = state.loads("joblog").await.unwrap();
     let summary: Vec<(&str, &str)> = rows
         .iter()
@@ -47,7 +69,8 @@ async fn check_state(state_url: &str) {
         [
             ("full", "published"),
             ("delta", "published"),
-            ("delta", "failed")
+            ("delta", "failed"),
+            ("full", "failed")
         ]
     );
     assert_eq!(rows[0].load_id, Some(full[0].load_id.to_string()));
@@ -83,6 +106,133 @@ async fn check_state(state_url: &str) {
     assert_eq!(
         state.watermark("joblog", 1).await.unwrap(),
         Some((*wm, id.to_string()))
+    );
+    state.close().await;
+    check_audit(&config).await;
+}
+
+/// The audit chain and the person index on this database: loads recorded,
+/// every CPR of a published file indexed, two writers appending at once
+/// keep one unbroken chain, retention moves its start, an edit is found.
+async fn check_audit(config: &udstil::config::Config) {
+    use udstil::audit::{Action, Event};
+    let state = State::open(config.state_url.as_ref().unwrap())
+        .await
+        .unwrap();
+    let published = state
+        .audit_query(&udstil::state::AuditFilter {
+            action: Some("load_published".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(published.len(), 2, "{published:?}");
+    assert!(
+        published[0]
+            .event
+            .detail
+            .as_deref()
+            .unwrap()
+            .starts_with("full load")
+    );
+
+    // Every person in one authority's full-load file is in the index of that load.
+    let key = udstil::audit::load_or_create_key(&config.audit.key_file).unwrap();
+    let loads = udstil::load::published_loads(&config.storage_root, "joblog").unwrap();
+    let full = loads
+        .iter()
+        .find(|l| l.dir.to_string_lossy().contains("/full/"))
+        .unwrap();
+    let persons = common::persons_in(&full.dir);
+    assert!(!persons.is_empty());
+    for cpr in &persons {
+        assert!(
+            state
+                .audit_index_holds(
+                    &key.person(cpr),
+                    &full.authority.to_string(),
+                    &full.id.to_string()
+                )
+                .await
+                .unwrap()
+        );
+    }
+    // ... and a person of another authority only, not.
+    let other = loads
+        .iter()
+        .filter(|l| l.authority != full.authority && l.id == full.id)
+        .flat_map(|l| common::persons_in(&l.dir))
+        .find(|c| !persons.contains(c))
+        .expect("another authority has other persons");
+    assert!(
+        !state
+            .audit_index_holds(
+                &key.person(&other),
+                &full.authority.to_string(),
+                &full.id.to_string()
+            )
+            .await
+            .unwrap()
+    );
+
+    // Two writers (as the daemon and a `udstil load` are) append at once.
+    let second = State::open(config.state_url.as_ref().unwrap())
+        .await
+        .unwrap();
+    let batch = |who: &str| -> Vec<Event> {
+        (0..5)
+            .map(|i| {
+                Event::new(Action::Listing, "ok")
+                    .supplier(who)
+                    .detail(&format!("{i}"))
+            })
+            .collect()
+    };
+    let (a, b) = (state.clone(), second.clone());
+    let one = tokio::spawn(async move {
+        for _ in 0..10 {
+            udstil::audit::writer::append_retrying(&a, &batch("one"), 1000).await;
+        }
+    });
+    let two = tokio::spawn(async move {
+        for _ in 0..10 {
+            udstil::audit::writer::append_retrying(&b, &batch("two"), 1000).await;
+        }
+    });
+    one.await.unwrap();
+    two.await.unwrap();
+    second.close().await;
+    let summary = udstil::app::audit_verify(config).await.unwrap();
+    assert_eq!(summary.first_id, Some(1));
+    // 2 loads + 1 index-free verify read is after; 100 listings.
+    assert!(summary.rows >= 102, "{summary:?}");
+
+    // Retention: everything before now goes; the chain still verifies, from the anchor.
+    let cutoff = udstil::audit::timestamp(chrono::Utc::now() + chrono::Duration::seconds(1));
+    let removed = state.audit_prune(&cutoff).await.unwrap();
+    assert!(removed >= 103, "{removed}");
+    let summary = udstil::app::audit_verify(config).await.unwrap();
+    assert_eq!(summary.first_id, Some(removed as i64 + 1));
+    let anchor = state.audit_anchor().await.unwrap().unwrap();
+    assert_eq!(anchor.last_removed_id, removed as i64);
+
+    // An edit of one row is found and named.
+    state
+        .audit_append(&[Event::new(Action::Download, "complete")
+            .supplier("bi-alpha")
+            .bytes(10)])
+        .await
+        .unwrap();
+    let edited = common::tamper_audit(&state, "bytes = 11", "action = 'download'").await;
+    let err = udstil::app::audit_verify(config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("audit row {edited} "))
+            && err.contains("does not match its contents"),
+        "{err}"
     );
     state.close().await;
 }

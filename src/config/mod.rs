@@ -72,11 +72,20 @@ pub struct Config {
     pub storage_root: PathBuf,
     pub source_url: String,
     pub state_url: Option<String>,
+    pub audit: AuditSettings,
     pub suppliers: BTreeMap<String, Supplier>,
     pub agreements: Agreements,
     pub areas: Vec<Area>,
     /// Key files the config reads (a reload watches them too).
     pub key_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// How long audit events, and the person index of removed loads, are kept.
+    pub retention: Duration,
+    /// The secret key of the person index.
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +159,8 @@ pub struct Area {
     pub route_kommune: Option<String>,
     pub route_akasse: Option<String>,
     pub draft_column: Option<String>,
+    /// The CPR column, indexed per load and authority for the audit.
+    pub person_column: String,
     pub exclude_columns: Vec<String>,
     pub schedule_delta: Option<cron::Schedule>,
     pub schedule_full: Option<cron::Schedule>,
@@ -304,6 +315,22 @@ impl Validator<'_> {
             storage_root: self.path(raw.storage.root.get_ref()),
             source_url,
             state_url,
+            audit: AuditSettings {
+                retention: Duration::from_secs(
+                    self.count(
+                        "[audit] retention_days",
+                        &raw.audit.as_ref().and_then(|a| a.retention_days.clone()),
+                        183,
+                    )
+                    .saturating_mul(86_400),
+                ),
+                key_file: self.path(
+                    raw.audit
+                        .as_ref()
+                        .and_then(|a| a.key_file.as_ref())
+                        .map_or("audit.key", |k| k.get_ref()),
+                ),
+            },
             suppliers,
             agreements,
             areas,
@@ -447,6 +474,10 @@ impl Validator<'_> {
                     .draft_column
                     .as_ref()
                     .map(|c| self.ident(&format!("area {id}: draft_column"), c)),
+                person_column: r.person_column.as_ref().map_or_else(
+                    || "cpr".to_string(),
+                    |c| self.ident(&format!("area {id}: person_column"), c),
+                ),
                 exclude_columns: r
                     .exclude_columns
                     .iter()
@@ -475,6 +506,7 @@ impl Validator<'_> {
                 .map(|k| ("key", k))
                 .chain(area.route_kommune.iter().map(|c| ("route.kommune", c)))
                 .chain(area.route_akasse.iter().map(|c| ("route.akasse", c)))
+                .chain([("person_column", &area.person_column)])
             {
                 if area.exclude_columns.contains(col) {
                     self.err(
@@ -985,6 +1017,7 @@ pub fn check_columns(config: &Config, tables: &TableColumns) -> Vec<ConfigError>
             .chain(area.route_kommune.iter().map(|c| ("route.kommune", c)))
             .chain(area.route_akasse.iter().map(|c| ("route.akasse", c)))
             .chain(area.draft_column.iter().map(|c| ("draft_column", c)))
+            .chain([("person_column", &area.person_column)])
             .chain(area.exclude_columns.iter().map(|c| ("exclude_columns", c)));
         for (what, col) in table_cols {
             if !table.contains(col) {

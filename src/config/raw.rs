@@ -11,6 +11,7 @@ pub struct RawConfig {
     pub storage: RawStorage,
     pub source: RawSource,
     pub state: Option<RawState>,
+    pub audit: Option<RawAudit>,
     /// `[[supplier]]`: BI suppliers that log in over SFTP.
     #[serde(default, rename = "supplier")]
     pub suppliers: Vec<Spanned<RawSupplier>>,
@@ -61,6 +62,15 @@ pub struct RawSource {
 pub struct RawState {
     /// The platform's own state database (loads, watermarks, audit).
     pub url: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Days an audit event (and the person index of a removed load) is kept (default 183, about six months).
+    pub retention_days: Option<Spanned<i64>>,
+    /// Secret key (32 random bytes) for the person index; created on first use (default `audit.key`).
+    pub key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +177,8 @@ pub struct RawArea {
     pub route: RawRoute,
     /// A boolean column; rows where it is true are drafts and never published.
     pub draft_column: Option<Spanned<String>>,
+    /// The column holding the CPR number, indexed for `udstil audit person` (default `cpr`).
+    pub person_column: Option<Spanned<String>>,
     /// Columns never published (e.g. third-party data such as income from SKAT).
     #[serde(default)]
     pub exclude_columns: Vec<Spanned<String>>,

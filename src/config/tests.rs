@@ -102,3 +102,24 @@ fn danish_calendar_days_bound_agreements() {
     );
     assert!(parse_instant("30-06-2026", false).is_none());
 }
+
+#[test]
+fn audit_settings_default_to_six_months_and_a_key_beside_the_config() {
+    let c = parse(Path::new("/etc/udstil/u.toml"), &minimal("")).unwrap();
+    assert_eq!(c.audit.retention, Duration::from_secs(183 * 86_400));
+    assert_eq!(c.audit.key_file, Path::new("/etc/udstil/audit.key"));
+    let c = parse(
+        Path::new("/etc/udstil/u.toml"),
+        &minimal("[audit]\nretention_days = 400\nkey_file = \"/var/lib/udstil/k\"\n"),
+    )
+    .unwrap();
+    assert_eq!(c.audit.retention, Duration::from_secs(400 * 86_400));
+    assert_eq!(c.audit.key_file, Path::new("/var/lib/udstil/k"));
+    let text = format!("[audit]\nretention_days = 0\n{}", minimal(""));
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains(":2:") && e[0].contains("[audit] retention_days = 0 must be at least 1"),
+        "{e:?}"
+    );
+}

@@ -834,30 +834,51 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// The next load sequence number of an area: one more than any in the tree.
 /// The tree is the truth for what was published.
 pub fn next_seq(root: &Path, area: &str) -> std::io::Result<u64> {
-    let mut max = 0;
-    for kind in crate::authority::AuthorityKind::ALL {
-        for authority in read_dir_names(&root.join(kind.as_str()))? {
-            for version in read_dir_names(&root.join(kind.as_str()).join(&authority).join(area))? {
+    let max = published_loads(root, area)?
+        .iter()
+        .map(|l| l.id.seq)
+        .max()
+        .unwrap_or(0);
+    Ok(max + 1)
+}
+
+/// One authority's folder of a published load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedLoad {
+    pub authority: AuthorityId,
+    pub id: LoadId,
+    pub dir: PathBuf,
+}
+
+/// Every published load folder of `area`, all versions and kinds, read from the tree.
+pub fn published_loads(root: &Path, area: &str) -> std::io::Result<Vec<PublishedLoad>> {
+    let mut out = Vec::new();
+    for kind in AuthorityKind::ALL {
+        for code in read_dir_names(&root.join(kind.as_str()))? {
+            let Some(authority) = AuthorityId::known(kind, &code) else {
+                continue;
+            };
+            let area_dir = tree::area_dir(root, authority, area);
+            for version in read_dir_names(&area_dir)? {
                 if !version.starts_with('v') {
                     continue;
                 }
                 for load_kind in [LoadKind::Full, LoadKind::Delta] {
-                    let dir = root
-                        .join(kind.as_str())
-                        .join(&authority)
-                        .join(area)
-                        .join(&version)
-                        .join(load_kind.as_str());
+                    let dir = area_dir.join(&version).join(load_kind.as_str());
                     for name in read_dir_names(&dir)? {
                         if let Some(id) = LoadId::parse(&name) {
-                            max = max.max(id.seq);
+                            out.push(PublishedLoad {
+                                authority,
+                                id,
+                                dir: dir.join(name),
+                            });
                         }
                     }
                 }
             }
         }
     }
-    Ok(max + 1)
+    Ok(out)
 }
 
 fn read_dir_names(dir: &Path) -> std::io::Result<Vec<String>> {

@@ -28,6 +28,7 @@ use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, Verif
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::audit::{Action, Event, Trail};
 use crate::config::Live;
 pub use defender::{Defender, Verdict};
 pub use session::{MAX_READ, SftpSession};
@@ -175,10 +176,11 @@ pub struct Shared {
     defender: Mutex<Defender>,
     unauthenticated: AtomicUsize,
     sessions: Mutex<HashMap<String, usize>>,
+    pub audit: Trail,
 }
 
 impl Shared {
-    pub fn new(config: Arc<Live>) -> Result<Arc<Shared>, SftpError> {
+    pub fn new(config: Arc<Live>, audit: Trail) -> Result<Arc<Shared>, SftpError> {
         let c = config.get();
         std::fs::create_dir_all(&c.storage_root).map_err(|source| SftpError::Root {
             path: c.storage_root.clone(),
@@ -195,6 +197,7 @@ impl Shared {
             defender: Mutex::new(defender),
             unauthenticated: AtomicUsize::new(0),
             sessions: Mutex::new(HashMap::new()),
+            audit,
         }))
     }
 
@@ -405,6 +408,15 @@ impl Connection {
         self.peer.ip()
     }
 
+    /// Records a refused login attempt in the audit trail.
+    async fn audit_refusal(&self, user: &str, fingerprint: Option<String>, reason: &str) {
+        let mut e = Event::new(Action::LoginRefused, &format!("refused: {reason}"))
+            .supplier(user)
+            .address(self.ip());
+        e.key_fingerprint = fingerprint;
+        self.shared.audit.record(e).await;
+    }
+
     /// Holds back a rejection according to the address's record.
     async fn penalty(&self) {
         let delay = self
@@ -430,7 +442,9 @@ impl russh::server::Handler for Connection {
         let config = self.shared.config.get();
         match login_refusal(&config, user, offer.public_key, offer.algorithm, self.ip()) {
             None => Ok(Auth::Accept),
-            Some(_) => {
+            Some(reason) => {
+                let fingerprint = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
+                self.audit_refusal(user, Some(fingerprint), reason).await;
                 self.penalty().await;
                 Ok(Auth::reject())
             }
@@ -447,6 +461,8 @@ impl russh::server::Handler for Connection {
         if let Some(reason) = login_refusal(&config, user, key.public_key, key.algorithm, self.ip())
         {
             tracing::info!(user, %fingerprint, peer = %self.peer, reason, "login refused");
+            self.audit_refusal(user, Some(fingerprint.to_string()), reason)
+                .await;
             self.penalty().await;
             return Ok(Auth::reject());
         }
@@ -454,11 +470,22 @@ impl russh::server::Handler for Connection {
         // Over the cap, the login itself succeeds (it is no attack) but no
         // session channel opens; see `channel_open_session`.
         self.slot = self.shared.session_slot(user, cap);
-        if self.slot.is_none() {
+        let outcome = if self.slot.is_none() {
             tracing::warn!(supplier = user, cap, peer = %self.peer, "session refused: the supplier has reached its session cap");
+            "ok; no session: the supplier's session cap is reached"
         } else {
             tracing::info!(supplier = user, %fingerprint, peer = %self.peer, "login accepted");
-        }
+            "ok"
+        };
+        self.shared
+            .audit
+            .record(
+                Event::new(Action::Login, outcome)
+                    .supplier(user)
+                    .address(self.ip())
+                    .fingerprint(&fingerprint.to_string()),
+            )
+            .await;
         if self.state.supplier.set(user.to_string()).is_ok() {
             self.shared.unauthenticated.fetch_sub(1, Ordering::AcqRel);
         }
@@ -472,6 +499,8 @@ impl russh::server::Handler for Connection {
 
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
         tracing::info!(user, peer = %self.peer, "login refused: password authentication is not offered");
+        self.audit_refusal(user, None, "password authentication is not offered")
+            .await;
         self.penalty().await;
         Ok(Auth::reject())
     }
@@ -589,6 +618,8 @@ impl russh::server::Handler for Connection {
             supplier,
             self.shared.config.clone(),
             self.shared.root.clone(),
+            self.shared.audit.clone(),
+            self.ip(),
         );
         russh_sftp::server::run(pipe::stream(channel, self.state.activity.clone()), handler).await;
         Ok(())

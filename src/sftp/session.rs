@@ -15,6 +15,7 @@ use russh_sftp::protocol::{
 };
 use russh_sftp::server::StatusReply;
 
+use crate::audit::{Action, Event, Trail};
 use crate::authority::AuthorityKind;
 use crate::config::Live;
 use crate::tree::{self, Location};
@@ -36,6 +37,8 @@ pub struct SftpSession {
     handles: HashMap<String, OpenHandle>,
     next_handle: u64,
     version_seen: bool,
+    audit: Trail,
+    address: std::net::IpAddr,
 }
 
 enum OpenHandle {
@@ -50,7 +53,52 @@ enum OpenHandle {
         size: u64,
         mtime: u32,
         checked: Checked,
+        /// Bytes sent, and the highest offset reached, for the audit trail.
+        served: u64,
+        reached: u64,
     },
+}
+
+impl SftpSession {
+    /// The audit event of a file handle that ends: bytes served and whether
+    /// the whole file was sent.
+    fn download_event(&self, handle: &OpenHandle, how: &str) -> Option<Event> {
+        let OpenHandle::File {
+            location,
+            size,
+            served,
+            reached,
+            ..
+        } = handle
+        else {
+            return None;
+        };
+        let complete = *reached >= *size && *served >= *size;
+        Some(
+            Event::new(
+                Action::Download,
+                if complete { "complete" } else { "incomplete" },
+            )
+            .supplier(&self.supplier)
+            .address(self.address)
+            .location(location)
+            .bytes(*served)
+            .detail(&format!("{how}; file size {size}")),
+        )
+    }
+}
+
+impl Drop for SftpSession {
+    /// A session that ends with files open (client gone, revoked, timed
+    /// out) still records those downloads.
+    fn drop(&mut self) {
+        let handles = std::mem::take(&mut self.handles);
+        for h in handles.values() {
+            if let Some(e) = self.download_event(h, "session ended") {
+                self.audit.record_detached(e);
+            }
+        }
+    }
 }
 
 /// When a handle's access was last found allowed, and under which config.
@@ -128,7 +176,13 @@ fn allowed(config: &Live, supplier: &str, loc: &Location) -> bool {
 }
 
 impl SftpSession {
-    pub fn new(supplier: String, config: Arc<Live>, root: PathBuf) -> Self {
+    pub fn new(
+        supplier: String,
+        config: Arc<Live>,
+        root: PathBuf,
+        audit: Trail,
+        address: std::net::IpAddr,
+    ) -> Self {
         SftpSession {
             supplier,
             config,
@@ -136,7 +190,16 @@ impl SftpSession {
             handles: HashMap::new(),
             next_handle: 0,
             version_seen: false,
+            audit,
+            address,
         }
+    }
+
+    fn event(&self, action: Action, outcome: &str, loc: &Location) -> Event {
+        Event::new(action, outcome)
+            .supplier(&self.supplier)
+            .address(self.address)
+            .location(loc)
     }
 
     /// Resolves a client path to a visible location, evaluated now.
@@ -147,6 +210,19 @@ impl SftpSession {
         } else {
             Err(not_found())
         }
+    }
+
+    /// Like [`Self::locate`], recording an access the policy refused: a
+    /// supplier reaching for an authority or area it may not read.
+    async fn locate_audited(&self, path: &str, action: Action) -> Reply<Location> {
+        let loc = tree::resolve(path).map_err(|_| not_found())?;
+        if self.allowed(&loc) {
+            return Ok(loc);
+        }
+        self.audit
+            .record(self.event(action, "refused: no agreement in force", &loc))
+            .await;
+        Err(not_found())
     }
 
     fn allowed(&self, loc: &Location) -> bool {
@@ -186,7 +262,11 @@ impl SftpSession {
             return Ok(());
         }
         tracing::info!(supplier = %self.supplier, path = %location.virtual_path(), "access ended while a handle was open");
-        self.handles.remove(handle);
+        if let Some(h) = self.handles.remove(handle)
+            && let Some(e) = self.download_event(&h, "access ended")
+        {
+            self.audit.record_detached(e);
+        }
         Err(not_found())
     }
 
@@ -325,7 +405,7 @@ impl russh_sftp::server::Handler for SftpSession {
         if pflags.intersects(writes) {
             return Err(denied("open for writing"));
         }
-        let loc = self.locate(&filename)?;
+        let loc = self.locate_audited(&filename, Action::FileOpen).await?;
         let real = self.real(&loc).await?;
         let file = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
             use std::os::unix::fs::OpenOptionsExt;
@@ -349,15 +429,27 @@ impl russh_sftp::server::Handler for SftpSession {
             size: meta.len(),
             mtime: meta.mtime().clamp(0, u32::MAX as i64) as u32,
             checked: self.checked_now(),
+            served: 0,
+            reached: 0,
         })?;
         tracing::info!(supplier = %self.supplier, path = %loc.virtual_path(), "file opened");
+        self.audit
+            .record(
+                self.event(Action::FileOpen, "ok", &loc)
+                    .detail(&format!("file size {}", meta.len())),
+            )
+            .await;
         Ok(Handle { id, handle })
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Reply<Status> {
-        self.handles
+        let h = self
+            .handles
             .remove(&handle)
             .ok_or_else(|| StatusReply::from(StatusCode::Failure))?;
+        if let Some(e) = self.download_event(&h, "closed") {
+            self.audit.record(e).await;
+        }
         Ok(ok(id))
     }
 
@@ -382,6 +474,13 @@ impl russh_sftp::server::Handler for SftpSession {
         .map_err(failure)?;
         if data.is_empty() {
             return Err(StatusCode::Eof.into());
+        }
+        if let Some(OpenHandle::File {
+            served, reached, ..
+        }) = self.handles.get_mut(&handle)
+        {
+            *served += data.len() as u64;
+            *reached = (*reached).max(offset + data.len() as u64);
         }
         Ok(Data { id, data })
     }
@@ -434,9 +533,15 @@ impl russh_sftp::server::Handler for SftpSession {
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Reply<Handle> {
-        let loc = self.locate(&path)?;
+        let loc = self.locate_audited(&path, Action::Listing).await?;
         // Listing happens now, so the handle shows the view as it was when opened.
         let entries = self.list(&loc).await?;
+        self.audit
+            .record(
+                self.event(Action::Listing, "ok", &loc)
+                    .detail(&format!("{} entries", entries.len().saturating_sub(2))),
+            )
+            .await;
         let handle = self.new_handle(OpenHandle::Dir {
             location: loc,
             entries: Some(entries),

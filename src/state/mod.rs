@@ -53,6 +53,11 @@ macro_rules! on {
     };
 }
 
+// After `on!`, so the audit SQL uses the same dispatch.
+mod audit;
+
+pub use audit::AuditFilter;
+
 impl State {
     /// Opens (creating a SQLite file if needed) and migrates.
     pub async fn open(url: &str) -> Result<State, StateError> {

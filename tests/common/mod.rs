@@ -147,19 +147,12 @@ impl russh::client::Handler for AcceptAnyHostKey {
     }
 }
 
-/// An SFTP session through the client library (russh + russh-sftp). The SSH
-/// handle is returned too: dropping it would end the session.
-pub async fn library_session(
+/// An SSH login through the client library (russh), without a channel yet.
+pub async fn library_login(
     addr: SocketAddr,
     user: &str,
     key: &Path,
-) -> Result<
-    (
-        russh::client::Handle<AcceptAnyHostKey>,
-        russh_sftp::client::SftpSession,
-    ),
-    String,
-> {
+) -> Result<russh::client::Handle<AcceptAnyHostKey>, String> {
     use russh::keys::{PrivateKeyWithHashAlg, load_secret_key};
     let mut session = russh::client::connect(
         Arc::new(russh::client::Config::default()),
@@ -176,6 +169,23 @@ pub async fn library_session(
     if !auth.success() {
         return Err(format!("{user} could not log in"));
     }
+    Ok(session)
+}
+
+/// An SFTP session through the client library (russh + russh-sftp). The SSH
+/// handle is returned too: dropping it would end the session.
+pub async fn library_session(
+    addr: SocketAddr,
+    user: &str,
+    key: &Path,
+) -> Result<
+    (
+        russh::client::Handle<AcceptAnyHostKey>,
+        russh_sftp::client::SftpSession,
+    ),
+    String,
+> {
+    let session = library_login(addr, user, key).await?;
     let channel = session
         .channel_open_session()
         .await
@@ -236,4 +246,71 @@ pub async fn demo_config_for(dir: &Path, source_url: &str) -> (PathBuf, Config) 
     std::fs::write(&config_path, text).unwrap();
     let config = app::check_config(&config_path).await.unwrap();
     (config_path, config)
+}
+
+/// The CPR numbers in the Parquet files of a load folder.
+pub fn persons_in(dir: &Path) -> std::collections::BTreeSet<String> {
+    use arrow_array::{Array, StringArray};
+    let mut out = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "parquet") {
+            continue;
+        }
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&path).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let col = batch.column_by_name("cpr").expect("a cpr column");
+            let col = col.as_any().downcast_ref::<StringArray>().unwrap();
+            out.extend(col.iter().flatten().map(str::to_string));
+        }
+    }
+    out
+}
+
+/// Edits the newest audit row matching `filter` behind the platform's back
+/// (as someone with database access could); returns its id.
+pub async fn tamper_audit(state: &udstil::state::State, set: &str, filter: &str) -> i64 {
+    use sqlx::AssertSqlSafe;
+    let find = format!("SELECT MAX(id) FROM audit WHERE {filter}");
+    let update = |id: i64| format!("UPDATE audit SET {set} WHERE id = {id}");
+    match state {
+        udstil::state::State::Sqlite(p) => {
+            let (id,): (i64,) = sqlx::query_as(AssertSqlSafe(find))
+                .fetch_one(p)
+                .await
+                .unwrap();
+            sqlx::query(AssertSqlSafe(update(id)))
+                .execute(p)
+                .await
+                .unwrap();
+            id
+        }
+        udstil::state::State::Postgres(p) => {
+            let (id,): (i64,) = sqlx::query_as(AssertSqlSafe(find))
+                .fetch_one(p)
+                .await
+                .unwrap();
+            sqlx::query(AssertSqlSafe(update(id)))
+                .execute(p)
+                .await
+                .unwrap();
+            id
+        }
+    }
+}
+
+/// Runs the `udstil` binary with `args`, then `--config <config>`.
+pub fn udstil(args: &[&str], config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_udstil"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
 }
