@@ -4,7 +4,7 @@
 //! codes here and nowhere else.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -464,9 +464,10 @@ impl russh_sftp::server::Handler for SftpSession {
         let len = len.min(MAX_READ) as usize;
         let file = file.clone();
         let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            let mut buf = vec![0u8; len];
-            let n = file.read_at(&mut buf, offset)?;
-            buf.truncate(n);
+            // Read into the fresh buffer's spare capacity: zeroing it first
+            // cost about 5% of the server's CPU in a download (perf).
+            let mut buf = Vec::with_capacity(len);
+            rustix::io::pread(&*file, rustix::buffer::spare_capacity(&mut buf), offset)?;
             Ok(buf)
         })
         .await
