@@ -517,13 +517,15 @@ def machine(binary: Path) -> list[str]:
     ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+    # Only changes that reach the binary count.
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no",
+                            "--", "src", "Cargo.toml", "Cargo.lock"],
                            capture_output=True, text=True).stdout.strip()
     return [
         f"- CPU: {cpu}, {os.cpu_count()} cores (client and both servers share them)",
         f"- Memory: {mem / (1 << 20):.1f} GiB; {osname}; kernel {platform.release()}",
         f"- OpenSSH: {ssh} (server and client)",
-        f"- udstil: commit {commit}{' (with uncommitted changes)' if dirty else ''}, "
+        f"- udstil: commit {commit}{' (with uncommitted source changes)' if dirty else ''}, "
         f"{'release build' if 'release' in binary.parts else binary}",
         f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
     ]
