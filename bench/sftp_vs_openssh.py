@@ -298,16 +298,12 @@ class CpuGroup:
 
     @staticmethod
     def create(name: str):
-        candidates = [
-            (Path("/sys/fs/cgroup/cpuacct"), lambda d: int((d / "cpuacct.usage").read_text()) / 1e9),
-            (Path("/sys/fs/cgroup"), None),
-            (Path("/sys/fs/cgroup/unified"), None),
+        candidates = [(Path("/sys/fs/cgroup/cpuacct"), CpuGroup.v1_usage)] + [
+            (root, CpuGroup.v2_usage)
+            for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
+            if (root / "cgroup.controllers").exists()
         ]
         for root, usage in candidates:
-            if usage is None:
-                if not (root / "cgroup.controllers").exists():
-                    continue
-                usage = CpuGroup.v2_usage
             d = root / f"udstil-bench-{name}"
             try:
                 d.mkdir(exist_ok=True)
@@ -316,6 +312,10 @@ class CpuGroup:
             except OSError:
                 continue
         return None
+
+    @staticmethod
+    def v1_usage(d: Path) -> float:
+        return int((d / "cpuacct.usage").read_text()) / 1e9
 
     @staticmethod
     def v2_usage(d: Path) -> float:
