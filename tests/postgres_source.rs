@@ -166,7 +166,7 @@ async fn a_source_dropping_mid_load_publishes_nothing_and_the_next_run_succeeds(
         .unwrap();
     let before = tree_files(&config.storage_root);
 
-    // Terminate the extract's backend as soon as it is streaming.
+    // Terminate the extract's backend (a binary COPY) as soon as it is streaming.
     let killer = {
         let admin = admin_url();
         let name = db.name.clone();
@@ -175,7 +175,7 @@ async fn a_source_dropping_mid_load_publishes_nothing_and_the_next_run_succeeds(
             for _ in 0..2000 {
                 let killed: Vec<(bool,)> = sqlx::query_as(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE datname = $1 AND state = 'active' AND query LIKE 'SELECT \"joblog_id\"%'",
+                     WHERE datname = $1 AND state = 'active' AND query LIKE 'COPY (SELECT \"joblog_id\"%'",
                 )
                 .bind(&name)
                 .fetch_all(&mut conn)

@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 
 use crate::config::{Area, TableColumns};
 
+mod pgcopy;
+
 /// The same decoding for SQLite and PostgreSQL rows (their row types differ,
 /// the code does not). Errors name the column and row, never the value.
 macro_rules! append_row {
@@ -469,9 +471,11 @@ impl Source {
                 tx.rollback().await.map_err(qerr(&area.table))?;
                 watermark
             }
+            // PostgreSQL: the binary COPY of the same query, decoded straight
+            // into Arrow (see `pgcopy`), in the snapshot the watermark came from.
             Source::Postgres(p) => {
                 let (mut tx, watermark) = self.stable_snapshot(p, area, &hwm_sql).await?;
-                stream_rows!(tx);
+                copy_rows(&mut tx, &sql, &mut batcher, &out).await?;
                 tx.rollback().await.map_err(qerr(&area.table))?;
                 watermark
             }
@@ -484,6 +488,55 @@ impl Source {
         }
         Ok(Snapshot { watermark, rows })
     }
+}
+
+/// Streams `COPY (sql) TO STDOUT (FORMAT binary)` into `batcher`, sending a
+/// batch every [`BATCH_ROWS`] rows (the last, partial one stays in `batcher`).
+async fn copy_rows(
+    conn: &mut sqlx::PgConnection,
+    sql: &str,
+    batcher: &mut Batcher,
+    out: &mpsc::Sender<RecordBatch>,
+) -> Result<(), SourceError> {
+    let qerr = |source| SourceError::Query {
+        table: batcher.table.clone(),
+        source,
+    };
+    let statement = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
+    let mut stream = conn.copy_out_raw(&statement).await.map_err(qerr)?;
+    let mut decoder = pgcopy::CopyDecoder::new();
+    let mut ready = Vec::new();
+    let copy_err = |batcher: &Batcher, e: pgcopy::CopyError| match e {
+        pgcopy::CopyError::Format(m) => SourceError::Query {
+            table: batcher.table.clone(),
+            source: sqlx::Error::Protocol(format!("binary COPY stream: {m}")),
+        },
+        pgcopy::CopyError::Value { column, reason } => {
+            batcher.bad(column, sqlx::Error::Decode(reason.into()))
+        }
+    };
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .map_err(|source| SourceError::Query {
+            table: batcher.table.clone(),
+            source,
+        })?
+    {
+        let fed = decoder.feed(&chunk, batcher, &mut |b| {
+            if b.len() >= BATCH_ROWS {
+                ready.push(b.finish());
+            }
+            Ok(())
+        });
+        fed.map_err(|e| copy_err(batcher, e))?;
+        for batch in ready.drain(..) {
+            out.send(batch)
+                .await
+                .map_err(|_| SourceError::ConsumerGone)?;
+        }
+    }
+    decoder.finish().map_err(|e| copy_err(batcher, e))
 }
 
 impl Source {
