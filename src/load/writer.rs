@@ -1,24 +1,31 @@
-//! Fan-out of record batches to authorities, in two phases so memory does
-//! not grow with the number of authorities or rows:
-//! 1. route: each routed sub-batch is appended to its authority's Arrow IPC
-//!    spill file in the staging folder (a writer's state is a small buffer);
-//! 2. convert: after the extract, each spill file is streamed into Parquet
-//!    (zstd), one authority at a time.
+//! Fan-out of record batches to authorities, writing Parquet while the
+//! extract runs:
+//! - the routing thread (`Fanout::write`) splits each batch by authority and
+//!   keeps the parts as pending rows per authority;
+//! - an authority's pending rows go to an encoder thread as one job once they
+//!   reach [`JOB_ROWS`], or, when all pending rows together pass
+//!   [`PENDING_BYTES`], the largest go first;
+//! - each encoder owns the Parquet files of the authorities assigned to it
+//!   (an authority always goes to the same encoder, so its rows stay in
+//!   order) and writes every job as one row group, then flushes it.
 //!
-//! Why not a Parquet writer per authority straight away: parquet keeps zstd
-//! contexts and buffers for every column of every open writer, about 2 MiB
-//! per authority before any data (measured with massif), so ~119 authorities
-//! cost hundreds of MiB. Runs on a blocking thread.
+//! Memory is bounded whatever the row count or the number of authorities:
+//! pending rows by [`PENDING_BYTES`], jobs by one queued and one being
+//! encoded per encoder, and an open Parquet writer between jobs holds only
+//! its file buffer (its column encoders, ~2 MiB per authority, exist only
+//! while a row group is being written). The legacy text body is written per
+//! authority to a staging file and zipped behind its header (which needs the
+//! row count) when the load finishes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
 use arrow_array::{Array, BooleanArray, RecordBatch, StringArray, UInt32Array};
-use arrow_ipc::reader::StreamReader;
-use arrow_ipc::writer::StreamWriter;
 use arrow_schema::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -32,13 +39,13 @@ use crate::source::{Column, arrow_schema};
 
 /// A file is closed and a new one started after this many rows.
 const MAX_ROWS_PER_FILE: u64 = 2_000_000;
-const ROW_GROUP_ROWS: usize = 512 * 1024;
-/// A row group is also cut at this many buffered bytes.
-const ROW_GROUP_BYTES: usize = 64 << 20;
+/// An authority's pending rows become a job (and a row group) at this many.
+const JOB_ROWS: usize = 128 * 1024;
+/// All authorities' pending rows together; past it the largest are sent.
+const PENDING_BYTES: usize = 96 << 20;
 const IO_BUFFER: usize = 64 << 10;
-/// Authorities converted to Parquet at once: each holds up to a row group in
-/// memory, so this bounds memory as well as using the cores.
-const CONVERT_THREADS: usize = 2;
+/// Encoder threads; more would only compete with the extract for the cores.
+const ENCODERS: usize = 2;
 
 /// A file writer that hashes and counts what it writes.
 struct HashingWriter {
@@ -72,10 +79,30 @@ pub type Written = (
     BTreeMap<String, u64>,
 );
 
-struct Spill {
-    path: PathBuf,
-    writer: StreamWriter<BufWriter<File>>,
-    rows: u64,
+/// The sizes that bound a fanout's memory and files; smaller in tests.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    job_rows: usize,
+    pending_bytes: usize,
+    file_rows: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            job_rows: JOB_ROWS,
+            pending_bytes: PENDING_BYTES,
+            file_rows: MAX_ROWS_PER_FILE,
+        }
+    }
+}
+
+/// Rows routed to one authority and not yet sent to its encoder.
+#[derive(Default)]
+struct Pending {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    bytes: usize,
 }
 
 pub struct Fanout {
@@ -88,7 +115,13 @@ pub struct Fanout {
     delta: Option<DeltaState>,
     /// Also write the legacy SUP text format (see `legacy`).
     legacy: Option<legacy::LegacySpec>,
-    spills: BTreeMap<AuthorityId, Spill>,
+    pending: BTreeMap<AuthorityId, Pending>,
+    pending_bytes: usize,
+    limits: Limits,
+    /// Started with the first job.
+    encoders: Vec<Encoder>,
+    /// Which encoder owns each authority's files.
+    assigned: HashMap<AuthorityId, usize>,
     withheld: BTreeMap<String, u64>,
 }
 
@@ -187,7 +220,11 @@ impl Fanout {
             akasse_col: index(&area.route_akasse),
             delta,
             legacy: None,
-            spills: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            limits: Limits::default(),
+            encoders: Vec::new(),
+            assigned: HashMap::new(),
             withheld: BTreeMap::new(),
         }
     }
@@ -198,11 +235,6 @@ impl Fanout {
         self
     }
 
-    fn io(&self, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> LoadError + use<> {
-        let (area, path) = (self.area.clone(), path.to_path_buf());
-        move |source| LoadError::Io { area, path, source }
-    }
-
     fn arrow(&self) -> impl FnOnce(arrow_schema::ArrowError) -> LoadError + use<> {
         let area = self.area.clone();
         move |e| LoadError::Writer {
@@ -211,7 +243,8 @@ impl Fanout {
         }
     }
 
-    /// Phase 1: routes one batch and appends each part to its authority's spill.
+    /// Routes one batch: each part joins its authority's pending rows, and
+    /// full or oversized pending rows go to the encoders.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), LoadError> {
         let col = |i: Option<usize>| {
             i.map(|i| {
@@ -305,226 +338,372 @@ impl Fanout {
                     RecordBatch::try_new(self.schema.clone(), cols).map_err(self.arrow())?
                 }
             };
-            if !self.spills.contains_key(&authority) {
-                let dir = self.staging.join(".spill");
-                std::fs::create_dir_all(&dir).map_err(self.io(&dir))?;
-                let path = dir.join(format!(
-                    "{}-{}.arrows",
-                    authority.kind.as_str(),
-                    authority.code_str()
-                ));
-                let file = File::create(&path).map_err(self.io(&path))?;
-                let writer =
-                    StreamWriter::try_new(BufWriter::with_capacity(IO_BUFFER, file), &self.schema)
-                        .map_err(self.arrow())?;
-                self.spills.insert(
-                    authority,
-                    Spill {
-                        path,
-                        writer,
-                        rows: 0,
-                    },
-                );
+            let bytes = part.get_array_memory_size();
+            let p = self.pending.entry(authority).or_default();
+            p.rows += part.num_rows();
+            p.bytes += bytes;
+            p.batches.push(part);
+            self.pending_bytes += bytes;
+            if p.rows >= self.limits.job_rows {
+                self.send(authority)?;
             }
-            let arrow = self.arrow();
-            let spill = self.spills.get_mut(&authority).expect("opened above");
-            spill.writer.write(&part).map_err(arrow)?;
-            spill.rows += part.num_rows() as u64;
+        }
+        while self.pending_bytes > self.limits.pending_bytes {
+            let largest = self
+                .pending
+                .iter()
+                .max_by_key(|(_, p)| p.bytes)
+                .map(|(a, _)| *a)
+                .expect("pending bytes are counted from pending rows");
+            self.send(largest)?;
         }
         Ok(())
     }
 
-    /// Phase 2: turns every spill into Parquet files, one authority at a time.
-    pub fn finish(mut self) -> Result<Written, LoadError> {
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(3).expect("valid level"),
-            ))
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
-            .build();
-        let spills = std::mem::take(&mut self.spills);
-        let queue = Mutex::new(spills.into_iter());
-        let outputs = Mutex::new(BTreeMap::new());
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(CONVERT_THREADS);
-        let this = &self;
-        let worker = || -> Result<(), LoadError> {
-            loop {
-                let next = queue.lock().expect("queue lock").next();
-                let Some((authority, spill)) = next else {
-                    return Ok(());
-                };
-                match this.convert(authority, spill, &props) {
-                    Ok(out) => {
-                        outputs.lock().expect("outputs lock").insert(authority, out);
-                    }
-                    Err(e) => {
-                        // Stop the other workers too; the staging folder is discarded.
-                        queue.lock().expect("queue lock").by_ref().for_each(drop);
-                        return Err(e);
-                    }
-                }
-            }
+    /// Hands an authority's pending rows to its encoder.
+    fn send(&mut self, authority: AuthorityId) -> Result<(), LoadError> {
+        let Some(p) = self.pending.remove(&authority) else {
+            return Ok(());
         };
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..workers).map(|_| s.spawn(worker)).collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a Parquet conversion thread panicked"))
-                .collect::<Result<Vec<()>, LoadError>>()
-        })?;
-        let _ = std::fs::remove_dir(self.staging.join(".spill"));
-        Ok((outputs.into_inner().expect("outputs lock"), self.withheld))
+        self.pending_bytes -= p.bytes;
+        if self.encoders.is_empty() {
+            let shared = Arc::new(Shared {
+                staging: self.staging.clone(),
+                area: self.area.clone(),
+                schema: self.schema.clone(),
+                legacy: self.legacy.clone(),
+                file_rows: self.limits.file_rows,
+                props: WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(
+                        ZstdLevel::try_new(3).expect("valid level"),
+                    ))
+                    .build(),
+            });
+            let n = std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(ENCODERS);
+            for i in 0..n {
+                self.encoders.push(Encoder::start(shared.clone(), i)?);
+            }
+        }
+        // A new authority goes to the encoder with the fewest rows so far, so
+        // two large municipalities are not likely to share one.
+        let encoders = &self.encoders;
+        let e = *self.assigned.entry(authority).or_insert_with(|| {
+            (0..encoders.len())
+                .min_by_key(|i| encoders[*i].rows)
+                .expect("encoders started")
+        });
+        let encoder = &mut self.encoders[e];
+        encoder.rows += p.rows as u64;
+        let sent = encoder
+            .jobs
+            .as_ref()
+            .map(|j| j.send((authority, p.batches)));
+        if !matches!(sent, Some(Ok(()))) {
+            // The encoder stopped on an error; its result says which.
+            return Err(encoder.join().err().unwrap_or_else(|| LoadError::Writer {
+                area: self.area.clone(),
+                message: "a Parquet encoder stopped".into(),
+            }));
+        }
+        Ok(())
     }
 
-    /// Phase 2 for one authority: its spill file into Parquet (and legacy text).
-    fn convert(
-        &self,
-        authority: AuthorityId,
-        spill: Spill,
-        props: &WriterProperties,
-    ) -> Result<AuthorityOutput, LoadError> {
-        {
-            let Spill {
-                path,
-                mut writer,
-                rows,
-            } = spill;
-            writer.finish().map_err(self.arrow())?;
-            let mut buffered = writer.into_inner().map_err(self.arrow())?;
-            buffered.flush().map_err(self.io(&path))?;
-            drop(buffered);
-            let dir = self
-                .staging
-                .join(authority.kind.as_str())
-                .join(authority.code_str());
-            std::fs::create_dir_all(&dir).map_err(self.io(&dir))?;
-            let reader = StreamReader::try_new(
-                BufReader::with_capacity(IO_BUFFER, File::open(&path).map_err(self.io(&path))?),
-                None,
-            )
-            .map_err(self.arrow())?;
-            let mut files = Vec::new();
-            let mut current: Option<OpenFile> = None;
-            let mut legacy = match &self.legacy {
-                Some(spec) => Some(self.open_legacy(&dir, spec, rows)?),
-                None => None,
-            };
-            for batch in reader {
-                let batch = batch.map_err(self.arrow())?;
-                if let Some((_, zip)) = &mut legacy {
-                    let mut text = String::with_capacity(batch.num_rows() * 128);
-                    for row in 0..batch.num_rows() {
-                        legacy::push_row(&mut text, &batch, row);
-                    }
-                    zip.write_all(text.as_bytes()).map_err(self.io(&dir))?;
-                }
-                if current.is_none() {
-                    current = Some(self.open_file(&dir, files.len(), props)?);
-                }
-                let open = current.as_mut().expect("opened above");
-                open.writer
-                    .write(&batch)
-                    .map_err(|source| LoadError::Parquet {
-                        area: self.area.clone(),
-                        source,
-                    })?;
-                open.rows += batch.num_rows() as u64;
-                if open.rows >= MAX_ROWS_PER_FILE {
-                    files.push(close(current.take().expect("open"), &dir, &self.area)?);
+    /// Sends what is pending, waits for the encoders and closes every file.
+    pub fn finish(mut self) -> Result<Written, LoadError> {
+        let authorities: Vec<AuthorityId> = self.pending.keys().copied().collect();
+        let mut failed = None;
+        for a in authorities {
+            if let Err(e) = self.send(a) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let mut outputs = BTreeMap::new();
+        // Every encoder is joined, also after a failure, so no thread is left writing.
+        for mut encoder in std::mem::take(&mut self.encoders) {
+            match encoder.join() {
+                Ok(out) => outputs.extend(out),
+                Err(e) => {
+                    failed.get_or_insert(e);
                 }
             }
-            if let Some(open) = current {
-                files.push(close(open, &dir, &self.area)?);
-            }
-            if let Some((name, zip)) = legacy {
-                files.push(self.close_legacy(&dir, name, zip, rows)?);
-            }
-            std::fs::remove_file(&path).map_err(self.io(&path))?;
-            Ok(AuthorityOutput { files })
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let _ = std::fs::remove_dir(self.staging.join(".legacy"));
+        Ok((outputs, std::mem::take(&mut self.withheld)))
+    }
+}
+
+impl Drop for Fanout {
+    /// A load that fails mid-way drops its fanout: the encoders finish their
+    /// current job and are joined before the caller removes the staging folder.
+    fn drop(&mut self) {
+        for encoder in &mut self.encoders {
+            let _ = encoder.join();
         }
     }
+}
 
-    /// Starts `<name>.zip` holding `<name>.csv`, with the header and column line written.
-    fn open_legacy(
-        &self,
-        dir: &std::path::Path,
-        spec: &legacy::LegacySpec,
-        rows: u64,
-    ) -> Result<(String, zip::ZipWriter<File>), LoadError> {
-        let csv = spec.file_name();
-        let name = csv.replace(".csv", ".zip");
-        let path = dir.join(&name);
-        let file = File::create(&path).map_err(self.io(&path))?;
-        let mut zip = zip::ZipWriter::new(file);
-        let zerr = |e: zip::result::ZipError| LoadError::Writer {
-            area: self.area.clone(),
-            message: format!("writing {}: {e}", path.display()),
-        };
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
-        zip.start_file(csv, options).map_err(zerr)?;
-        zip.write_all(spec.header(rows).as_bytes())
-            .map_err(self.io(&path))?;
-        zip.write_all(legacy::column_line(&self.schema).as_bytes())
-            .map_err(self.io(&path))?;
-        Ok((name, zip))
-    }
+/// What every encoder of one load needs.
+struct Shared {
+    staging: PathBuf,
+    area: String,
+    schema: SchemaRef,
+    legacy: Option<legacy::LegacySpec>,
+    file_rows: u64,
+    props: WriterProperties,
+}
 
-    fn close_legacy(
-        &self,
-        dir: &std::path::Path,
-        name: String,
-        zip: zip::ZipWriter<File>,
-        rows: u64,
-    ) -> Result<FileEntry, LoadError> {
-        let path = dir.join(&name);
-        let file = zip.finish().map_err(|e| LoadError::Writer {
-            area: self.area.clone(),
-            message: format!("writing {}: {e}", path.display()),
-        })?;
-        file.sync_all().map_err(self.io(&path))?;
-        drop(file);
-        // The zip writer seeks, so it is hashed afterwards rather than on the way.
-        let mut hasher = Sha256::new();
-        let bytes = std::io::copy(&mut File::open(&path).map_err(self.io(&path))?, &mut hasher)
-            .map_err(self.io(&path))?;
-        Ok(FileEntry {
-            name,
-            bytes,
-            rows,
-            sha256: hex::encode(hasher.finalize()),
-        })
-    }
+type Job = (AuthorityId, Vec<RecordBatch>);
 
-    fn open_file(
-        &self,
-        dir: &std::path::Path,
-        index: usize,
-        props: &WriterProperties,
-    ) -> Result<OpenFile, LoadError> {
-        let name = format!("part-{index:05}.parquet");
-        let path = dir.join(&name);
-        let file = File::create(&path).map_err(self.io(&path))?;
-        let sink = HashingWriter {
-            inner: BufWriter::with_capacity(IO_BUFFER, file),
-            hasher: Sha256::new(),
-            bytes: 0,
-        };
-        let writer = ArrowWriter::try_new(sink, self.schema.clone(), Some(props.clone())).map_err(
-            |source| LoadError::Parquet {
-                area: self.area.clone(),
-                source,
-            },
-        )?;
-        Ok(OpenFile {
-            name,
-            writer,
+/// An encoder thread and the way to it.
+struct Encoder {
+    area: String,
+    /// Both `None` once joined.
+    jobs: Option<SyncSender<Job>>,
+    thread: Option<JoinHandle<EncoderResult>>,
+    /// Rows sent so far, for assigning new authorities.
+    rows: u64,
+}
+
+type EncoderResult = Result<BTreeMap<AuthorityId, AuthorityOutput>, LoadError>;
+
+impl Encoder {
+    fn start(shared: Arc<Shared>, index: usize) -> Result<Encoder, LoadError> {
+        // One job queued while one is encoded: enough to keep it busy.
+        let (jobs, rx) = sync_channel::<Job>(1);
+        let area = shared.area.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("parquet-{index}"))
+            .spawn({
+                let shared = shared.clone();
+                move || encode(&shared, rx)
+            })
+            .map_err(|e| LoadError::Writer {
+                area,
+                message: format!("cannot start a Parquet encoder thread: {e}"),
+            })?;
+        Ok(Encoder {
+            area: shared.area.clone(),
+            jobs: Some(jobs),
+            thread: Some(thread),
             rows: 0,
         })
     }
+
+    /// Ends the jobs and waits for the thread's result (empty if joined before).
+    fn join(&mut self) -> EncoderResult {
+        self.jobs = None;
+        match self.thread.take() {
+            None => Ok(BTreeMap::new()),
+            Some(t) => t.join().unwrap_or_else(|_| {
+                Err(LoadError::Writer {
+                    area: self.area.clone(),
+                    message: "a Parquet encoder thread panicked".into(),
+                })
+            }),
+        }
+    }
+}
+
+/// One authority's output while the load runs (owned by one encoder).
+struct AuthorityFiles {
+    dir: PathBuf,
+    files: Vec<FileEntry>,
+    current: Option<OpenFile>,
+    legacy: Option<LegacyBody>,
+}
+
+/// Legacy text rows, kept in staging until the row count for the header is known.
+struct LegacyBody {
+    path: PathBuf,
+    out: BufWriter<File>,
+    rows: u64,
+}
+
+/// An encoder thread: writes each job as one row group of its authority's
+/// current file; when the jobs end, closes every file.
+fn encode(shared: &Shared, jobs: Receiver<Job>) -> EncoderResult {
+    let io = |path: &Path| {
+        let (area, path) = (shared.area.clone(), path.to_path_buf());
+        move |source| LoadError::Io { area, path, source }
+    };
+    let pq = |source| LoadError::Parquet {
+        area: shared.area.clone(),
+        source,
+    };
+    let mut open: BTreeMap<AuthorityId, AuthorityFiles> = BTreeMap::new();
+    for (authority, batches) in jobs {
+        let files = match open.entry(authority) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let dir = shared
+                    .staging
+                    .join(authority.kind.as_str())
+                    .join(authority.code_str());
+                std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+                let legacy = match &shared.legacy {
+                    Some(_) => {
+                        let tmp = shared.staging.join(".legacy");
+                        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+                        let path = tmp.join(format!(
+                            "{}-{}.txt",
+                            authority.kind.as_str(),
+                            authority.code_str()
+                        ));
+                        let file = File::create(&path).map_err(io(&path))?;
+                        Some(LegacyBody {
+                            out: BufWriter::with_capacity(IO_BUFFER, file),
+                            path,
+                            rows: 0,
+                        })
+                    }
+                    None => None,
+                };
+                v.insert(AuthorityFiles {
+                    dir,
+                    files: Vec::new(),
+                    current: None,
+                    legacy,
+                })
+            }
+        };
+        // One batch per job: the parts are many and small, and the Parquet
+        // writer works per batch.
+        let batch =
+            arrow_select::concat::concat_batches(&shared.schema, &batches).map_err(|e| {
+                LoadError::Writer {
+                    area: shared.area.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        drop(batches);
+        if let Some(body) = &mut files.legacy {
+            let mut text = String::with_capacity(batch.num_rows() * 128);
+            for row in 0..batch.num_rows() {
+                legacy::push_row(&mut text, &batch, row);
+            }
+            body.out
+                .write_all(text.as_bytes())
+                .map_err(io(&body.path))?;
+            body.rows += batch.num_rows() as u64;
+        }
+        let mut at = 0;
+        while at < batch.num_rows() {
+            if files.current.is_none() {
+                files.current = Some(open_file(shared, &files.dir, files.files.len())?);
+            }
+            let current = files.current.as_mut().expect("opened above");
+            let room = (shared.file_rows - current.rows) as usize;
+            let n = room.min(batch.num_rows() - at);
+            current.writer.write(&batch.slice(at, n)).map_err(pq)?;
+            // Closing the row group frees its column encoders until the next job.
+            current.writer.flush().map_err(pq)?;
+            current.rows += n as u64;
+            at += n;
+            if current.rows >= shared.file_rows {
+                let done = files.current.take().expect("open");
+                files.files.push(close(done, &files.dir, &shared.area)?);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (authority, mut files) in open {
+        if let Some(current) = files.current.take() {
+            files.files.push(close(current, &files.dir, &shared.area)?);
+        }
+        if let (Some(body), Some(spec)) = (files.legacy.take(), &shared.legacy) {
+            files
+                .files
+                .push(close_legacy(shared, &files.dir, spec, body)?);
+        }
+        out.insert(authority, AuthorityOutput { files: files.files });
+    }
+    Ok(out)
+}
+
+/// Writes `<name>.zip` holding `<name>.csv`: the header with the row count,
+/// the column line, then the body kept in staging.
+fn close_legacy(
+    shared: &Shared,
+    dir: &Path,
+    spec: &legacy::LegacySpec,
+    body: LegacyBody,
+) -> Result<FileEntry, LoadError> {
+    let io = |path: &Path| {
+        let (area, path) = (shared.area.clone(), path.to_path_buf());
+        move |source| LoadError::Io { area, path, source }
+    };
+    let LegacyBody {
+        path: body_path,
+        out,
+        rows,
+    } = body;
+    out.into_inner()
+        .map_err(|e| io(&body_path)(e.into_error()))?;
+    let csv = spec.file_name();
+    let name = csv.replace(".csv", ".zip");
+    let path = dir.join(&name);
+    let zerr = |e: zip::result::ZipError| LoadError::Writer {
+        area: shared.area.clone(),
+        message: format!("writing {}: {e}", path.display()),
+    };
+    let mut zip = zip::ZipWriter::new(File::create(&path).map_err(io(&path))?);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file(csv, options).map_err(zerr)?;
+    zip.write_all(spec.header(rows).as_bytes())
+        .map_err(io(&path))?;
+    zip.write_all(legacy::column_line(&shared.schema).as_bytes())
+        .map_err(io(&path))?;
+    std::io::copy(
+        &mut File::open(&body_path).map_err(io(&body_path))?,
+        &mut zip,
+    )
+    .map_err(io(&path))?;
+    let file = zip.finish().map_err(zerr)?;
+    file.sync_all().map_err(io(&path))?;
+    drop(file);
+    std::fs::remove_file(&body_path).map_err(io(&body_path))?;
+    // The zip writer seeks, so it is hashed afterwards rather than on the way.
+    let mut hasher = Sha256::new();
+    let bytes = std::io::copy(&mut File::open(&path).map_err(io(&path))?, &mut hasher)
+        .map_err(io(&path))?;
+    Ok(FileEntry {
+        name,
+        bytes,
+        rows,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+fn open_file(shared: &Shared, dir: &Path, index: usize) -> Result<OpenFile, LoadError> {
+    let name = format!("part-{index:05}.parquet");
+    let path = dir.join(&name);
+    let file = File::create(&path).map_err(|source| LoadError::Io {
+        area: shared.area.clone(),
+        path: path.clone(),
+        source,
+    })?;
+    let sink = HashingWriter {
+        inner: BufWriter::with_capacity(IO_BUFFER, file),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let writer = ArrowWriter::try_new(sink, shared.schema.clone(), Some(shared.props.clone()))
+        .map_err(|source| LoadError::Parquet {
+            area: shared.area.clone(),
+            source,
+        })?;
+    Ok(OpenFile {
+        name,
+        writer,
+        rows: 0,
+    })
 }
 
 struct OpenFile {
@@ -533,7 +712,7 @@ struct OpenFile {
     rows: u64,
 }
 
-fn close(open: OpenFile, dir: &std::path::Path, area: &str) -> Result<FileEntry, LoadError> {
+fn close(open: OpenFile, dir: &Path, area: &str) -> Result<FileEntry, LoadError> {
     let path = dir.join(&open.name);
     let io = |source| LoadError::Io {
         area: area.to_string(),
@@ -585,4 +764,178 @@ pub fn delta_schema(columns: &[Column]) -> SchemaRef {
         true,
     ));
     Arc::new(arrow_schema::Schema::new(fields))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authority::AuthorityKind;
+    use crate::source::ColumnType;
+    use arrow_array::Int64Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    fn area() -> Area {
+        Area {
+            id: "joblog".into(),
+            version: 1,
+            table: "t".into(),
+            journal: "j".into(),
+            key: vec!["id".into()],
+            sequence_column: "seq".into(),
+            operation_column: "op".into(),
+            changed_at_column: "at".into(),
+            route_kommune: Some("kommune".into()),
+            route_akasse: None,
+            draft_column: None,
+            person_column: "id".into(),
+            exclude_columns: vec![],
+            schedule_delta: None,
+            schedule_full: None,
+            retention_full_loads: 2,
+            legacy: None,
+            line: 1,
+        }
+    }
+
+    fn columns() -> Vec<Column> {
+        [("id", ColumnType::Int64), ("kommune", ColumnType::Text)]
+            .into_iter()
+            .map(|(name, ty)| Column {
+                name: name.into(),
+                ty,
+                sql_type: String::new(),
+            })
+            .collect()
+    }
+
+    /// Six municipalities, the first getting half of all rows.
+    fn kommuner() -> Vec<AuthorityId> {
+        AuthorityId::all()
+            .into_iter()
+            .filter(|a| a.kind == AuthorityKind::Kommune)
+            .take(6)
+            .collect()
+    }
+
+    fn batch(from: i64, rows: i64) -> RecordBatch {
+        let k = kommuner();
+        let ids: Vec<i64> = (from..from + rows).collect();
+        let codes: Vec<String> = ids
+            .iter()
+            .map(|i| {
+                k[if i % 2 == 0 {
+                    0
+                } else {
+                    1 + (i / 2 % 5) as usize
+                }]
+                .code_str()
+            })
+            .collect();
+        RecordBatch::try_new(
+            arrow_schema(&columns()),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(StringArray::from(codes)),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Every file's ids in order, and the row group sizes.
+    fn read_back(dir: &Path, files: &[FileEntry]) -> (Vec<i64>, Vec<i64>) {
+        let (mut ids, mut groups) = (Vec::new(), Vec::new());
+        for f in files {
+            let builder =
+                ParquetRecordBatchReaderBuilder::try_new(File::open(dir.join(&f.name)).unwrap())
+                    .unwrap();
+            let meta = builder.metadata().clone();
+            groups.extend(meta.row_groups().iter().map(|g| g.num_rows()));
+            let mut n = 0;
+            for b in builder.build().unwrap() {
+                let b = b.unwrap();
+                n += b.num_rows() as u64;
+                ids.extend(b.column(0).as_primitive::<Int64Type>().values().iter());
+            }
+            assert_eq!(n, f.rows, "{}", f.name);
+        }
+        (ids, groups)
+    }
+
+    #[test]
+    fn every_authority_gets_its_rows_in_order_across_jobs_and_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut fanout = Fanout::new(tmp.path().to_path_buf(), &area(), &columns());
+        // Small limits, so that rows leave both because an authority has a
+        // job's worth and because all pending rows pass the budget.
+        fanout.limits = Limits {
+            job_rows: 700,
+            pending_bytes: 16 << 10,
+            file_rows: 1500,
+        };
+        let total = 12_000;
+        for from in (0..total).step_by(500) {
+            fanout.write(&batch(from, 500)).unwrap();
+        }
+        let (outputs, withheld) = fanout.finish().unwrap();
+        assert!(withheld.is_empty());
+        let k = kommuner();
+        assert_eq!(outputs.keys().copied().collect::<Vec<_>>(), {
+            let mut k = k.clone();
+            k.sort();
+            k
+        });
+        let mut seen = 0;
+        for (i, authority) in k.iter().enumerate() {
+            let dir = tmp
+                .path()
+                .join(authority.kind.as_str())
+                .join(authority.code_str());
+            let files = &outputs[authority].files;
+            let (ids, groups) = read_back(&dir, files);
+            let expected: Vec<i64> = (0..total)
+                .filter(|n| {
+                    if i == 0 {
+                        n % 2 == 0
+                    } else {
+                        n % 2 == 1 && (n / 2 % 5) as usize == i - 1
+                    }
+                })
+                .collect();
+            assert_eq!(ids, expected, "{authority:?}");
+            seen += ids.len();
+            // No file over the file limit; the large authority spans files and row groups.
+            assert!(files.iter().all(|f| f.rows <= 1500));
+            if i == 0 {
+                assert_eq!(files.len(), 4, "6000 rows in files of 1500");
+                assert!(groups.len() >= 8, "jobs of at most 750 rows: {groups:?}");
+            }
+            // A job is sent once it reaches 700 rows; a part adds at most 250.
+            assert!(groups.iter().all(|g| *g <= 700 + 250), "{groups:?}");
+        }
+        assert_eq!(seen, total as usize);
+    }
+
+    #[test]
+    fn an_unwritable_staging_folder_fails_the_load_naming_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = tmp.path().join("staging");
+        std::fs::write(&staging, "not a folder").unwrap();
+        let mut fanout = Fanout::new(staging.clone(), &area(), &columns());
+        fanout.limits.job_rows = 10;
+        let mut result = Ok(());
+        for from in (0..5000).step_by(500) {
+            result = fanout.write(&batch(from, 500));
+            if result.is_err() {
+                break;
+            }
+        }
+        let err = match result {
+            Err(e) => e,
+            Ok(()) => fanout.finish().err().expect("the load fails"),
+        };
+        let text = err.to_string();
+        assert!(text.contains(&staging.display().to_string()), "{text}");
+    }
 }
