@@ -306,16 +306,20 @@ impl State {
         load_ref: i64,
         persons: &[PersonId],
     ) -> Result<(), StateError> {
-        for chunk in persons.chunks(1000) {
-            on!(self, p => {
+        // One transaction per call: a commit per 1,000 rows made indexing a
+        // 2.5M-row load take about two minutes on SQLite, most of it in fsync.
+        on!(self, p => {
+            let mut tx = p.begin().await?;
+            for chunk in persons.chunks(1000) {
                 let mut q = sqlx::QueryBuilder::new("INSERT INTO audit_persons (person, load_ref) ");
                 q.push_values(chunk, |mut b, person| {
                     b.push_bind(&person[..]).push_bind(load_ref);
                 });
                 q.push(" ON CONFLICT DO NOTHING");
-                q.build().execute(p).await?;
-            });
-        }
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
