@@ -732,11 +732,17 @@ async fn bench_load(
         let peak = peak_rss() as f64 / (1 << 20) as f64;
         total_rows += r.rows_read;
         total_secs += secs;
-        // PostgreSQL's own binary COPY of the same query, right after (warm cache).
+        // PostgreSQL's own binary COPY of the same query, right after (warm
+        // cache); the fastest of three, as the runs on a shared machine vary.
         let columns = src.published_columns(area).await?;
-        let t = std::time::Instant::now();
-        let copy = src.copy_full_extract(area, &columns).await?;
-        let copy_rate = copy.map(|_| r.rows_read as f64 / t.elapsed().as_secs_f64());
+        let mut copy_rate: Option<f64> = None;
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            if src.copy_full_extract(area, &columns).await?.is_some() {
+                let rate = r.rows_read as f64 / t.elapsed().as_secs_f64();
+                copy_rate = Some(copy_rate.map_or(rate, |c| c.max(rate)));
+            }
+        }
         println!(
             "{:<30} {:>10} {:>10.2} {:>12.0} {:>14.1} {:>12} {:>8}",
             r.area,
