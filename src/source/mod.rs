@@ -266,6 +266,10 @@ pub struct Snapshot {
 }
 
 pub const BATCH_ROWS: usize = 8192;
+/// A binary COPY's batches are larger: routing splits each batch into a part
+/// per authority (about 120), and parts of a few dozen rows cost more in
+/// allocation and per-part overhead than in data.
+pub const COPY_BATCH_ROWS: usize = 32 * 1024;
 
 impl Source {
     pub async fn connect(url: &str) -> Result<Source, SourceError> {
@@ -426,7 +430,8 @@ impl Source {
 
     /// Streams the current state of `area` (drafts left out) as record batches
     /// into `out`, from one consistent snapshot that also gives the watermark.
-    /// Memory is bounded by the channel's capacity times [`BATCH_ROWS`].
+    /// Memory is bounded by the channel's capacity times [`BATCH_ROWS`]
+    /// ([`COPY_BATCH_ROWS`] from PostgreSQL).
     pub async fn full_extract(
         &self,
         area: &Area,
@@ -491,7 +496,7 @@ impl Source {
 }
 
 /// Streams `COPY (sql) TO STDOUT (FORMAT binary)` into `batcher`, sending a
-/// batch every [`BATCH_ROWS`] rows (the last, partial one stays in `batcher`).
+/// batch every [`COPY_BATCH_ROWS`] rows (the last, partial one stays in `batcher`).
 async fn copy_rows(
     conn: &mut sqlx::PgConnection,
     sql: &str,
@@ -524,7 +529,7 @@ async fn copy_rows(
         })?
     {
         let fed = decoder.feed(&chunk, batcher, &mut |b| {
-            if b.len() >= BATCH_ROWS {
+            if b.len() >= COPY_BATCH_ROWS {
                 ready.push(b.finish());
             }
             Ok(())
