@@ -217,6 +217,62 @@ async fn a_source_dropping_mid_load_publishes_nothing_and_the_next_run_succeeds(
     source.close().await;
 }
 
+/// A source row PostgreSQL holds but Parquet cannot (an infinite timestamp):
+/// the full load fails naming table, column and row, not the value; nothing
+/// is published; once the row is mended the next run succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_source_value_fails_the_load_naming_where_and_publishes_nothing() {
+    let db = TempDb::create("test").await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::create(&db.url).await.unwrap();
+    udstil::fixtures::generate(&source, 500, 4).await.unwrap();
+    let (_config_path, config) = common::demo_config_for(dir.path(), &db.url).await;
+    udstil::app::full_loads(&config, Some("joblog"))
+        .await
+        .unwrap();
+    let before = tree_files(&config.storage_root);
+
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    // The 3rd published row in key order (the extract's order).
+    let (id,): (i64,) = sqlx::query_as(
+        "SELECT joblog_id FROM joblog WHERE NOT COALESCE(kladde, FALSE) \
+         ORDER BY joblog_id OFFSET 2 LIMIT 1",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let set = |value: &'static str| {
+        format!("UPDATE joblog SET sidst_opdateret = {value} WHERE joblog_id = {id}")
+    };
+    sqlx::query(AssertSqlSafe(set("'infinity'")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let err = udstil::app::full_loads(&config, Some("joblog"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "source row 3 of joblog: column sidst_opdateret does not hold a valid timestamp"
+        ) && err.contains("infinite timestamp"),
+        "{err}"
+    );
+    assert!(!err.contains("infinity"), "the value is not quoted: {err}");
+    assert_eq!(tree_files(&config.storage_root), before);
+
+    sqlx::query(AssertSqlSafe(set("now()")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let r = udstil::app::full_loads(&config, Some("joblog"))
+        .await
+        .unwrap();
+    assert!(r[0].rows_read > 0);
+    conn.close().await.unwrap();
+    source.close().await;
+}
+
 /// Every file under the tree (staging excluded) with its size.
 fn tree_files(root: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, u64> {
     let mut out = std::collections::BTreeMap::new();
