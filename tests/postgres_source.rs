@@ -154,16 +154,7 @@ async fn an_unreachable_source_fails_the_load_and_publishes_nothing() {
 /// cleaned, and the next run succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_dropping_mid_load_publishes_nothing_and_the_next_run_succeeds() {
-    let db = TempDb::create("test").await;
-    let dir = tempfile::tempdir().unwrap();
-    let source = Source::create(&db.url).await.unwrap();
-    udstil::fixtures::generate(&source, 20_000, 9)
-        .await
-        .unwrap();
-    let (_config_path, config) = common::demo_config_for(dir.path(), &db.url).await;
-    udstil::app::full_loads(&config, Some("joblog"))
-        .await
-        .unwrap();
+    let (db, _dir, source, config) = loaded_joblog(20_000, 9).await;
     let before = tree_files(&config.storage_root);
 
     // Terminate the extract's backend (a binary COPY) as soon as it is streaming.
@@ -222,14 +213,7 @@ async fn a_source_dropping_mid_load_publishes_nothing_and_the_next_run_succeeds(
 /// is published; once the row is mended the next run succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_source_value_fails_the_load_naming_where_and_publishes_nothing() {
-    let db = TempDb::create("test").await;
-    let dir = tempfile::tempdir().unwrap();
-    let source = Source::create(&db.url).await.unwrap();
-    udstil::fixtures::generate(&source, 500, 4).await.unwrap();
-    let (_config_path, config) = common::demo_config_for(dir.path(), &db.url).await;
-    udstil::app::full_loads(&config, Some("joblog"))
-        .await
-        .unwrap();
+    let (db, _dir, source, config) = loaded_joblog(500, 4).await;
     let before = tree_files(&config.storage_root);
 
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
@@ -271,6 +255,25 @@ async fn a_bad_source_value_fails_the_load_naming_where_and_publishes_nothing() 
     assert!(r[0].rows_read > 0);
     conn.close().await.unwrap();
     source.close().await;
+}
+
+/// A DFDG of its own with `citizens` generated, the demo config over it and
+/// a first full load of joblog published.
+async fn loaded_joblog(
+    citizens: u64,
+    seed: u64,
+) -> (TempDb, tempfile::TempDir, Source, udstil::config::Config) {
+    let db = TempDb::create("test").await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = Source::create(&db.url).await.unwrap();
+    udstil::fixtures::generate(&source, citizens, seed)
+        .await
+        .unwrap();
+    let (_config_path, config) = common::demo_config_for(dir.path(), &db.url).await;
+    udstil::app::full_loads(&config, Some("joblog"))
+        .await
+        .unwrap();
+    (db, dir, source, config)
 }
 
 /// Every file under the tree (staging excluded) with its size.
