@@ -461,6 +461,20 @@ struct Shared {
     props: WriterProperties,
 }
 
+impl Shared {
+    fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + use<> {
+        let (area, path) = (self.area.clone(), path.to_path_buf());
+        move |source| LoadError::Io { area, path, source }
+    }
+
+    fn parquet(&self, source: parquet::errors::ParquetError) -> LoadError {
+        LoadError::Parquet {
+            area: self.area.clone(),
+            source,
+        }
+    }
+}
+
 type Job = (AuthorityId, Vec<RecordBatch>);
 
 /// An encoder thread and the way to it.
@@ -531,14 +545,8 @@ struct LegacyBody {
 /// An encoder thread: writes each job as one row group of its authority's
 /// current file; when the jobs end, closes every file.
 fn encode(shared: &Shared, jobs: Receiver<Job>) -> EncoderResult {
-    let io = |path: &Path| {
-        let (area, path) = (shared.area.clone(), path.to_path_buf());
-        move |source| LoadError::Io { area, path, source }
-    };
-    let pq = |source| LoadError::Parquet {
-        area: shared.area.clone(),
-        source,
-    };
+    let io = |path: &Path| shared.io(path);
+    let pq = |source| shared.parquet(source);
     let mut open: BTreeMap<AuthorityId, AuthorityFiles> = BTreeMap::new();
     for (authority, batches) in jobs {
         let files = match open.entry(authority) {
@@ -637,10 +645,7 @@ fn close_legacy(
     spec: &legacy::LegacySpec,
     body: LegacyBody,
 ) -> Result<FileEntry, LoadError> {
-    let io = |path: &Path| {
-        let (area, path) = (shared.area.clone(), path.to_path_buf());
-        move |source| LoadError::Io { area, path, source }
-    };
+    let io = |path: &Path| shared.io(path);
     let LegacyBody {
         path: body_path,
         out,
@@ -690,21 +695,14 @@ fn close_legacy(
 fn open_file(shared: &Shared, dir: &Path, index: usize) -> Result<OpenFile, LoadError> {
     let name = format!("part-{index:05}.parquet");
     let path = dir.join(&name);
-    let file = File::create(&path).map_err(|source| LoadError::Io {
-        area: shared.area.clone(),
-        path: path.clone(),
-        source,
-    })?;
+    let file = File::create(&path).map_err(shared.io(&path))?;
     let sink = HashingWriter {
         inner: BufWriter::with_capacity(IO_BUFFER, file),
         hasher: Sha256::new(),
         bytes: 0,
     };
     let writer = ArrowWriter::try_new(sink, shared.schema.clone(), Some(shared.props.clone()))
-        .map_err(|source| LoadError::Parquet {
-            area: shared.area.clone(),
-            source,
-        })?;
+        .map_err(|e| shared.parquet(e))?;
     Ok(OpenFile {
         name,
         writer,

@@ -503,8 +503,9 @@ async fn copy_rows(
     batcher: &mut Batcher,
     out: &mpsc::Sender<RecordBatch>,
 ) -> Result<(), SourceError> {
+    let table = batcher.table.clone();
     let qerr = |source| SourceError::Query {
-        table: batcher.table.clone(),
+        table: table.clone(),
         source,
     };
     let statement = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
@@ -512,27 +513,18 @@ async fn copy_rows(
     let mut decoder = pgcopy::CopyDecoder::new();
     let mut ready = Vec::new();
     let copy_err = |batcher: &Batcher, e: pgcopy::CopyError| match e {
-        pgcopy::CopyError::Format(m) => SourceError::Query {
-            table: batcher.table.clone(),
-            source: sqlx::Error::Protocol(format!("binary COPY stream: {m}")),
-        },
+        pgcopy::CopyError::Format(m) => {
+            qerr(sqlx::Error::Protocol(format!("binary COPY stream: {m}")))
+        }
         pgcopy::CopyError::Value { column, reason } => {
             batcher.bad(column, sqlx::Error::Decode(reason.into()))
         }
     };
-    while let Some(chunk) = stream
-        .try_next()
-        .await
-        .map_err(|source| SourceError::Query {
-            table: batcher.table.clone(),
-            source,
-        })?
-    {
+    while let Some(chunk) = stream.try_next().await.map_err(qerr)? {
         let fed = decoder.feed(&chunk, batcher, &mut |b| {
             if b.len() >= COPY_BATCH_ROWS {
                 ready.push(b.finish());
             }
-            Ok(())
         });
         fed.map_err(|e| copy_err(batcher, e))?;
         for batch in ready.drain(..) {
