@@ -81,6 +81,17 @@ impl AuthorityId {
         table[kind as usize][n as usize].then(|| AuthorityId::new(kind, n))
     }
 
+    /// A dense number for the id (below 2000), for tables indexed by authority.
+    pub fn index(self) -> usize {
+        self.kind as usize * 1000 + self.code as usize
+    }
+
+    /// The id of an [`index`](Self::index).
+    pub fn from_index(i: usize) -> Option<Self> {
+        let kind = *AuthorityKind::ALL.get(i / 1000)?;
+        Some(AuthorityId::new(kind, (i % 1000) as u16))
+    }
+
     pub fn code_str(&self) -> String {
         format!("{:03}", self.code)
     }
@@ -165,6 +176,18 @@ mod tests {
             .filter(|a| a.kind == AuthorityKind::Akasse)
             .count();
         assert_eq!((k, a), (98, 21));
+    }
+
+    #[test]
+    fn every_authority_has_its_own_index_and_back() {
+        let all = AuthorityId::all();
+        let indices: std::collections::BTreeSet<usize> = all.iter().map(|a| a.index()).collect();
+        assert_eq!(indices.len(), all.len());
+        for a in all {
+            assert!(a.index() < 2000);
+            assert_eq!(AuthorityId::from_index(a.index()), Some(a));
+        }
+        assert_eq!(AuthorityId::from_index(2000), None);
     }
 
     #[test]

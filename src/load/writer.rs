@@ -30,12 +30,13 @@ use arrow_schema::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
 use super::{FileEntry, LoadError, delta, legacy, plan};
 use crate::authority::AuthorityId;
 use crate::config::Area;
-use crate::source::{Column, arrow_schema};
+use crate::source::{Column, Extracted, Partition, arrow_schema};
 
 /// A file is closed and a new one started after this many rows.
 const MAX_ROWS_PER_FILE: u64 = 2_000_000;
@@ -112,6 +113,8 @@ pub struct Fanout {
     schema: SchemaRef,
     kommune_col: Option<usize>,
     akasse_col: Option<usize>,
+    /// Columns written without a dictionary (see `plain_columns`).
+    plain: Vec<String>,
     delta: Option<DeltaState>,
     /// Also write the legacy SUP text format (see `legacy`).
     legacy: Option<legacy::LegacySpec>,
@@ -215,6 +218,7 @@ impl Fanout {
         Fanout {
             staging,
             area: area.id.clone(),
+            plain: plain_columns(area, &schema),
             schema,
             kommune_col: index(&area.route_kommune),
             akasse_col: index(&area.route_akasse),
@@ -243,6 +247,45 @@ impl Fanout {
         }
     }
 
+    /// The router a full extract decodes with, so its rows arrive already
+    /// split by authority (`Extracted::Part`); its `withheld` counts are the
+    /// load's for those rows.
+    pub fn router(&self) -> Router {
+        Router {
+            columns: self
+                .kommune_col
+                .into_iter()
+                .chain(self.akasse_col)
+                .collect(),
+            kommune: self.kommune_col.is_some(),
+            akasse: self.akasse_col.is_some(),
+            limits: self.limits,
+            withheld: BTreeMap::new(),
+        }
+    }
+
+    /// Takes one item of an extract: rows to route, or one authority's rows.
+    pub fn take(&mut self, item: &Extracted) -> Result<(), LoadError> {
+        match item {
+            Extracted::Rows(batch) => self.write(batch),
+            Extracted::Part { part, batch, .. } => {
+                let authority =
+                    AuthorityId::from_index(*part).ok_or_else(|| LoadError::Writer {
+                        area: self.area.clone(),
+                        message: format!("an extract part {part} that is no authority"),
+                    })?;
+                let bytes = batch.get_array_memory_size();
+                let p = self.pending.entry(authority).or_default();
+                p.rows += batch.num_rows();
+                p.bytes += bytes;
+                p.batches.push(batch.clone());
+                self.pending_bytes += bytes;
+                // The router already kept it under the budget: one part, one job.
+                self.send(authority)
+            }
+        }
+    }
+
     /// Routes one batch: each part joins its authority's pending rows, and
     /// full or oversized pending rows go to the encoders.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), LoadError> {
@@ -263,23 +306,9 @@ impl Fanout {
         let mut rows_for: BTreeMap<AuthorityId, (Vec<u32>, Vec<&'static str>)> = BTreeMap::new();
         for row in 0..batch.num_rows() {
             let r = plan::route(value(kommune, row), value(akasse, row));
-            if r.unknown_kommune {
-                *self
-                    .withheld
-                    .entry("unknown municipality code".into())
-                    .or_default() += 1;
-            }
-            if r.unknown_akasse {
-                *self.withheld.entry("unknown fund code".into()).or_default() += 1;
-            }
+            tally(&mut self.withheld, &r, self.delta.is_none());
             match &mut self.delta {
                 None => {
-                    if r.targets.is_empty() {
-                        *self
-                            .withheld
-                            .entry("row routes to no authority".into())
-                            .or_default() += 1;
-                    }
                     for t in r.targets {
                         rows_for.entry(t).or_default().0.push(row as u32);
                     }
@@ -373,14 +402,21 @@ impl Fanout {
                 schema: self.schema.clone(),
                 legacy: self.legacy.clone(),
                 file_rows: self.limits.file_rows,
-                props: WriterProperties::builder()
-                    // Level 1: on 2 cores the encoders compete with the
-                    // extract and PostgreSQL; level 3 gave files only 0.6%
-                    // smaller (joblog at 1M citizens: 140.5 vs 139.7 MB).
-                    .set_compression(Compression::ZSTD(
-                        ZstdLevel::try_new(1).expect("valid level"),
-                    ))
-                    .build(),
+                props: {
+                    let props = WriterProperties::builder()
+                        // Level 1: on 2 cores the encoders compete with the
+                        // extract and PostgreSQL; level 3 gave files only 0.6%
+                        // smaller (joblog at 1M citizens: 140.5 vs 139.7 MB).
+                        .set_compression(Compression::ZSTD(
+                            ZstdLevel::try_new(1).expect("valid level"),
+                        ));
+                    self.plain
+                        .iter()
+                        .fold(props, |p, c| {
+                            p.set_column_dictionary_enabled(ColumnPath::from(c.as_str()), false)
+                        })
+                        .build()
+                },
             });
             let n = std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
@@ -448,6 +484,79 @@ impl Drop for Fanout {
         for encoder in &mut self.encoders {
             let _ = encoder.join();
         }
+    }
+}
+
+/// Columns whose values are (nearly) all distinct: the key, the person
+/// column and timestamps. A dictionary cannot shrink them, and building one
+/// (hashing and interning every value) was a third of the encoders' time.
+fn plain_columns(area: &Area, schema: &SchemaRef) -> Vec<String> {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| {
+            area.key.contains(f.name())
+                || *f.name() == area.person_column
+                || matches!(f.data_type(), arrow_schema::DataType::Timestamp(..))
+        })
+        .map(|f| f.name().clone())
+        .collect()
+}
+
+/// Counts a row's unusable routing codes and, in a full load, a row that
+/// goes nowhere. (In a delta a row that goes nowhere may be a delete.)
+fn tally(withheld: &mut BTreeMap<String, u64>, r: &plan::Route, full: bool) {
+    let mut count = |reason: &str| *withheld.entry(reason.into()).or_default() += 1;
+    if r.unknown_kommune {
+        count("unknown municipality code");
+    }
+    if r.unknown_akasse {
+        count("unknown fund code");
+    }
+    if full && r.targets.is_empty() {
+        count("row routes to no authority");
+    }
+}
+
+/// Routes a full extract's rows while they are decoded (see
+/// `source::Partition`): a part is an authority, numbered by `AuthorityId::index`.
+pub struct Router {
+    /// The routing columns present: the municipality's, then the fund's.
+    columns: Vec<usize>,
+    kommune: bool,
+    akasse: bool,
+    limits: Limits,
+    pub withheld: BTreeMap<String, u64>,
+}
+
+impl Partition for Router {
+    fn columns(&self) -> &[usize] {
+        &self.columns
+    }
+
+    fn parts(&mut self, values: &[Option<&str>], out: &mut Vec<usize>) {
+        let mut values = values.iter().copied();
+        let kommune = if self.kommune {
+            values.next().flatten()
+        } else {
+            None
+        };
+        let akasse = if self.akasse {
+            values.next().flatten()
+        } else {
+            None
+        };
+        let r = plan::route(kommune, akasse);
+        tally(&mut self.withheld, &r, true);
+        out.extend(r.targets.iter().map(|a| a.index()));
+    }
+
+    fn part_rows(&self) -> usize {
+        self.limits.job_rows
+    }
+
+    fn budget_bytes(&self) -> usize {
+        self.limits.pending_bytes
     }
 }
 
@@ -583,16 +692,16 @@ fn encode(shared: &Shared, jobs: Receiver<Job>) -> EncoderResult {
                 })
             }
         };
-        // One batch per job: the parts are many and small, and the Parquet
-        // writer works per batch.
-        let batch =
-            arrow_select::concat::concat_batches(&shared.schema, &batches).map_err(|e| {
-                LoadError::Writer {
+        // One batch per job: routed parts are many and small, and the Parquet
+        // writer works per batch. (A partitioned extract sends one already.)
+        let batch = match <[RecordBatch; 1]>::try_from(batches) {
+            Ok([batch]) => batch,
+            Err(batches) => arrow_select::concat::concat_batches(&shared.schema, &batches)
+                .map_err(|e| LoadError::Writer {
                     area: shared.area.clone(),
                     message: e.to_string(),
-                }
-            })?;
-        drop(batches);
+                })?,
+        };
         if let Some(body) = &mut files.legacy {
             let mut text = String::with_capacity(batch.num_rows() * 128);
             for row in 0..batch.num_rows() {
@@ -676,9 +785,8 @@ fn close_legacy(
         &mut zip,
     )
     .map_err(io(&path))?;
-    let file = zip.finish().map_err(zerr)?;
-    file.sync_all().map_err(io(&path))?;
-    drop(file);
+    // Synced with the load's other files when it is published.
+    drop(zip.finish().map_err(zerr)?);
     std::fs::remove_file(&body_path).map_err(io(&body_path))?;
     // The zip writer seeks, so it is hashed afterwards rather than on the way.
     let mut hasher = Sha256::new();
@@ -735,8 +843,8 @@ fn close(open: OpenFile, dir: &Path, area: &str) -> Result<FileEntry, LoadError>
         hasher,
         bytes,
     } = sink;
-    let file = inner.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(io)?;
+    // Not synced here: publishing syncs every file of the load at once (`load::publish_all`).
+    inner.into_inner().map_err(|e| io(e.into_error()))?;
     Ok(FileEntry {
         name: open.name,
         bytes,

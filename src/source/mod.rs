@@ -271,6 +271,35 @@ pub const BATCH_ROWS: usize = 8192;
 /// allocation and per-part overhead than in data.
 pub const COPY_BATCH_ROWS: usize = 32 * 1024;
 
+/// What an extract sends its consumer.
+#[derive(Debug)]
+pub enum Extracted {
+    /// Rows in source order, for the consumer to route.
+    Rows(RecordBatch),
+    /// Rows that all go to `part` (see [`Partition`]), in source order within
+    /// the part; `read` source rows were decoded since the previous item.
+    Part {
+        part: usize,
+        batch: RecordBatch,
+        read: u64,
+    },
+}
+
+/// Splits a full extract into parts as it is decoded, so each row is
+/// decoded once, straight into the batch of every part it goes to, rather
+/// than decoded into one batch and copied out per part afterwards.
+pub trait Partition: Send {
+    /// The published columns (indices) whose text decides a row's parts.
+    fn columns(&self) -> &[usize];
+    /// Appends the parts a row goes to, given those columns' values
+    /// (`None` for NULL or text that is not UTF-8, which fails the row anyway).
+    fn parts(&mut self, values: &[Option<&str>], out: &mut Vec<usize>);
+    /// A part's batch is sent at this many rows...
+    fn part_rows(&self) -> usize;
+    /// ...or, largest first, when all parts' unsent rows pass this many bytes.
+    fn budget_bytes(&self) -> usize;
+}
+
 impl Source {
     pub async fn connect(url: &str) -> Result<Source, SourceError> {
         let err = |source| SourceError::Connect {
@@ -430,13 +459,16 @@ impl Source {
 
     /// Streams the current state of `area` (drafts left out) as record batches
     /// into `out`, from one consistent snapshot that also gives the watermark.
-    /// Memory is bounded by the channel's capacity times [`BATCH_ROWS`]
-    /// ([`COPY_BATCH_ROWS`] from PostgreSQL).
+    /// From PostgreSQL, with a `partition`, the rows arrive split into parts
+    /// ([`Extracted::Part`]); otherwise as [`Extracted::Rows`]. Memory is
+    /// bounded by the channel's capacity times [`BATCH_ROWS`]
+    /// ([`COPY_BATCH_ROWS`] from PostgreSQL), or by the partition's budget.
     pub async fn full_extract(
         &self,
         area: &Area,
         columns: &[Column],
-        out: mpsc::Sender<RecordBatch>,
+        partition: Option<&mut dyn Partition>,
+        out: mpsc::Sender<Extracted>,
     ) -> Result<Snapshot, SourceError> {
         let schema = arrow_schema(columns);
         let sql = full_extract_sql(area, columns);
@@ -456,7 +488,7 @@ impl Source {
                 while let Some(row) = rows.try_next().await.map_err(qerr(&area.table))? {
                     append_row!(batcher, row);
                     if batcher.len() >= BATCH_ROWS {
-                        out.send(batcher.finish())
+                        out.send(Extracted::Rows(batcher.finish()))
                             .await
                             .map_err(|_| SourceError::ConsumerGone)?;
                     }
@@ -480,14 +512,14 @@ impl Source {
             // into Arrow (see `pgcopy`), in the snapshot the watermark came from.
             Source::Postgres(p) => {
                 let (mut tx, watermark) = self.stable_snapshot(p, area, &hwm_sql).await?;
-                copy_rows(&mut tx, &sql, &mut batcher, &out).await?;
+                copy_rows(&mut tx, &sql, &mut batcher, partition, &out).await?;
                 tx.rollback().await.map_err(qerr(&area.table))?;
                 watermark
             }
         };
         let rows = batcher.total;
         if batcher.len() > 0 {
-            out.send(batcher.finish())
+            out.send(Extracted::Rows(batcher.finish()))
                 .await
                 .map_err(|_| SourceError::ConsumerGone)?;
         }
@@ -496,12 +528,15 @@ impl Source {
 }
 
 /// Streams `COPY (sql) TO STDOUT (FORMAT binary)` into `batcher`, sending a
-/// batch every [`COPY_BATCH_ROWS`] rows (the last, partial one stays in `batcher`).
+/// batch every [`COPY_BATCH_ROWS`] rows (the last, partial one stays in
+/// `batcher`, whose `total` counts every row read). With a `partition`, each
+/// row goes instead into the batcher of each of its parts ([`Parts`]).
 async fn copy_rows(
     conn: &mut sqlx::PgConnection,
     sql: &str,
     batcher: &mut Batcher,
-    out: &mpsc::Sender<RecordBatch>,
+    partition: Option<&mut dyn Partition>,
+    out: &mpsc::Sender<Extracted>,
 ) -> Result<(), SourceError> {
     let table = batcher.table.clone();
     let qerr = |source| SourceError::Query {
@@ -510,30 +545,165 @@ async fn copy_rows(
     };
     let statement = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
     let mut stream = conn.copy_out_raw(&statement).await.map_err(qerr)?;
-    let mut decoder = pgcopy::CopyDecoder::new();
+    let mut decoder = pgcopy::CopyDecoder::new(batcher.builders.len());
+    let mut parts = partition.map(|p| Parts::new(p, batcher));
     let mut ready = Vec::new();
-    let copy_err = |batcher: &Batcher, e: pgcopy::CopyError| match e {
+    // A bad value's row is the row being read: one past those read before it.
+    let copy_err = |batcher: &Batcher, read: u64, e: pgcopy::CopyError| match e {
         pgcopy::CopyError::Format(m) => {
             qerr(sqlx::Error::Protocol(format!("binary COPY stream: {m}")))
         }
         pgcopy::CopyError::Value { column, reason } => {
-            batcher.bad(column, sqlx::Error::Decode(reason.into()))
+            batcher.bad_at(column, read + 1, sqlx::Error::Decode(reason.into()))
         }
     };
     while let Some(chunk) = stream.try_next().await.map_err(qerr)? {
-        let fed = decoder.feed(&chunk, batcher, &mut |b| {
-            if b.len() >= COPY_BATCH_ROWS {
-                ready.push(b.finish());
-            }
-        });
-        fed.map_err(|e| copy_err(batcher, e))?;
-        for batch in ready.drain(..) {
-            out.send(batch)
+        let fed = match &mut parts {
+            None => decoder.feed(&chunk, &mut |tuple| {
+                pgcopy::append_tuple(batcher, tuple)?;
+                if batcher.len() >= COPY_BATCH_ROWS {
+                    ready.push(Extracted::Rows(batcher.finish()));
+                }
+                Ok(())
+            }),
+            Some(parts) => decoder.feed(&chunk, &mut |tuple| parts.append(tuple, &mut ready)),
+        };
+        let read = parts.as_ref().map_or(batcher.total, |p| p.read);
+        fed.map_err(|e| copy_err(batcher, read, e))?;
+        for item in ready.drain(..) {
+            out.send(item)
                 .await
                 .map_err(|_| SourceError::ConsumerGone)?;
         }
     }
-    decoder.finish().map_err(|e| copy_err(batcher, e))
+    let read = parts.as_ref().map_or(batcher.total, |p| p.read);
+    decoder.finish().map_err(|e| copy_err(batcher, read, e))?;
+    if let Some(mut parts) = parts {
+        parts.finish(&mut ready);
+        batcher.total = parts.read;
+        for item in ready.drain(..) {
+            out.send(item)
+                .await
+                .map_err(|_| SourceError::ConsumerGone)?;
+        }
+    }
+    Ok(())
+}
+
+/// Routing columns a [`Partition`] may read (a municipality and a fund).
+const MAX_ROUTING: usize = 2;
+
+/// The per-part batchers of a partitioned extract, and their memory budget.
+struct Parts<'p> {
+    partition: &'p mut dyn Partition,
+    routing: Vec<usize>,
+    template: Batcher,
+    /// Index into `open` by part number (`u32::MAX`: none yet).
+    slot: Vec<u32>,
+    open: Vec<PartRows>,
+    /// Unsent bytes of all parts, as they were in the stream.
+    bytes: usize,
+    /// Source rows read, and those already reported in a sent item.
+    read: u64,
+    reported: u64,
+    targets: Vec<usize>,
+}
+
+struct PartRows {
+    part: usize,
+    batcher: Batcher,
+    bytes: usize,
+}
+
+impl<'p> Parts<'p> {
+    fn new(partition: &'p mut dyn Partition, like: &Batcher) -> Self {
+        assert!(
+            partition.columns().len() <= MAX_ROUTING,
+            "a partition routes on at most {MAX_ROUTING} columns"
+        );
+        Parts {
+            routing: partition.columns().to_vec(),
+            partition,
+            template: like.empty_like(),
+            slot: Vec::new(),
+            open: Vec::new(),
+            bytes: 0,
+            read: 0,
+            reported: 0,
+            targets: Vec::new(),
+        }
+    }
+
+    /// Appends a tuple to each of its parts; full or over-budget parts go to `ready`.
+    fn append(
+        &mut self,
+        tuple: &pgcopy::Tuple<'_>,
+        ready: &mut Vec<Extracted>,
+    ) -> Result<(), pgcopy::CopyError> {
+        let mut values = [None; MAX_ROUTING];
+        let values = &mut values[..self.routing.len()];
+        for (v, c) in values.iter_mut().zip(&self.routing) {
+            *v = tuple.field(*c).and_then(|b| std::str::from_utf8(b).ok());
+        }
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
+        self.partition.parts(values, &mut targets);
+        for &part in &targets {
+            if part >= self.slot.len() {
+                self.slot.resize(part + 1, u32::MAX);
+            }
+            if self.slot[part] == u32::MAX {
+                self.slot[part] = self.open.len() as u32;
+                self.open.push(PartRows {
+                    part,
+                    batcher: self.template.empty_like(),
+                    bytes: 0,
+                });
+            }
+            let i = self.slot[part] as usize;
+            let rows = &mut self.open[i];
+            pgcopy::append_tuple(&mut rows.batcher, tuple)?;
+            rows.bytes += tuple.bytes;
+            self.bytes += tuple.bytes;
+            if rows.batcher.len() >= self.partition.part_rows() {
+                self.send(i, ready);
+            }
+        }
+        self.targets = targets;
+        self.read += 1;
+        while self.bytes > self.partition.budget_bytes() {
+            let largest = (0..self.open.len())
+                .max_by_key(|i| self.open[*i].bytes)
+                .expect("unsent bytes are counted from open parts");
+            self.send(largest, ready);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, i: usize, ready: &mut Vec<Extracted>) {
+        let rows = &mut self.open[i];
+        self.bytes -= rows.bytes;
+        rows.bytes = 0;
+        ready.push(Extracted::Part {
+            part: rows.part,
+            batch: rows.batcher.finish(),
+            read: self.read - self.reported,
+        });
+        self.reported = self.read;
+    }
+
+    /// Sends every part's remaining rows, in part order. (Rows read after
+    /// the last part was sent that went to no part are in no item's `read`;
+    /// the extract's total counts them.)
+    fn finish(&mut self, ready: &mut Vec<Extracted>) {
+        let mut order: Vec<usize> = (0..self.open.len())
+            .filter(|i| self.open[*i].batcher.len() > 0)
+            .collect();
+        order.sort_by_key(|i| self.open[*i].part);
+        for i in order {
+            self.send(i, ready);
+        }
+    }
 }
 
 impl Source {
@@ -726,7 +896,7 @@ impl Source {
         columns: &[Column],
         from: i64,
         to: i64,
-        out: mpsc::Sender<RecordBatch>,
+        out: mpsc::Sender<Extracted>,
     ) -> Result<u64, SourceError> {
         let mut all = columns.to_vec();
         for (name, ty) in [
@@ -768,7 +938,7 @@ impl Source {
                 while let Some(row) = rows.try_next().await.map_err(qerr)? {
                     append_row!(batcher, row);
                     if batcher.len() >= BATCH_ROWS {
-                        out.send(batcher.finish())
+                        out.send(Extracted::Rows(batcher.finish()))
                             .await
                             .map_err(|_| SourceError::ConsumerGone)?;
                     }
@@ -781,7 +951,7 @@ impl Source {
         }
         let rows = batcher.total;
         if batcher.len() > 0 {
-            out.send(batcher.finish())
+            out.send(Extracted::Rows(batcher.finish()))
                 .await
                 .map_err(|_| SourceError::ConsumerGone)?;
         }
@@ -930,11 +1100,29 @@ impl Batcher {
         RecordBatch::try_new(self.schema.clone(), arrays).expect("builders follow the schema")
     }
 
+    /// An empty batcher of the same columns.
+    fn empty_like(&self) -> Batcher {
+        Batcher {
+            schema: self.schema.clone(),
+            table: self.table.clone(),
+            names: self.names.clone(),
+            types: self.types.clone(),
+            builders: self.types.iter().map(|t| new_builder(*t)).collect(),
+            len: 0,
+            total: 0,
+        }
+    }
+
     fn bad(&self, col: usize, source: sqlx::Error) -> SourceError {
+        self.bad_at(col, self.total + 1, source)
+    }
+
+    /// A bad value in column `col` of source row `row` (counted from 1).
+    fn bad_at(&self, col: usize, row: u64, source: sqlx::Error) -> SourceError {
         SourceError::BadValue {
             table: self.table.clone(),
             column: self.names[col].clone(),
-            row: self.total + 1,
+            row,
             expected: self.types[col].expected(),
             source,
         }
@@ -959,6 +1147,114 @@ const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Routes on column 1: "101" goes to parts 101 and 7, "147" to 147, anything else nowhere.
+    struct ByCode {
+        columns: Vec<usize>,
+    }
+
+    impl Partition for ByCode {
+        fn columns(&self) -> &[usize] {
+            &self.columns
+        }
+        fn parts(&mut self, values: &[Option<&str>], out: &mut Vec<usize>) {
+            match values[0] {
+                Some("101") => out.extend([101, 7]),
+                Some("147") => out.push(147),
+                _ => {}
+            }
+        }
+        fn part_rows(&self) -> usize {
+            50
+        }
+        fn budget_bytes(&self) -> usize {
+            1500
+        }
+    }
+
+    fn tuple_bytes(id: i64, code: Option<&str>) -> Vec<u8> {
+        let mut t = 2i16.to_be_bytes().to_vec();
+        t.extend_from_slice(&8i32.to_be_bytes());
+        t.extend_from_slice(&id.to_be_bytes());
+        match code {
+            None => t.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(c) => {
+                t.extend_from_slice(&(c.len() as i32).to_be_bytes());
+                t.extend_from_slice(c.as_bytes());
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn a_partitioned_copy_gives_each_part_exactly_its_rows_in_order_within_budget() {
+        let columns: Vec<Column> = [("id", ColumnType::Int64), ("code", ColumnType::Text)]
+            .into_iter()
+            .map(|(n, ty)| Column {
+                name: n.into(),
+                ty,
+                sql_type: String::new(),
+            })
+            .collect();
+        let batcher = Batcher::new(arrow_schema(&columns), &columns, "t");
+        let codes = [Some("101"), Some("147"), Some("147"), Some("999"), None];
+        let mut partition = ByCode { columns: vec![1] };
+        let mut parts = Parts::new(&mut partition, &batcher);
+        let mut decoder = pgcopy::CopyDecoder::new(2);
+        let mut stream = b"PGCOPY\n\xff\r\n\0".to_vec();
+        stream.extend_from_slice(&[0; 8]);
+        decoder.feed(&stream, &mut |_| unreachable!()).unwrap();
+        let mut ready = Vec::new();
+        let mut expected: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
+        let rows = 1000i64;
+        for id in 0..rows {
+            let code = codes[id as usize % codes.len()];
+            for part in match code {
+                Some("101") => vec![101, 7],
+                Some("147") => vec![147],
+                _ => vec![],
+            } {
+                expected.entry(part).or_default().push(id);
+            }
+            decoder
+                .feed(&tuple_bytes(id, code), &mut |t| parts.append(t, &mut ready))
+                .unwrap();
+            assert!(parts.bytes <= 1500, "unsent bytes stay within the budget");
+        }
+        decoder
+            .feed(&(-1i16).to_be_bytes(), &mut |_| unreachable!())
+            .unwrap();
+        decoder.finish().unwrap();
+        parts.finish(&mut ready);
+        assert_eq!(parts.read, rows as u64);
+        let mut got: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
+        let mut read = 0;
+        let mut small = 0;
+        for item in &ready {
+            let Extracted::Part {
+                part,
+                batch,
+                read: r,
+            } = item
+            else {
+                panic!("a partitioned extract sends parts");
+            };
+            read += r;
+            assert!(batch.num_rows() <= 50 && batch.num_rows() > 0);
+            small += usize::from(batch.num_rows() < 50);
+            let ids = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .unwrap();
+            got.entry(*part).or_default().extend(ids.values().iter());
+        }
+        assert_eq!(got, expected);
+        // The parts left at the end are sent after the last row was read.
+        assert_eq!(read, rows as u64);
+        // The budget, not only the row count, sent parts.
+        assert!(small > 3, "{small} parts sent below 50 rows");
+    }
 
     #[test]
     fn redacts_passwords() {

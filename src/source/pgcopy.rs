@@ -11,9 +11,11 @@
 //!
 //! Chunks arrive as the server's CopyData messages, one per row in practice,
 //! but the decoder takes any split: an incomplete tuple waits for the next
-//! chunk, and a tuple is appended only once all of it has arrived. A bad
-//! value fails the extract (the batcher is then dropped). Errors name the
-//! column, never the value.
+//! chunk, and a tuple is handed on only once all of it has arrived. The
+//! caller decides where a tuple goes (one batcher, or the batcher of each
+//! part it is routed to) and appends it with [`append_tuple`]. A bad value
+//! fails the extract (the batchers are then dropped). Errors name the column,
+//! never the value.
 
 use super::{Batcher, ColBuilder};
 
@@ -38,8 +40,28 @@ enum State {
     Done,
 }
 
+/// One whole tuple of the stream: its bytes and where each field lies.
+pub struct Tuple<'a> {
+    buf: &'a [u8],
+    spans: &'a [Option<(usize, usize)>],
+    /// The tuple's length in the stream, about what its values take in Arrow.
+    pub bytes: usize,
+}
+
+impl<'a> Tuple<'a> {
+    /// The raw value of field `i`; `None` is SQL NULL.
+    pub fn field(&self, i: usize) -> Option<&'a [u8]> {
+        self.spans[i].map(|(s, l)| &self.buf[s..s + l])
+    }
+}
+
+/// What the decoder calls with each whole tuple.
+pub type OnTuple<'f> = dyn FnMut(&Tuple<'_>) -> Result<(), CopyError> + 'f;
+
 /// Decodes a binary COPY stream fed in arbitrary chunks.
 pub struct CopyDecoder {
+    /// Fields per tuple: the published columns.
+    columns: usize,
     state: State,
     /// Bytes of an incomplete header or tuple carried to the next chunk.
     carry: Vec<u8>,
@@ -47,36 +69,26 @@ pub struct CopyDecoder {
     spans: Vec<Option<(usize, usize)>>,
 }
 
-impl Default for CopyDecoder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl CopyDecoder {
-    pub fn new() -> Self {
+    pub fn new(columns: usize) -> Self {
         CopyDecoder {
+            columns,
             state: State::Header,
             carry: Vec::new(),
             spans: Vec::new(),
         }
     }
 
-    /// Appends every whole tuple of `chunk` (after any carried bytes) to
-    /// `batcher`; `on_row` runs after each row, so the caller can cut batches.
-    pub fn feed(
-        &mut self,
-        chunk: &[u8],
-        batcher: &mut Batcher,
-        on_row: &mut dyn FnMut(&mut Batcher),
-    ) -> Result<(), CopyError> {
+    /// Hands every whole tuple of `chunk` (after any carried bytes) to
+    /// `on_tuple`, in stream order.
+    pub fn feed(&mut self, chunk: &[u8], on_tuple: &mut OnTuple<'_>) -> Result<(), CopyError> {
         if self.carry.is_empty() {
-            let used = self.decode(chunk, batcher, on_row)?;
+            let used = self.decode(chunk, on_tuple)?;
             self.carry.extend_from_slice(&chunk[used..]);
         } else {
             let mut buf = std::mem::take(&mut self.carry);
             buf.extend_from_slice(chunk);
-            let used = self.decode(&buf, batcher, on_row)?;
+            let used = self.decode(&buf, on_tuple)?;
             buf.drain(..used);
             self.carry = buf;
         }
@@ -98,12 +110,7 @@ impl CopyDecoder {
     }
 
     /// Decodes what is whole in `buf`; returns the bytes used.
-    fn decode(
-        &mut self,
-        buf: &[u8],
-        batcher: &mut Batcher,
-        on_row: &mut dyn FnMut(&mut Batcher),
-    ) -> Result<usize, CopyError> {
+    fn decode(&mut self, buf: &[u8], on_tuple: &mut OnTuple<'_>) -> Result<usize, CopyError> {
         let mut pos = 0;
         loop {
             match self.state {
@@ -149,7 +156,7 @@ impl CopyDecoder {
                         self.state = State::Done;
                         continue;
                     }
-                    let ncols = batcher.builders.len();
+                    let ncols = self.columns;
                     if fields as usize != ncols || fields < 0 {
                         return Err(CopyError::Format(format!(
                             "a tuple of {fields} fields where {ncols} are expected"
@@ -177,19 +184,27 @@ impl CopyDecoder {
                             at += len;
                         }
                     }
-                    for (column, span) in self.spans.iter().enumerate() {
-                        let value = span.map(|(s, l)| &rest[s..s + l]);
-                        append(&mut batcher.builders[column], value)
-                            .map_err(|reason| CopyError::Value { column, reason })?;
-                    }
-                    batcher.len += 1;
-                    batcher.total += 1;
+                    on_tuple(&Tuple {
+                        buf: rest,
+                        spans: &self.spans,
+                        bytes: at,
+                    })?;
                     pos += at;
-                    on_row(batcher);
                 }
             }
         }
     }
+}
+
+/// Appends one tuple to `batcher` as its next row.
+pub fn append_tuple(batcher: &mut Batcher, tuple: &Tuple<'_>) -> Result<(), CopyError> {
+    for (column, builder) in batcher.builders.iter_mut().enumerate() {
+        append(builder, tuple.field(column))
+            .map_err(|reason| CopyError::Value { column, reason })?;
+    }
+    batcher.len += 1;
+    batcher.total += 1;
+    Ok(())
 }
 
 fn be_u32(b: &[u8]) -> u32 {
@@ -326,9 +341,9 @@ mod tests {
     fn decode_in(chunks: &[&[u8]]) -> Result<RecordBatch, CopyError> {
         let cols = columns();
         let mut batcher = Batcher::new(arrow_schema(&cols), &cols, "t");
-        let mut decoder = CopyDecoder::new();
+        let mut decoder = CopyDecoder::new(cols.len());
         for c in chunks {
-            decoder.feed(c, &mut batcher, &mut |_| {})?;
+            decoder.feed(c, &mut |t| append_tuple(&mut batcher, t))?;
         }
         decoder.finish()?;
         Ok(batcher.finish())
