@@ -726,26 +726,34 @@ async fn bench_load(
     let mut total_rows = 0u64;
     let mut total_secs = 0f64;
     for area in &config.areas {
-        // Earlier writes (the generator, the previous area's files and person
-        // index) are flushed first, so their writeback does not slow this load's fsyncs.
-        let _ = std::process::Command::new("sync").status();
         let _ = std::fs::write("/proc/self/clear_refs", "5");
-        let r = app::full_loads(&config, Some(&area.id)).await?.remove(0);
-        let secs = r.elapsed.as_secs_f64();
-        let peak = peak_rss() as f64 / (1 << 20) as f64;
-        total_rows += r.rows_read;
-        total_secs += secs;
-        // PostgreSQL's own binary COPY of the same query, right after (warm
-        // cache); the fastest of three, as the runs on a shared machine vary.
+        // Three rounds of a load, then PostgreSQL's own binary COPY of the
+        // same query (warm cache); the fastest of each counts. Taking turns
+        // spreads this shared machine's swings over both. The loads run as
+        // `udstil load` runs them, without recording in the state database
+        // or indexing persons afterwards (neither counts in a load's time).
         let columns = src.published_columns(area).await?;
+        let mut best: Option<udstil::load::LoadReport> = None;
         let mut copy_rate: Option<f64> = None;
         for _ in 0..3 {
+            // Earlier writes (the generator, the previous load's files) are
+            // flushed first, so their writeback does not slow this load's fsyncs.
+            let _ = std::process::Command::new("sync").status();
+            let r = udstil::load::full_load(&config, &src, area, None).await?;
             let t = std::time::Instant::now();
             if src.copy_full_extract(area, &columns).await?.is_some() {
                 let rate = r.rows_read as f64 / t.elapsed().as_secs_f64();
                 copy_rate = Some(copy_rate.map_or(rate, |c| c.max(rate)));
             }
+            if best.as_ref().is_none_or(|b| r.elapsed < b.elapsed) {
+                best = Some(r);
+            }
         }
+        let r = best.expect("three loads ran");
+        let secs = r.elapsed.as_secs_f64();
+        let peak = peak_rss() as f64 / (1 << 20) as f64;
+        total_rows += r.rows_read;
+        total_secs += secs;
         println!(
             "{:<30} {:>10} {:>10.2} {:>12.0} {:>14.1} {:>12} {:>8}",
             r.area,
