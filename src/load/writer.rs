@@ -488,8 +488,10 @@ impl Drop for Fanout {
 }
 
 /// Columns whose values are (nearly) all distinct: the key, the person
-/// column and timestamps. A dictionary cannot shrink them, and building one
-/// (hashing and interning every value) was a third of the encoders' time.
+/// column and timestamps. A dictionary does not shrink them, yet building
+/// one hashes and interns every value (about a fifth of the encoders' CPU in
+/// a profile of a joblog load); without it joblog's files at 1M citizens were
+/// 17% smaller (115.7 vs 139.4 MB).
 fn plain_columns(area: &Area, schema: &SchemaRef) -> Vec<String> {
     schema
         .fields()
