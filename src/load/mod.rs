@@ -352,7 +352,7 @@ pub async fn full_load(
         .with_legacy(legacy_spec(area, 'F', load_id.at, load_id.at));
     let mut router = fanout.router();
     let result = pipeline(area, &staging, fanout, progress, |tx| {
-        source.full_extract(area, &columns, Some(&mut router), tx)
+        source.full_extract(area, &columns, &mut router, tx)
     })
     .await;
     let (snapshot, (mut outputs, mut withheld)) = result?;
@@ -558,9 +558,8 @@ fn publish_all(
     };
     // Write every manifest first; only then move folders into the tree, so a
     // failure before the renames publishes nothing at all. Each step runs for
-    // all authorities at once: it is mostly waiting for fsyncs, which the
-    // disk and the file system's journal take together far faster than one
-    // after another (joblog: over 500 of them).
+    // all authorities at once, as it is mostly waiting for fsyncs (joblog:
+    // about 600), so the waits overlap rather than add up.
     let prepared = in_parallel(outputs.into_iter().collect(), |(authority, out)| {
         let dir = staging
             .join(authority.kind.as_str())
@@ -635,8 +634,8 @@ fn publish_all(
 const IO_THREADS: usize = 16;
 
 /// Runs `f` on every item on up to [`IO_THREADS`] threads; the results in
-/// the items' order, or the first error met (items not yet started are then
-/// skipped).
+/// the items' order, or the error of a failing item (once one fails, items
+/// not yet started are skipped).
 fn in_parallel<T, R, F>(items: Vec<T>, f: F) -> Result<Vec<R>, LoadError>
 where
     T: Send,

@@ -1,7 +1,9 @@
 //! Fan-out of record batches to authorities, writing Parquet while the
 //! extract runs:
 //! - the routing thread (`Fanout::write`) splits each batch by authority and
-//!   keeps the parts as pending rows per authority;
+//!   keeps the parts as pending rows per authority; a full extract from
+//!   PostgreSQL is split while it is decoded instead (`Router`, a
+//!   `source::Partition`), and each of its parts is one job (`Fanout::take`);
 //! - an authority's pending rows go to an encoder thread as one job once they
 //!   reach [`JOB_ROWS`], or, when all pending rows together pass
 //!   [`PENDING_BYTES`], the largest go first;

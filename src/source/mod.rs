@@ -266,10 +266,6 @@ pub struct Snapshot {
 }
 
 pub const BATCH_ROWS: usize = 8192;
-/// A binary COPY's batches are larger: routing splits each batch into a part
-/// per authority (about 120), and parts of a few dozen rows cost more in
-/// allocation and per-part overhead than in data.
-pub const COPY_BATCH_ROWS: usize = 32 * 1024;
 
 /// What an extract sends its consumer.
 #[derive(Debug)]
@@ -459,15 +455,15 @@ impl Source {
 
     /// Streams the current state of `area` (drafts left out) as record batches
     /// into `out`, from one consistent snapshot that also gives the watermark.
-    /// From PostgreSQL, with a `partition`, the rows arrive split into parts
-    /// ([`Extracted::Part`]); otherwise as [`Extracted::Rows`]. Memory is
-    /// bounded by the channel's capacity times [`BATCH_ROWS`]
-    /// ([`COPY_BATCH_ROWS`] from PostgreSQL), or by the partition's budget.
+    /// From PostgreSQL the rows arrive split by `partition` into parts
+    /// ([`Extracted::Part`]), and memory is bounded by its budget; from
+    /// SQLite as [`Extracted::Rows`] of [`BATCH_ROWS`], bounded by the
+    /// channel's capacity, for the consumer to route.
     pub async fn full_extract(
         &self,
         area: &Area,
         columns: &[Column],
-        partition: Option<&mut dyn Partition>,
+        partition: &mut dyn Partition,
         out: mpsc::Sender<Extracted>,
     ) -> Result<Snapshot, SourceError> {
         let schema = arrow_schema(columns);
@@ -527,15 +523,14 @@ impl Source {
     }
 }
 
-/// Streams `COPY (sql) TO STDOUT (FORMAT binary)` into `batcher`, sending a
-/// batch every [`COPY_BATCH_ROWS`] rows (the last, partial one stays in
-/// `batcher`, whose `total` counts every row read). With a `partition`, each
-/// row goes instead into the batcher of each of its parts ([`Parts`]).
+/// Streams `COPY (sql) TO STDOUT (FORMAT binary)` into the batchers of the
+/// parts each row goes to ([`Parts`]), sending them as they fill. `batcher`
+/// holds no rows: it gives the columns, and its `total` counts every row read.
 async fn copy_rows(
     conn: &mut sqlx::PgConnection,
     sql: &str,
     batcher: &mut Batcher,
-    partition: Option<&mut dyn Partition>,
+    partition: &mut dyn Partition,
     out: &mpsc::Sender<Extracted>,
 ) -> Result<(), SourceError> {
     let table = batcher.table.clone();
@@ -546,7 +541,7 @@ async fn copy_rows(
     let statement = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
     let mut stream = conn.copy_out_raw(&statement).await.map_err(qerr)?;
     let mut decoder = pgcopy::CopyDecoder::new(batcher.builders.len());
-    let mut parts = partition.map(|p| Parts::new(p, batcher));
+    let mut parts = Parts::new(partition, batcher);
     let mut ready = Vec::new();
     // A bad value's row is the row being read: one past those read before it.
     let copy_err = |batcher: &Batcher, read: u64, e: pgcopy::CopyError| match e {
@@ -557,30 +552,21 @@ async fn copy_rows(
             batcher.bad_at(column, read + 1, sqlx::Error::Decode(reason.into()))
         }
     };
-    while let Some(chunk) = stream.try_next().await.map_err(qerr)? {
-        let fed = match &mut parts {
-            None => decoder.feed(&chunk, &mut |tuple| {
-                pgcopy::append_tuple(batcher, tuple)?;
-                if batcher.len() >= COPY_BATCH_ROWS {
-                    ready.push(Extracted::Rows(batcher.finish()));
-                }
-                Ok(())
-            }),
-            Some(parts) => decoder.feed(&chunk, &mut |tuple| parts.append(tuple, &mut ready)),
-        };
-        let read = parts.as_ref().map_or(batcher.total, |p| p.read);
-        fed.map_err(|e| copy_err(batcher, read, e))?;
-        for item in ready.drain(..) {
-            out.send(item)
-                .await
-                .map_err(|_| SourceError::ConsumerGone)?;
+    let mut done = false;
+    while !done {
+        match stream.try_next().await.map_err(qerr)? {
+            Some(chunk) => decoder
+                .feed(&chunk, &mut |tuple| parts.append(tuple, &mut ready))
+                .map_err(|e| copy_err(batcher, parts.read, e))?,
+            None => {
+                decoder
+                    .finish()
+                    .map_err(|e| copy_err(batcher, parts.read, e))?;
+                parts.finish(&mut ready);
+                batcher.total = parts.read;
+                done = true;
+            }
         }
-    }
-    let read = parts.as_ref().map_or(batcher.total, |p| p.read);
-    decoder.finish().map_err(|e| copy_err(batcher, read, e))?;
-    if let Some(mut parts) = parts {
-        parts.finish(&mut ready);
-        batcher.total = parts.read;
         for item in ready.drain(..) {
             out.send(item)
                 .await
