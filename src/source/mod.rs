@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder,
-    StringBuilder, TimestampMicrosecondBuilder,
+    BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int16Builder, Int32Builder,
+    Int64Builder, TimestampMicrosecondBuilder,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -51,7 +51,7 @@ macro_rules! append_row {
                 }
                 ColBuilder::Text(b) => row
                     .try_get::<Option<&str>, _>(i)
-                    .map(|v| b.append_option(v)),
+                    .map(|v| b.append_option(v.map(str::as_bytes))),
                 ColBuilder::Date(b) => row
                     .try_get::<Option<NaiveDate>, _>(i)
                     .map(|v| b.append_option(v.map(|d| (d - EPOCH).num_days() as i32))),
@@ -1031,7 +1031,9 @@ enum ColBuilder {
     Int32(Int32Builder),
     Int64(Int64Builder),
     Float64(Float64Builder),
-    Text(StringBuilder),
+    /// Text as bytes, each value checked to be UTF-8 when appended; the
+    /// batch is made a `StringArray` when it is cut (see `Batcher::finish`).
+    Text(BinaryBuilder),
     Date(Date32Builder),
     Timestamp(TimestampMicrosecondBuilder),
 }
@@ -1076,7 +1078,12 @@ impl Batcher {
                     ColBuilder::Int32(b) => Arc::new(b.finish()),
                     ColBuilder::Int64(b) => Arc::new(b.finish()),
                     ColBuilder::Float64(b) => Arc::new(b.finish()),
-                    ColBuilder::Text(b) => Arc::new(b.finish()),
+                    // Checked once more here, as one buffer: cheaper than a
+                    // `StringBuilder`'s per-value check, which it replaces.
+                    ColBuilder::Text(b) => Arc::new(
+                        arrow_array::StringArray::try_from_binary(b.finish())
+                            .expect("every text value was checked when appended"),
+                    ),
                     ColBuilder::Date(b) => Arc::new(b.finish()),
                     ColBuilder::Timestamp(b) => Arc::new(b.finish().with_timezone("UTC")),
                 }
@@ -1122,7 +1129,7 @@ fn new_builder(t: ColumnType) -> ColBuilder {
         ColumnType::Int32 => ColBuilder::Int32(Int32Builder::new()),
         ColumnType::Int64 => ColBuilder::Int64(Int64Builder::new()),
         ColumnType::Float64 => ColBuilder::Float64(Float64Builder::new()),
-        ColumnType::Text => ColBuilder::Text(StringBuilder::new()),
+        ColumnType::Text => ColBuilder::Text(BinaryBuilder::new()),
         ColumnType::Date => ColBuilder::Date(Date32Builder::new()),
         ColumnType::Timestamp => ColBuilder::Timestamp(TimestampMicrosecondBuilder::new()),
     }
