@@ -530,9 +530,11 @@ fn finish(
         removed: 0,
         elapsed: Duration::ZERO,
     };
+    let written = started.elapsed();
     let published = publish_all(root, staging, &plan, outputs, &mut report);
     let _ = std::fs::remove_dir_all(staging);
     published?;
+    let published_at = started.elapsed();
     // Retention runs after the new load is in place; a failure here leaves
     // extra loads behind, never fewer, so it is logged and not fatal.
     match apply_retention(root, plan.area) {
@@ -540,6 +542,13 @@ fn finish(
         Err(e) => tracing::warn!(area = %plan.area.id, error = %e, "retention failed"),
     }
     report.elapsed = started.elapsed();
+    tracing::debug!(
+        area = %plan.area.id,
+        written_ms = written.as_millis() as u64,
+        published_ms = published_at.as_millis() as u64,
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "load phases"
+    );
     Ok(report)
 }
 
