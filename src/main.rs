@@ -214,6 +214,12 @@ enum BenchCommand {
         /// After the full loads: apply this many changes and time one delta of joblog.
         #[arg(long, default_value_t = 10_000)]
         delta_changes: u64,
+        /// Time only these areas (all when none is given).
+        #[arg(long = "area")]
+        areas: Vec<String>,
+        /// Rounds of a load then a COPY per area; the fastest of each counts.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
     },
 }
 
@@ -357,8 +363,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     work_dir,
                     no_generate,
                     delta_changes,
+                    areas,
+                    rounds,
                 },
-        } => bench_load(&source, citizens, &work_dir, no_generate, delta_changes).await,
+        } => {
+            let opts = BenchOptions {
+                citizens,
+                no_generate,
+                delta_changes,
+                areas,
+                rounds,
+            };
+            bench_load(&source, &work_dir, &opts).await
+        }
     }
 }
 
@@ -679,13 +696,71 @@ fn peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-async fn bench_load(
-    source: &str,
+/// CPU seconds used so far by this process and by the local PostgreSQL's
+/// processes (user + system; a reaped parallel worker counts in the
+/// postmaster's children time), and the machine's idle seconds summed over
+/// its cores. Linux only; PostgreSQL reads 0 when it runs elsewhere.
+fn cpu_seconds() -> (f64, f64, f64) {
+    // /proc/<pid>/stat fields after the command name: utime is the 12th,
+    // then stime, cutime, cstime; in clock ticks (USER_HZ, 100 on Linux).
+    fn ticks(stat: &str) -> Option<(String, u64)> {
+        let open = stat.find('(')?;
+        let close = stat.rfind(')')?;
+        let comm = stat[open + 1..close].to_string();
+        let f: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let sum = f
+            .get(11..15)?
+            .iter()
+            .map(|v| v.parse::<u64>().unwrap_or(0))
+            .sum();
+        Some((comm, sum))
+    }
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| ticks(&s))
+        .map_or(0, |(_, t)| t);
+    let mut pg = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(s) = std::fs::read_to_string(entry.path().join("stat"))
+            && let Some((comm, t)) = ticks(&s)
+            && comm == "postgres"
+        {
+            pg += t;
+        }
+    }
+    // The first line of /proc/stat: "cpu  user nice system idle iowait ...".
+    let idle: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let first = s.lines().next()?.to_string();
+            Some(
+                first
+                    .split_whitespace()
+                    .skip(4)
+                    .take(2)
+                    .filter_map(|v| v.parse::<u64>().ok())
+                    .sum(),
+            )
+        })
+        .unwrap_or(0);
+    (own as f64 / 100.0, pg as f64 / 100.0, idle as f64 / 100.0)
+}
+
+struct BenchOptions {
     citizens: u64,
-    work: &Path,
     no_generate: bool,
     delta_changes: u64,
-) -> anyhow::Result<ExitCode> {
+    areas: Vec<String>,
+    rounds: u32,
+}
+
+async fn bench_load(source: &str, work: &Path, opts: &BenchOptions) -> anyhow::Result<ExitCode> {
+    let BenchOptions {
+        citizens,
+        no_generate,
+        delta_changes,
+        ..
+    } = *opts;
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
     let work = std::fs::canonicalize(work)?;
@@ -725,9 +800,16 @@ async fn bench_load(
     let src = Source::connect(source).await?;
     let mut total_rows = 0u64;
     let mut total_secs = 0f64;
-    for area in &config.areas {
+    if let Some(unknown) = opts.areas.iter().find(|a| config.area(a).is_none()) {
+        anyhow::bail!("--area {unknown}: no such area in the bench config");
+    }
+    let chosen = config
+        .areas
+        .iter()
+        .filter(|a| opts.areas.is_empty() || opts.areas.contains(&a.id));
+    for area in chosen {
         let _ = std::fs::write("/proc/self/clear_refs", "5");
-        // Three rounds of a load, then PostgreSQL's own binary COPY of the
+        // Rounds of a load, then PostgreSQL's own binary COPY of the
         // same query (warm cache); the fastest of each counts. Taking turns
         // spreads this shared machine's swings over both. The loads run as
         // `udstil load` runs them, without recording in the state database
@@ -735,21 +817,31 @@ async fn bench_load(
         let columns = src.published_columns(area).await?;
         let mut best: Option<udstil::load::LoadReport> = None;
         let mut copy_rate: Option<f64> = None;
-        for _ in 0..3 {
+        // CPU seconds (udstil, PostgreSQL, idle) of the fastest load and COPY.
+        let (mut load_cpu, mut copy_cpu) = ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0));
+        let spent = |a: (f64, f64, f64), b: (f64, f64, f64)| (b.0 - a.0, b.1 - a.1, b.2 - a.2);
+        for _ in 0..opts.rounds {
             // Earlier writes (the generator, the previous load's files) are
             // flushed first, so their writeback does not slow this load's fsyncs.
             let _ = std::process::Command::new("sync").status();
+            let c0 = cpu_seconds();
             let r = udstil::load::full_load(&config, &src, area, None).await?;
+            let c1 = cpu_seconds();
             let t = std::time::Instant::now();
             if src.copy_full_extract(area, &columns).await?.is_some() {
+                let c2 = cpu_seconds();
                 let rate = r.rows_read as f64 / t.elapsed().as_secs_f64();
-                copy_rate = Some(copy_rate.map_or(rate, |c| c.max(rate)));
+                if copy_rate.is_none_or(|c| rate > c) {
+                    copy_rate = Some(rate);
+                    copy_cpu = spent(c1, c2);
+                }
             }
             if best.as_ref().is_none_or(|b| r.elapsed < b.elapsed) {
                 best = Some(r);
+                load_cpu = spent(c0, c1);
             }
         }
-        let r = best.expect("three loads ran");
+        let r = best.expect("at least one round ran");
         let secs = r.elapsed.as_secs_f64();
         let peak = peak_rss() as f64 / (1 << 20) as f64;
         total_rows += r.rows_read;
@@ -766,6 +858,10 @@ async fn bench_load(
                 "{:.2}",
                 (r.rows_read as f64 / secs) / c
             )),
+        );
+        println!(
+            "{:<30} CPU seconds: load udstil {:.2} + PostgreSQL {:.2}, idle {:.2}; COPY udstil {:.2} + PostgreSQL {:.2}, idle {:.2}",
+            "", load_cpu.0, load_cpu.1, load_cpu.2, copy_cpu.0, copy_cpu.1, copy_cpu.2
         );
     }
     println!(
