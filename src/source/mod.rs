@@ -1078,8 +1078,8 @@ impl Batcher {
                     ColBuilder::Int32(b) => Arc::new(b.finish()),
                     ColBuilder::Int64(b) => Arc::new(b.finish()),
                     ColBuilder::Float64(b) => Arc::new(b.finish()),
-                    // Checked once more here, as one buffer: cheaper than a
-                    // `StringBuilder`'s per-value check, which it replaces.
+                    // One pass over the whole buffer; the per-value check on
+                    // append is only `is_ascii` for ASCII values.
                     ColBuilder::Text(b) => Arc::new(
                         arrow_array::StringArray::try_from_binary(b.finish())
                             .expect("every text value was checked when appended"),
