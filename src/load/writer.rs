@@ -727,6 +727,7 @@ fn encode(shared: &Shared, jobs: Receiver<Job>) -> EncoderResult {
             current.writer.write(&batch.slice(at, n)).map_err(pq)?;
             // Closing the row group frees its column encoders until the next job.
             current.writer.flush().map_err(pq)?;
+            start_writeback(current.writer.inner().inner.get_ref());
             current.rows += n as u64;
             at += n;
             if current.rows >= shared.file_rows {
@@ -820,6 +821,24 @@ fn open_file(shared: &Shared, dir: &Path, index: usize) -> Result<OpenFile, Load
         writer,
         rows: 0,
     })
+}
+
+/// Starts writing a file's dirty pages to disk without waiting for them,
+/// so the fsync when the load is published has little left to do (joblog at
+/// 1M citizens writes ~115 MB, and those fsyncs held publication up).
+fn start_writeback(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: an open descriptor and plain integers; nothing is read or
+        // written through pointers. Best effort: a failed writeback is
+        // reported by the fsync at publication.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
 }
 
 struct OpenFile {
