@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_array::builder::{
-    BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int16Builder, Int32Builder,
-    Int64Builder, TimestampMicrosecondBuilder,
+    BooleanBuilder, Date32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder,
+    TimestampMicrosecondBuilder,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use crate::config::{Area, TableColumns};
 
 mod pgcopy;
+mod text;
 
 /// The same decoding for SQLite and PostgreSQL rows (their row types differ,
 /// the code does not). Errors name the column and row, never the value.
@@ -49,9 +50,7 @@ macro_rules! append_row {
                 ColBuilder::Float64(b) => {
                     row.try_get::<Option<f64>, _>(i).map(|v| b.append_option(v))
                 }
-                ColBuilder::Text(b) => row
-                    .try_get::<Option<&str>, _>(i)
-                    .map(|v| b.append_option(v.map(str::as_bytes))),
+                ColBuilder::Text(b) => row.try_get::<Option<&str>, _>(i).map(|v| b.append_str(v)),
                 ColBuilder::Date(b) => row
                     .try_get::<Option<NaiveDate>, _>(i)
                     .map(|v| b.append_option(v.map(|d| (d - EPOCH).num_days() as i32))),
@@ -1031,9 +1030,7 @@ enum ColBuilder {
     Int32(Int32Builder),
     Int64(Int64Builder),
     Float64(Float64Builder),
-    /// Text as bytes, each value checked to be UTF-8 when appended; the
-    /// batch is made a `StringArray` when it is cut (see `Batcher::finish`).
-    Text(BinaryBuilder),
+    Text(text::TextBuilder),
     Date(Date32Builder),
     Timestamp(TimestampMicrosecondBuilder),
 }
@@ -1078,12 +1075,7 @@ impl Batcher {
                     ColBuilder::Int32(b) => Arc::new(b.finish()),
                     ColBuilder::Int64(b) => Arc::new(b.finish()),
                     ColBuilder::Float64(b) => Arc::new(b.finish()),
-                    // One pass over the whole buffer; the per-value check on
-                    // append is only `is_ascii` for ASCII values.
-                    ColBuilder::Text(b) => Arc::new(
-                        arrow_array::StringArray::try_from_binary(b.finish())
-                            .expect("every text value was checked when appended"),
-                    ),
+                    ColBuilder::Text(b) => Arc::new(b.finish()),
                     ColBuilder::Date(b) => Arc::new(b.finish()),
                     ColBuilder::Timestamp(b) => Arc::new(b.finish().with_timezone("UTC")),
                 }
@@ -1129,7 +1121,7 @@ fn new_builder(t: ColumnType) -> ColBuilder {
         ColumnType::Int32 => ColBuilder::Int32(Int32Builder::new()),
         ColumnType::Int64 => ColBuilder::Int64(Int64Builder::new()),
         ColumnType::Float64 => ColBuilder::Float64(Float64Builder::new()),
-        ColumnType::Text => ColBuilder::Text(BinaryBuilder::new()),
+        ColumnType::Text => ColBuilder::Text(text::TextBuilder::default()),
         ColumnType::Date => ColBuilder::Date(Date32Builder::new()),
         ColumnType::Timestamp => ColBuilder::Timestamp(TimestampMicrosecondBuilder::new()),
     }

@@ -241,14 +241,9 @@ fn append(builder: &mut ColBuilder, value: Option<&[u8]>) -> Result<(), String> 
         ColBuilder::Int32(b) => b.append_value(i32::from_be_bytes(fixed(v)?)),
         ColBuilder::Int64(b) => b.append_value(i64::from_be_bytes(fixed(v)?)),
         ColBuilder::Float64(b) => b.append_value(f64::from_be_bytes(fixed(v)?)),
-        ColBuilder::Text(b) => {
-            // Most text is ASCII, which `is_ascii` checks faster than
-            // `from_utf8` does on short values; anything else gets the full check.
-            if !v.is_ascii() {
-                std::str::from_utf8(v).map_err(|e| format!("not valid UTF-8 ({e})"))?;
-            }
-            b.append_value(v)
-        }
+        ColBuilder::Text(b) => b
+            .append_utf8(v)
+            .map_err(|e| format!("not valid UTF-8 ({e})"))?,
         ColBuilder::Date(b) => {
             let days = i32::from_be_bytes(fixed(v)?);
             if days == i32::MAX || days == i32::MIN {
