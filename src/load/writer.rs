@@ -842,15 +842,15 @@ fn open_file(shared: &Shared, dir: &Path, index: usize) -> Result<OpenFile, Load
 }
 
 /// Starts writing a file's dirty pages to disk without waiting for them,
-/// so the fsync when the load is published has little left to do (joblog at
-/// 1M citizens writes ~115 MB, and those fsyncs held publication up).
+/// so the sync when the load is published has little left to do (joblog at
+/// 1M citizens writes ~115 MB, which held publication up).
 fn start_writeback(file: &File) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
         // SAFETY: an open descriptor and plain integers; nothing is read or
         // written through pointers. Best effort: a failed writeback is
-        // reported by the fsync at publication.
+        // reported by `syncfs` at publication (Linux 5.8 and later).
         unsafe {
             libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
         }
