@@ -91,7 +91,13 @@ fn loads(area_dir: &Path) -> Vec<(LoadId, PathBuf, Manifest)> {
         };
         for e in rd {
             let p = e.unwrap().path();
-            let id = LoadId::parse(&p.file_name().unwrap().to_string_lossy()).unwrap();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            // What clients see: a kill inside retention leaves a `.removed-*`
+            // folder, hidden from them by its name until the next load deletes it.
+            if name.starts_with('.') {
+                continue;
+            }
+            let id = LoadId::parse(&name).unwrap();
             let m: Manifest =
                 serde_json::from_slice(&std::fs::read(p.join("MANIFEST.json")).unwrap()).unwrap();
             out.push((id, p, m));
