@@ -822,7 +822,7 @@ async fn bench_load(source: &str, work: &Path, opts: &BenchOptions) -> anyhow::R
         let spent = |a: (f64, f64, f64), b: (f64, f64, f64)| (b.0 - a.0, b.1 - a.1, b.2 - a.2);
         for _ in 0..opts.rounds {
             // Earlier writes (the generator, the previous load's files) are
-            // flushed first, so their writeback does not slow this load's fsyncs.
+            // flushed first, so their writeback does not slow this load's sync.
             let _ = std::process::Command::new("sync").status();
             let c0 = cpu_seconds();
             let r = udstil::load::full_load(&config, &src, area, None).await?;
