@@ -398,6 +398,11 @@ impl Fanout {
         };
         self.pending_bytes -= p.bytes;
         if self.encoders.is_empty() {
+            let distinct = mostly_distinct_text(&self.schema, &p.batches, &self.plain);
+            if !distinct.is_empty() {
+                tracing::debug!(area = %self.area, columns = ?distinct, "mostly distinct text, written without a dictionary");
+            }
+            self.plain.extend(distinct);
             let shared = Arc::new(Shared {
                 staging: self.staging.clone(),
                 area: self.area.clone(),
@@ -510,6 +515,55 @@ fn plain_columns(area: &Area, schema: &SchemaRef) -> Vec<String> {
         })
         .map(|f| f.name().clone())
         .collect()
+}
+
+/// How many of a text column's values [`mostly_distinct_text`] looks at,
+/// and the fewest it decides on.
+const SAMPLE_VALUES: usize = 4096;
+const SAMPLE_MIN: usize = 1024;
+
+/// Text columns not already plain whose values in `batches` (a load's first
+/// job, a row group's worth of one authority's rows) are at least 90%
+/// distinct. For such a column parquet hashes and interns every value into a
+/// dictionary about as large as the data, and falls back to plain encoding
+/// once the dictionary passes its size limit. Joblog's employer number
+/// (`arbejdsgiver_cvr`) is one, in the synthetic data: written plain, a
+/// joblog bench round at 50K citizens took 2.6% fewer instructions
+/// (callgrind: 2,038M to 1,984M) and its files were 3% smaller (6.39 to
+/// 6.20 MB). The first job decides for the whole load, so
+/// all its files are written alike; a first job too small to judge keeps
+/// every dictionary.
+fn mostly_distinct_text(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    plain: &[String],
+) -> Vec<String> {
+    let mut distinct_columns = Vec::new();
+    for (i, field) in schema.fields().iter().enumerate() {
+        if !matches!(field.data_type(), arrow_schema::DataType::Utf8)
+            || plain.iter().any(|p| p == field.name())
+        {
+            continue;
+        }
+        let mut seen = 0;
+        let mut values = std::collections::HashSet::new();
+        'batches: for batch in batches {
+            let Some(column) = batch.column(i).as_any().downcast_ref::<StringArray>() else {
+                continue;
+            };
+            for v in column.iter().flatten() {
+                if seen == SAMPLE_VALUES {
+                    break 'batches;
+                }
+                seen += 1;
+                values.insert(v);
+            }
+        }
+        if seen >= SAMPLE_MIN && values.len() * 10 >= seen * 9 {
+            distinct_columns.push(field.name().clone());
+        }
+    }
+    distinct_columns
 }
 
 /// Text columns, written without min/max statistics: parquet compares every
@@ -1016,19 +1070,27 @@ mod tests {
         (ids, groups)
     }
 
-    #[test]
-    fn text_columns_have_no_min_max_and_numbers_do() {
+    /// Loads `batch` and gives the footer of the first municipality's first file.
+    fn first_footer(
+        columns: &[Column],
+        batch: &RecordBatch,
+    ) -> Arc<parquet::file::metadata::ParquetMetaData> {
         let tmp = tempfile::tempdir().unwrap();
-        let mut fanout = Fanout::new(tmp.path().to_path_buf(), &area(), &columns());
-        fanout.write(&batch(0, 100)).unwrap();
+        let mut fanout = Fanout::new(tmp.path().to_path_buf(), &area(), columns);
+        fanout.write(batch).unwrap();
         let (outputs, _) = fanout.finish().unwrap();
         let a = kommuner()[0];
         let dir = tmp.path().join(a.kind.as_str()).join(a.code_str());
         let file = File::open(dir.join(&outputs[&a].files[0].name)).unwrap();
-        let meta = ParquetRecordBatchReaderBuilder::try_new(file)
+        ParquetRecordBatchReaderBuilder::try_new(file)
             .unwrap()
             .metadata()
-            .clone();
+            .clone()
+    }
+
+    #[test]
+    fn text_columns_have_no_min_max_and_numbers_do() {
+        let meta = first_footer(&columns(), &batch(0, 100));
         let group = meta.row_group(0);
         let (id, kommune) = (group.column(0), group.column(1));
         assert_eq!(id.column_path().string(), "id");
@@ -1037,6 +1099,105 @@ mod tests {
         assert_eq!(stats.max_bytes_opt(), Some(&98i64.to_le_bytes()[..]));
         assert_eq!(kommune.column_path().string(), "kommune");
         assert!(kommune.statistics().is_none(), "{:?}", kommune.statistics());
+    }
+
+    /// Text columns of `rows` values: each value repeats `repeat` times in a
+    /// row (0: all NULL).
+    fn text_batch(columns: &[(&str, usize)], rows: usize) -> RecordBatch {
+        let fields: Vec<arrow_schema::Field> = columns
+            .iter()
+            .map(|(name, _)| arrow_schema::Field::new(*name, arrow_schema::DataType::Utf8, true))
+            .collect();
+        let arrays = columns
+            .iter()
+            .map(|(_, repeat)| -> arrow_array::ArrayRef {
+                Arc::new(StringArray::from_iter((0..rows).map(|i| match repeat {
+                    0 => None,
+                    r => Some(format!("{:08}", (i / r) * 7919 % 100_000_000)),
+                })))
+            })
+            .collect();
+        RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), arrays).unwrap()
+    }
+
+    /// One text column: `distinct - 1` different values, then one value repeated.
+    fn with_distinct(distinct: usize, rows: usize) -> RecordBatch {
+        let values = (0..rows).map(|i| format!("v{}", i.min(distinct - 1)));
+        let schema = arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+            "c",
+            arrow_schema::DataType::Utf8,
+            true,
+        )]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![Arc::new(StringArray::from_iter_values(values))],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_text_columns_nearly_all_distinct_in_enough_values_go_without_a_dictionary() {
+        let cols = [
+            ("unique", 1),
+            ("pairs", 2),
+            ("tens", 10),
+            ("nulls", 0),
+            ("keyed", 1),
+        ];
+        let big = text_batch(&cols, 3000);
+        let plain = vec!["keyed".to_string()];
+        let judge =
+            |batches: &[RecordBatch]| mostly_distinct_text(&batches[0].schema(), batches, &plain);
+        assert_eq!(judge(std::slice::from_ref(&big)), ["unique"]);
+        // Over several batches the values are judged together.
+        assert_eq!(
+            judge(&[big.slice(0, 1500), big.slice(1500, 1500)]),
+            ["unique"]
+        );
+        // Too few values to judge: every dictionary stays.
+        assert!(judge(&[big.slice(0, SAMPLE_MIN - 1)]).is_empty());
+        assert_eq!(judge(&[big.slice(0, SAMPLE_MIN)]), ["unique"]);
+        // 90% distinct is enough; one value fewer is not.
+        let judge = |b: RecordBatch| mostly_distinct_text(&b.schema(), &[b], &[]);
+        assert_eq!(judge(with_distinct(1800, 2000)), ["c"]);
+        assert!(judge(with_distinct(1799, 2000)).is_empty());
+        // Only the first SAMPLE_VALUES values count: unique ones, then repeats.
+        assert_eq!(
+            judge(with_distinct(SAMPLE_VALUES, 3 * SAMPLE_VALUES)),
+            ["c"]
+        );
+    }
+
+    #[test]
+    fn a_load_writes_mostly_distinct_text_without_a_dictionary_and_the_rest_with_one() {
+        let columns: Vec<Column> = ["kommune", "unique", "tens"]
+            .into_iter()
+            .map(|name| Column {
+                name: name.into(),
+                ty: ColumnType::Text,
+                sql_type: String::new(),
+            })
+            .collect();
+        let a = kommuner()[0];
+        let rows = 4000;
+        let mut batch = text_batch(&[("kommune", 1), ("unique", 1), ("tens", 10)], rows);
+        batch = RecordBatch::try_new(
+            arrow_schema(&columns),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|_| a.code_str()),
+                )),
+                batch.column(1).clone(),
+                batch.column(2).clone(),
+            ],
+        )
+        .unwrap();
+        let meta = first_footer(&columns, &batch);
+        let group = meta.row_group(0);
+        assert_eq!(group.num_rows(), rows as i64);
+        let dictionary = |i: usize| group.column(i).dictionary_page_offset().is_some();
+        assert!(!dictionary(1), "the unique column has a dictionary");
+        assert!(dictionary(2), "the repeating column has no dictionary");
     }
 
     #[test]
