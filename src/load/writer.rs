@@ -530,21 +530,16 @@ const SAMPLE_MIN: usize = 1024;
 /// (`arbejdsgiver_cvr`) is one, in the synthetic data: written plain, a
 /// joblog bench round at 50K citizens took 2.6% fewer instructions
 /// (callgrind: 2,038M to 1,984M) and its files were 3% smaller (6.39 to
-/// 6.20 MB). The first job decides for the whole load, so
-/// all its files are written alike; a first job too small to judge keeps
-/// every dictionary.
+/// 6.20 MB). The first job decides for the whole load, so all its files are
+/// written alike; a first job too small to judge keeps every dictionary.
 fn mostly_distinct_text(
     schema: &SchemaRef,
     batches: &[RecordBatch],
     plain: &[String],
 ) -> Vec<String> {
     let mut distinct_columns = Vec::new();
-    for (i, field) in schema.fields().iter().enumerate() {
-        if !matches!(field.data_type(), arrow_schema::DataType::Utf8)
-            || plain.iter().any(|p| p == field.name())
-        {
-            continue;
-        }
+    for name in text_columns(schema).filter(|c| !plain.iter().any(|p| p == c)) {
+        let i = schema.index_of(name).expect("a column of this schema");
         let mut seen = 0;
         let mut values = std::collections::HashSet::new();
         'batches: for batch in batches {
@@ -560,7 +555,7 @@ fn mostly_distinct_text(
             }
         }
         if seen >= SAMPLE_MIN && values.len() * 10 >= seen * 9 {
-            distinct_columns.push(field.name().clone());
+            distinct_columns.push(name.to_string());
         }
     }
     distinct_columns

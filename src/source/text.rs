@@ -36,6 +36,7 @@ impl TextBuilder {
         self.0.finish()
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
