@@ -259,9 +259,10 @@ fn main() -> ExitCode {
 /// glibc gives each thread that allocates an arena of its own. A load's
 /// task moves between the runtime's workers, and its batches are freed on the
 /// encoder threads, so memory freed in one arena sat unused while another
-/// grew: a joblog load at 1M citizens peaked at 340-355 MiB as a task against
-/// 192-197 MiB with one arena, in the same time. Small allocations still come
-/// from each thread's own cache. Set before any thread starts.
+/// grew: a joblog load at 1M citizens peaked at 281-355 MiB as a task against
+/// 192-197 MiB with one arena, and was no slower (three pairs). Small
+/// allocations still come from each thread's own cache. Set before any thread
+/// starts.
 fn one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a tunable; no other thread runs yet.
