@@ -37,6 +37,16 @@ async fn full_load_from_postgres_routes_every_row_to_its_authorities_only() {
         .await
         .unwrap();
     assert_eq!(report.watermark_to, watermark);
+    // The generator leaves every table as autovacuum would: vacuumed (a
+    // visibility map for index-only probes) and analysed.
+    let (kept, tables): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE last_vacuum IS NOT NULL AND last_analyze IS NOT NULL), \
+         count(*) FROM pg_stat_user_tables",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((kept, tables), (6, 6));
 
     // Every published row, per authority, is exactly the source's non-draft rows for it.
     let mut published_total = 0;
