@@ -304,6 +304,21 @@ impl Fanout {
         fn value(a: Option<&StringArray>, row: usize) -> Option<&str> {
             a.and_then(|a| (!a.is_null(row)).then(|| a.value(row)))
         }
+        // A delta's `_draft` and `_op` columns, looked up once per batch.
+        let delta_cols = self.delta.as_ref().map(|d| {
+            let n = d.published;
+            let draft = batch
+                .column(n)
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .expect("_draft is boolean");
+            let ops = batch
+                .column(n + 2)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("_op is text");
+            (draft, ops)
+        });
         // Per authority: the rows it gets and, for a delta, the operation of each.
         let mut rows_for: BTreeMap<AuthorityId, (Vec<u32>, Vec<&'static str>)> = BTreeMap::new();
         for row in 0..batch.num_rows() {
@@ -316,17 +331,7 @@ impl Fanout {
                     }
                 }
                 Some(d) => {
-                    let n = d.published;
-                    let draft = batch
-                        .column(n)
-                        .as_any()
-                        .downcast_ref::<BooleanArray>()
-                        .expect("_draft is boolean");
-                    let ops = batch
-                        .column(n + 2)
-                        .as_any()
-                        .downcast_ref::<StringArray>()
-                        .expect("_op is text");
+                    let (draft, ops) = delta_cols.expect("a delta has its columns");
                     let op = delta::Op::parse(ops.value(row)).ok_or_else(|| LoadError::Writer {
                         area: self.area.clone(),
                         message: format!(
