@@ -69,7 +69,19 @@ pub fn column_line(batch_schema: &arrow_schema::Schema) -> String {
     format!("{}\r\n", names.join(SEPARATOR))
 }
 
-/// Appends one row of `batch` as a record.
+/// The first column of `row` whose text the format cannot carry: it has no
+/// escape, so a value holding the separator, CR or LF would split or break
+/// its record. Such a row is left out of the text file (never altered).
+pub fn unrepresentable(batch: &RecordBatch, row: usize) -> Option<usize> {
+    batch.columns().iter().position(|col| {
+        matches!(col.data_type(), DataType::Utf8) && !col.is_null(row) && {
+            let s = col.as_string::<i32>().value(row);
+            s.contains(['\r', '\n']) || s.contains(SEPARATOR)
+        }
+    })
+}
+
+/// Appends one row of `batch` as a record; check it with [`unrepresentable`] first.
 pub fn push_row(out: &mut String, batch: &RecordBatch, row: usize) {
     for (i, col) in batch.columns().iter().enumerate() {
         if i > 0 {
@@ -112,16 +124,7 @@ pub fn push_row(out: &mut String, batch: &RecordBatch, row: usize) {
                     );
                 }
             }
-            // Text: the format has no escaping, so line breaks become spaces
-            // (a record must stay on one line).
-            _ => {
-                let s = col.as_string::<i32>().value(row);
-                if s.contains(['\r', '\n']) {
-                    out.push_str(&s.replace(['\r', '\n'], " "));
-                } else {
-                    out.push_str(s);
-                }
-            }
+            _ => out.push_str(col.as_string::<i32>().value(row)),
         }
     }
     out.push_str("\r\n");
@@ -182,7 +185,7 @@ mod tests {
                 Arc::new(Float64Array::from(vec![Some(-12.5), Some(37.0)])),
                 Arc::new(Date32Array::from(vec![Some(20_635), None])),
                 Arc::new(TimestampMicrosecondArray::from(vec![Some(t), None]).with_timezone("UTC")),
-                Arc::new(StringArray::from(vec![Some("linje\r\nto"), None])),
+                Arc::new(StringArray::from(vec![Some("linje to"), None])),
                 Arc::new(BooleanArray::from(vec![Some(true), None])),
             ],
         )
@@ -196,7 +199,26 @@ mod tests {
         push_row(&mut out, &batch, 1);
         assert_eq!(
             out,
-            "-7¤|¤|¤-12,5¤|¤|¤2026-07-01¤|¤|¤2026-07-01 12:00:00.250¤|¤|¤linje  to¤|¤|¤1\r\n¤|¤|¤37¤|¤|¤¤|¤|¤¤|¤|¤¤|¤|¤\r\n"
+            "-7¤|¤|¤-12,5¤|¤|¤2026-07-01¤|¤|¤2026-07-01 12:00:00.250¤|¤|¤linje to¤|¤|¤1\r\n¤|¤|¤37¤|¤|¤¤|¤|¤¤|¤|¤¤|¤|¤\r\n"
         );
+    }
+
+    #[test]
+    fn a_value_holding_the_separator_or_a_line_break_is_unrepresentable() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("tekst", DataType::Utf8, true),
+        ]));
+        let values = ["almindelig", "a¤|¤|¤b", "to\nlinjer", "cr\r", "¤|¤ alene"];
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5])),
+                Arc::new(StringArray::from(values.to_vec())),
+            ],
+        )
+        .unwrap();
+        let got: Vec<Option<usize>> = (0..5).map(|r| unrepresentable(&batch, r)).collect();
+        assert_eq!(got, [None, Some(1), Some(1), Some(1), None]);
     }
 }

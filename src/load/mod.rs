@@ -22,6 +22,7 @@ use crate::authority::{AuthorityId, AuthorityKind};
 use crate::config::{Area, Config};
 use crate::source::{Column, Extracted, Source, SourceError};
 use crate::tree::{self, LoadId, LoadKind};
+pub use writer::LEGACY_OMITTED;
 use writer::{AuthorityOutput, Fanout, Written};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,17 @@ pub struct Manifest {
     pub rows: u64,
     pub schema: Vec<SchemaField>,
     pub files: Vec<FileEntry>,
+    /// Rows the legacy text file leaves out because a value holds its
+    /// separator or a line break; they are in the Parquet files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub legacy_omitted: Vec<Omitted>,
+}
+
+/// A row left out of the legacy text: its key and the column at fault, never a value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Omitted {
+    pub key: String,
+    pub column: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -188,6 +200,8 @@ struct Plan<'a> {
     load_id: LoadId,
     created_at: DateTime<Utc>,
     schema: Vec<SchemaField>,
+    /// The same schema, for the zero-row file of an authority without rows.
+    arrow: arrow_schema::SchemaRef,
     watermark_from: Option<i64>,
     watermark_to: i64,
     /// Per authority, its previous load in this area version (deltas only).
@@ -344,7 +358,8 @@ pub async fn full_load(
     let root = &config.storage_root;
     let _lock = begin(root, area)?;
     let columns = checked_columns(source, area).await?;
-    let schema = schema_fields(&crate::source::arrow_schema(&columns));
+    let arrow = crate::source::arrow_schema(&columns);
+    let schema = schema_fields(&arrow);
     check_schema(root, area, &schema)?;
     let first_of_version = matches!(current_schema(root, area), Ok(None));
     let (load_id, staging) = new_load(root, area)?;
@@ -374,6 +389,7 @@ pub async fn full_load(
         load_id,
         created_at: load_id.at,
         schema,
+        arrow,
         watermark_from: None,
         watermark_to: snapshot.watermark,
         previous: BTreeMap::new(),
@@ -432,7 +448,8 @@ pub async fn delta_load(
         .unwrap_or(load_id.at);
     let fanout = Fanout::delta(staging.clone(), area, &columns, state)
         .with_legacy(legacy_spec(area, 'D', since, load_id.at));
-    let schema = schema_fields(&writer::delta_schema(&columns));
+    let arrow = writer::delta_schema(&columns);
+    let schema = schema_fields(&arrow);
     check_schema(root, area, &schema)?;
     let result = pipeline(area, &staging, fanout, progress, |tx| {
         source.delta_extract(area, &columns, from, to, tx)
@@ -449,6 +466,7 @@ pub async fn delta_load(
         load_id,
         created_at: load_id.at,
         schema,
+        arrow,
         watermark_from: Some(from),
         watermark_to: to,
         previous: previous.into_iter().map(|(a, (id, _))| (a, id)).collect(),
@@ -568,11 +586,18 @@ fn publish_all(
     // Write every manifest first; only then move folders into the tree, so a
     // failure before the renames publishes nothing at all.
     let mut ready = Vec::with_capacity(outputs.len());
-    for (authority, out) in outputs {
+    for (authority, mut out) in outputs {
         let dir = staging
             .join(authority.kind.as_str())
             .join(authority.code_str());
         std::fs::create_dir_all(&dir).map_err(ioerr(&dir))?;
+        // A load without rows still has a data file, so every load has a
+        // checksum line (`sha256sum -c` fails on an empty SHA256SUMS) and a
+        // schema a loader can read.
+        if !out.files.iter().any(|f| f.name.ends_with(".parquet")) {
+            out.files
+                .insert(0, writer::empty_file(&dir, &plan.arrow, &area.id)?);
+        }
         let manifest = Manifest {
             load_id: plan.load_id.to_string(),
             area: area.id.clone(),
@@ -593,6 +618,7 @@ fn publish_all(
                 .sum(),
             schema: plan.schema.clone(),
             files: out.files,
+            legacy_omitted: out.legacy_omitted,
         };
         let sums: String = manifest
             .files

@@ -35,7 +35,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
-use super::{FileEntry, LoadError, delta, legacy, plan};
+use super::{FileEntry, LoadError, Omitted, delta, legacy, plan};
 use crate::authority::AuthorityId;
 use crate::config::Area;
 use crate::source::{Column, Extracted, Partition, arrow_schema};
@@ -70,11 +70,15 @@ impl Write for HashingWriter {
     }
 }
 
-/// Per authority, the Parquet files written.
+/// Per authority, the files written and the rows the legacy text left out.
 #[derive(Default)]
 pub struct AuthorityOutput {
     pub files: Vec<FileEntry>,
+    pub legacy_omitted: Vec<Omitted>,
 }
+
+/// Why rows left out of the legacy text are counted as withheld.
+pub const LEGACY_OMITTED: &str = "legacy text: a value the format cannot carry (in Parquet only)";
 
 /// Per authority its files, and the count of rows withheld by reason.
 pub type Written = (
@@ -115,6 +119,8 @@ pub struct Fanout {
     schema: SchemaRef,
     kommune_col: Option<usize>,
     akasse_col: Option<usize>,
+    /// The key's columns, to name a row left out of the legacy text.
+    key_cols: Vec<usize>,
     /// Columns written without a dictionary (see `plain_columns`).
     plain: Vec<String>,
     delta: Option<DeltaState>,
@@ -217,9 +223,15 @@ impl Fanout {
             name.as_ref()
                 .and_then(|n| columns.iter().position(|c| &c.name == n))
         };
+        let key_cols = area
+            .key
+            .iter()
+            .filter_map(|k| columns.iter().position(|c| &c.name == k))
+            .collect();
         Fanout {
             staging,
             area: area.id.clone(),
+            key_cols,
             plain: plain_columns(area, &schema),
             schema,
             kommune_col: index(&area.route_kommune),
@@ -358,9 +370,19 @@ impl Fanout {
                 Some(d) => {
                     let idx = UInt32Array::from(rows);
                     let n = d.published;
+                    // A `D` row carries its key only: its other values are the
+                    // row's state after the change, which this authority may
+                    // not see (where the citizen moved, a draft's text).
+                    let deleted: BooleanArray = ops.iter().map(|op| Some(*op == "D")).collect();
                     let mut cols = Vec::with_capacity(n + 3);
-                    for c in batch.columns()[..n].iter() {
-                        cols.push(arrow_select::take::take(c, &idx, None).map_err(self.arrow())?);
+                    for (i, c) in batch.columns()[..n].iter().enumerate() {
+                        let taken =
+                            arrow_select::take::take(c, &idx, None).map_err(self.arrow())?;
+                        cols.push(if d.key_cols.contains(&i) {
+                            taken
+                        } else {
+                            arrow_select::nullif::nullif(&taken, &deleted).map_err(self.arrow())?
+                        });
                     }
                     cols.push(Arc::new(StringArray::from(ops)) as arrow_array::ArrayRef);
                     cols.push(
@@ -412,6 +434,7 @@ impl Fanout {
                 staging: self.staging.clone(),
                 area: self.area.clone(),
                 schema: self.schema.clone(),
+                key_cols: self.key_cols.clone(),
                 legacy: self.legacy.clone(),
                 file_rows: self.limits.file_rows,
                 props: {
@@ -490,6 +513,13 @@ impl Fanout {
             return Err(e);
         }
         let _ = std::fs::remove_dir(self.staging.join(".legacy"));
+        let omitted: usize = outputs
+            .values()
+            .map(|o: &AuthorityOutput| o.legacy_omitted.len())
+            .sum();
+        if omitted > 0 {
+            *self.withheld.entry(LEGACY_OMITTED.into()).or_default() += omitted as u64;
+        }
         Ok((outputs, std::mem::take(&mut self.withheld)))
     }
 }
@@ -650,6 +680,7 @@ struct Shared {
     staging: PathBuf,
     area: String,
     schema: SchemaRef,
+    key_cols: Vec<usize>,
     legacy: Option<legacy::LegacySpec>,
     file_rows: u64,
     props: WriterProperties,
@@ -727,6 +758,7 @@ struct AuthorityFiles {
     files: Vec<FileEntry>,
     current: Option<OpenFile>,
     legacy: Option<LegacyBody>,
+    legacy_omitted: Vec<Omitted>,
 }
 
 /// Legacy text rows, kept in staging until the row count for the header is known.
@@ -774,6 +806,7 @@ fn encode(shared: &Shared, jobs: Receiver<Job>) -> EncoderResult {
                     files: Vec::new(),
                     current: None,
                     legacy,
+                    legacy_omitted: Vec::new(),
                 })
             }
         };
@@ -790,12 +823,20 @@ fn encode(shared: &Shared, jobs: Receiver<Job>) -> EncoderResult {
         if let Some(body) = &mut files.legacy {
             let mut text = String::with_capacity(batch.num_rows() * 128);
             for row in 0..batch.num_rows() {
-                legacy::push_row(&mut text, &batch, row);
+                match legacy::unrepresentable(&batch, row) {
+                    None => {
+                        legacy::push_row(&mut text, &batch, row);
+                        body.rows += 1;
+                    }
+                    Some(col) => files.legacy_omitted.push(Omitted {
+                        key: key_string(&batch, &shared.key_cols, row),
+                        column: shared.schema.field(col).name().clone(),
+                    }),
+                }
             }
             body.out
                 .write_all(text.as_bytes())
                 .map_err(io(&body.path))?;
-            body.rows += batch.num_rows() as u64;
         }
         let mut at = 0;
         while at < batch.num_rows() {
@@ -827,7 +868,13 @@ fn encode(shared: &Shared, jobs: Receiver<Job>) -> EncoderResult {
                 .files
                 .push(close_legacy(shared, &files.dir, spec, body)?);
         }
-        out.insert(authority, AuthorityOutput { files: files.files });
+        out.insert(
+            authority,
+            AuthorityOutput {
+                files: files.files,
+                legacy_omitted: files.legacy_omitted,
+            },
+        );
     }
     Ok(out)
 }
@@ -884,6 +931,42 @@ fn close_legacy(
         rows,
         sha256: hex::encode(hasher.finalize()),
     })
+}
+
+/// A zero-row Parquet file with `schema`, for an authority whose load has no rows.
+pub fn empty_file(dir: &Path, schema: &SchemaRef, area: &str) -> Result<FileEntry, LoadError> {
+    let name = "part-00000.parquet".to_string();
+    let path = dir.join(&name);
+    let file = File::create(&path).map_err(|source| LoadError::Io {
+        area: area.to_string(),
+        path: path.clone(),
+        source,
+    })?;
+    let sink = HashingWriter {
+        inner: BufWriter::with_capacity(IO_BUFFER, file),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid level"),
+        ))
+        .build();
+    let writer = ArrowWriter::try_new(sink, schema.clone(), Some(props)).map_err(|source| {
+        LoadError::Parquet {
+            area: area.to_string(),
+            source,
+        }
+    })?;
+    close(
+        OpenFile {
+            name,
+            writer,
+            rows: 0,
+        },
+        dir,
+        area,
+    )
 }
 
 fn open_file(shared: &Shared, dir: &Path, index: usize) -> Result<OpenFile, LoadError> {
