@@ -171,12 +171,12 @@ pub async fn run_loads_with(
                         if let Some(s) = &state {
                             let mut event = Event::new(Action::LoadPublished, "ok")
                                 .detail(&format!(
-                                    "{} load v{}, {} authorities, {} rows, watermark {:?}..{}, trigger {trigger}",
+                                    "{} load v{}, {} authorities, {} rows, watermark {}{}, trigger {trigger}",
                                     r.kind.as_str(),
                                     area.version,
                                     r.authorities,
                                     r.rows_written,
-                                    r.watermark_from,
+                                    r.watermark_from.map_or(String::new(), |w| format!("{w}..")),
                                     r.watermark_to
                                 ))
                                 .bytes(r.bytes);
@@ -350,6 +350,12 @@ impl Server {
     /// The config handle that reloads replace.
     pub fn live(&self) -> Arc<Live> {
         self.shared.config.clone()
+    }
+
+    /// Cancelling it stops the server gracefully: no new connections, open
+    /// ones closed, their last audit events recorded; then `run` returns.
+    pub fn stopper(&self) -> tokio_util::sync::CancellationToken {
+        self.shared.stopper()
     }
 
     pub async fn run(self) -> Result<(), AppError> {
@@ -837,16 +843,7 @@ pub async fn audit_query(
     let rows = state.audit_query(filter).await?;
     record_audit_read(
         &state,
-        &format!(
-            "query supplier={:?} authority={:?} area={:?} action={:?} from={:?} to={:?}: {} rows",
-            filter.supplier,
-            filter.authority,
-            filter.area,
-            filter.action,
-            filter.from,
-            filter.to,
-            rows.len()
-        ),
+        &format!("query{}: {} rows", filter.describe(), rows.len()),
     )
     .await;
     state.close().await;

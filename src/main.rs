@@ -11,6 +11,21 @@ use udstil::app;
 use udstil::source::Source;
 use udstil::tree::LoadKind;
 
+/// `println!` that ends the process quietly when the reader has gone
+/// (`udstil access matrix | head`), instead of panicking on the closed pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = writeln!(stdout, $($arg)*).and_then(|_| stdout.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            panic!("writing to standard output: {e}");
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "udstil",
@@ -39,7 +54,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run one load now.
+    /// Run one load now: `--full` or `--delta`.
+    #[command(group(clap::ArgGroup::new("kind").required(true).args(["full", "delta"])))]
     Load {
         #[arg(long)]
         config: PathBuf,
@@ -47,7 +63,7 @@ enum Command {
         #[arg(long)]
         area: Option<String>,
         /// A full load: the current state.
-        #[arg(long, conflicts_with = "delta", required_unless_present = "delta")]
+        #[arg(long)]
         full: bool,
         /// A delta load: every change since the last published load.
         #[arg(long)]
@@ -277,7 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: ConfigCommand::Check { config },
         } => match app::check_config(&config).await {
             Ok(c) => {
-                println!(
+                out!(
                     "{}: ok ({} suppliers, {} agreements, {} data areas)",
                     config.display(),
                     c.suppliers.len(),
@@ -331,7 +347,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(from) => format!("watermark {from} -> {}", r.watermark_to),
                     None => format!("watermark {}", r.watermark_to),
                 };
-                println!(
+                out!(
                     "{}: {} load {} published: {} rows read, {} rows written to {} authorities, {} files, {} bytes, {window}, {:.1}s",
                     r.area,
                     r.kind.as_str(),
@@ -357,9 +373,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let s = Source::create(&source).await?;
             let summary = udstil::fixtures::generate(&s, citizens, seed).await?;
             s.close().await;
-            println!(
-                "generated {} citizens: current rows {:?}, journal rows {:?} (joblog, plan_aktivitet, akasse_medlemskab)",
-                summary.citizens, summary.rows, summary.journal_rows
+            out!(
+                "generated {} citizens: current rows {}, journal rows {} (joblog, plan_aktivitet, akasse_medlemskab)",
+                summary.citizens,
+                list(&summary.rows),
+                list(&summary.journal_rows)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -374,7 +392,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let s = Source::connect(&source).await?;
             let m = udstil::fixtures::mutate(&s, changes, seed).await?;
             s.close().await;
-            println!("{m:?}");
+            out!(
+                "applied {} inserts, {} updates, {} deletes, {} draft toggles, {} moves, {} fund changes ({} journal rows)",
+                m.inserts,
+                m.updates,
+                m.deletes,
+                m.draft_toggles,
+                m.moves,
+                m.fund_changes,
+                m.journal_rows
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {
@@ -468,14 +495,14 @@ fn access(command: AccessCommand) -> anyhow::Result<ExitCode> {
                 })
                 .transpose()?;
             let rows = app::access_rows(&c, Some(&supplier), authority, area.as_deref(), at)?;
-            println!("{supplier} at {}:", at.to_rfc3339());
+            out!("{supplier} at {}:", at.to_rfc3339());
             for r in rows {
                 let verdict = if r.allowed {
                     "allowed".to_string()
                 } else {
                     format!("denied: {}", r.reasons.join("; "))
                 };
-                println!("  {:<12} {:<30} {verdict}", r.authority, r.area);
+                out!("  {:<12} {:<30} {verdict}", r.authority, r.area);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -485,15 +512,19 @@ fn access(command: AccessCommand) -> anyhow::Result<ExitCode> {
             let rows = app::access_rows(&c, None, None, None, at)?;
             match format {
                 MatrixFormat::Json => {
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                    out!("{}", serde_json::to_string_pretty(&rows)?);
                 }
                 MatrixFormat::Csv => {
-                    println!("supplier,authority,authority_name,area,allowed,reasons");
+                    out!("supplier,authority,authority_name,area,allowed,reasons");
                     for r in rows {
                         let reasons = r.reasons.join("; ").replace('"', "\"\"");
-                        println!(
+                        out!(
                             "{},{},\"{}\",{},{},\"{reasons}\"",
-                            r.supplier, r.authority, r.authority_name, r.area, r.allowed
+                            r.supplier,
+                            r.authority,
+                            r.authority_name,
+                            r.area,
+                            r.allowed
                         );
                     }
                 }
@@ -505,12 +536,12 @@ fn access(command: AccessCommand) -> anyhow::Result<ExitCode> {
 
 fn print_records(rows: &[udstil::audit::Record], format: AuditFormat) -> anyhow::Result<()> {
     match format {
-        AuditFormat::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+        AuditFormat::Json => out!("{}", serde_json::to_string_pretty(rows)?),
         AuditFormat::Text => {
             for r in rows {
                 let e = &r.event;
                 let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-                println!(
+                out!(
                     "{:>6} {} {:<14} {:<10} {:<12} {:<28} {} bytes={} from={} key={} outcome={} {}",
                     r.id,
                     e.at,
@@ -537,7 +568,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             let c = udstil::config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             match app::audit_verify(&c).await {
                 Ok(s) => {
-                    println!(
+                    out!(
                         "audit chain intact: {} rows ({}..{}), head hash {}",
                         s.rows,
                         s.first_id.map_or("-".into(), |i| i.to_string()),
@@ -606,7 +637,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             };
             let rows = app::audit_person(&c, &cpr).await?;
             if matches!(format, AuditFormat::Text) && rows.is_empty() {
-                println!("no downloads of files holding this person are recorded");
+                out!("no downloads of files holding this person are recorded");
             }
             print_records(&rows, format)?;
             Ok(ExitCode::SUCCESS)
@@ -630,11 +661,13 @@ async fn serve_until_signal(server: app::Server) -> anyhow::Result<ExitCode> {
     tracing::info!(schedules = schedules.len(), "schedules started");
     let mut watched = app::config_files_state(&live.get());
     let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+    let stopper = server.stopper();
     let run = server.run();
     tokio::pin!(run);
+    let mut ended = None;
     loop {
         let why = tokio::select! {
-            r = &mut run => { r?; break; }
+            r = &mut run => { ended = Some(r); break; }
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); break; }
             _ = term.recv() => { tracing::info!("terminated; stopping"); break; }
             _ = hup.recv() => "SIGHUP",
@@ -664,6 +697,13 @@ async fn serve_until_signal(server: app::Server) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // A graceful stop: no new connections, open ones closed and their
+    // partial downloads recorded (bounded by `[sftp] stop_timeout_seconds`).
+    stopper.cancel();
+    let served = match ended {
+        Some(r) => r,
+        None => run.await,
+    };
     stop.cancel();
     for task in schedules {
         let _ = task.await;
@@ -675,6 +715,8 @@ async fn serve_until_signal(server: app::Server) -> anyhow::Result<ExitCode> {
     {
         tracing::error!("audit trail not fully written at stop");
     }
+    served?;
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -684,9 +726,12 @@ async fn demo(listen: SocketAddr, dir: &Path, citizens: u64) -> anyhow::Result<E
     let config_path = app::prepare_demo(&dir, listen, citizens, 1).await?;
     let config = checked(&config_path).await?;
     for r in app::full_loads(&config, None).await? {
-        println!(
+        out!(
             "loaded {:<30} {:>8} rows into {:>3} authorities ({})",
-            r.area, r.rows_read, r.authorities, r.load_id
+            r.area,
+            r.rows_read,
+            r.authorities,
+            r.load_id
         );
     }
     let config = Arc::new(config);
@@ -700,7 +745,7 @@ async fn demo(listen: SocketAddr, dir: &Path, citizens: u64) -> anyhow::Result<E
         host.public_key().to_openssh().context("host key")?
     );
     std::fs::write(dir.join("known_hosts"), line)?;
-    println!(
+    out!(
         "\nudstil demo: SFTP on {} (data in {}; config {})\nConnect as each demo supplier:{}\nStop with Ctrl-C. `udstil serve --config {}` serves the same folder again.",
         server.addr,
         dir.display(),
@@ -809,20 +854,26 @@ async fn bench_load(source: &str, work: &Path, opts: &BenchOptions) -> anyhow::R
         let s = Source::create(source).await?;
         let summary = udstil::fixtures::generate(&s, citizens, 1).await?;
         s.close().await;
-        println!(
-            "generated {citizens} citizens in {:.0}s: current rows {:?}, journal rows {:?}",
+        out!(
+            "generated {citizens} citizens in {:.0}s: current rows {}, journal rows {}",
             t.elapsed().as_secs_f64(),
-            summary.rows,
-            summary.journal_rows
+            list(&summary.rows),
+            list(&summary.journal_rows)
         );
     }
     let config = checked(&cfg_path).await?;
     // Reset the peak-RSS counter so generation does not count (Linux: clear_refs 5).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let base = peak_rss();
-    println!(
+    out!(
         "{:<30} {:>10} {:>10} {:>12} {:>14} {:>12} {:>8}",
-        "area", "rows", "seconds", "rows/s", "peak RSS MiB", "COPY rows/s", "ratio"
+        "area",
+        "rows",
+        "seconds",
+        "rows/s",
+        "peak RSS MiB",
+        "COPY rows/s",
+        "ratio"
     );
     let src = Source::connect(source).await?;
     let mut total_rows = 0u64;
@@ -883,7 +934,7 @@ async fn bench_load(source: &str, work: &Path, opts: &BenchOptions) -> anyhow::R
         let peak = peak_rss() as f64 / (1 << 20) as f64;
         total_rows += r.rows_read;
         total_secs += secs;
-        println!(
+        out!(
             "{:<30} {:>10} {:>10.2} {:>12.0} {:>14.1} {:>12} {:>8}",
             r.area,
             r.rows_read,
@@ -896,12 +947,18 @@ async fn bench_load(source: &str, work: &Path, opts: &BenchOptions) -> anyhow::R
                 (r.rows_read as f64 / secs) / c
             )),
         );
-        println!(
+        out!(
             "{:<30} CPU seconds: load udstil {:.2} + PostgreSQL {:.2}, idle {:.2}; COPY udstil {:.2} + PostgreSQL {:.2}, idle {:.2}",
-            "", load_cpu.0, load_cpu.1, load_cpu.2, copy_cpu.0, copy_cpu.1, copy_cpu.2
+            "",
+            load_cpu.0,
+            load_cpu.1,
+            load_cpu.2,
+            copy_cpu.0,
+            copy_cpu.1,
+            copy_cpu.2
         );
     }
-    println!(
+    out!(
         "{:<30} {:>10} {:>10.2} {:>12.0}   (source {}, baseline RSS {:.1} MiB)",
         "all areas",
         total_rows,
@@ -922,7 +979,7 @@ async fn bench_load(source: &str, work: &Path, opts: &BenchOptions) -> anyhow::R
         // Like the full loads: no state recording and no person indexing (which
         // would first index every full load above).
         let r = udstil::load::delta_load(&config, &src, joblog, None).await?;
-        println!(
+        out!(
             "delta of joblog after {delta_changes} changes ({} journal rows in all areas, applied in {applied:.0}s): {} journal rows read, {} rows written, {:.3}s (watermark {} -> {hwm})",
             m.journal_rows,
             r.rows_read,
@@ -933,4 +990,13 @@ async fn bench_load(source: &str, work: &Path, opts: &BenchOptions) -> anyhow::R
     }
     src.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Counts as `a, b, c` for the operator (no debug formatting in output).
+fn list(counts: &[u64]) -> String {
+    counts
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

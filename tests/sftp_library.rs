@@ -172,3 +172,48 @@ async fn a_download_in_progress_survives_retention() {
     head.extend(rest);
     assert_eq!(hex::encode(Sha256::digest(&head)), want);
 }
+
+/// Waits for the server's answer to a channel request that wants one.
+async fn reply(ch: &mut russh::Channel<russh::client::Msg>) -> &'static str {
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), ch.wait()).await {
+            Err(_) => return "no reply",
+            Ok(None) => return "closed",
+            Ok(Some(russh::ChannelMsg::Success)) => return "success",
+            Ok(Some(russh::ChannelMsg::Failure)) => return "failure",
+            Ok(Some(_)) => continue,
+        }
+    }
+}
+
+/// Regression: an `x11-req` and an `env` that wanted a reply got none, and
+/// after four closed non-SFTP channels a fifth was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_wanting_a_reply_gets_one_and_closed_channels_free_their_place() {
+    let env = start(40).await;
+    let ssh = library_login(env.addr, "bi-alpha", &env.key("bi-alpha"))
+        .await
+        .unwrap();
+    let mut ch = ssh.channel_open_session().await.unwrap();
+    ch.request_x11(true, false, "MIT-MAGIC-COOKIE-1", "00ff", 0)
+        .await
+        .unwrap();
+    assert_eq!(reply(&mut ch).await, "failure", "x11-req");
+    ch.set_env(true, "LANG", "da_DK.UTF-8").await.unwrap();
+    assert_eq!(reply(&mut ch).await, "failure", "env");
+    ch.close().await.unwrap();
+    for i in 0..8 {
+        let ch = ssh
+            .channel_open_session()
+            .await
+            .unwrap_or_else(|e| panic!("channel {i} refused: {e}"));
+        ch.close().await.unwrap();
+        // Let the server see the close before the next open.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // SFTP still opens on the same connection.
+    let ch = ssh.channel_open_session().await.unwrap();
+    ch.request_subsystem(true, "sftp").await.unwrap();
+    let sftp = SftpSession::new(ch.into_stream()).await.unwrap();
+    assert_eq!(sftp.canonicalize(".").await.unwrap(), "/");
+}

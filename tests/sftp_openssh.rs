@@ -426,11 +426,14 @@ async fn shell_exec_and_forwarding_are_refused() {
         "exec ran: {}",
         stdout(&out)
     );
+    assert!(stderr(&out).contains("SFTP only"), "{}", stderr(&out));
+    // A plain login is told why it ends.
     let out = ssh(&["-T", &target]);
     assert!(
-        !out.status.success() || stdout(&out).is_empty(),
+        !out.status.success() && stdout(&out).is_empty(),
         "shell ran"
     );
+    assert!(stderr(&out).contains("SFTP only"), "{}", stderr(&out));
     let out = ssh(&[
         "-N",
         "-o",
@@ -486,4 +489,107 @@ async fn one_gib_download_with_many_outstanding_large_reads() {
         assert_eq!(sha256_file(&local), want, "{extra:?}");
         std::fs::remove_file(&local).unwrap();
     }
+}
+
+/// `md5sum`, `sha1sum` and `sha256sum PATH` are answered by udstil itself
+/// for files the supplier may read (so rclone `check` compares hashes), with
+/// the same access check as a read; input-only probes hash standard input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksums_are_answered_for_visible_files_only() {
+    let env = start(100).await;
+    let key = env.key("bi-alpha");
+    let ssh = |command: &str| {
+        tokio::task::block_in_place(|| {
+            std::process::Command::new("ssh")
+                .args(ssh_opts())
+                .arg("-i")
+                .arg(&key)
+                .args(["-p", &env.addr.port().to_string()])
+                .arg(format!("bi-alpha@{}", env.addr.ip()))
+                .arg(command)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        })
+    };
+    let full = env.root().join("kommune/101/joblog/v1/full");
+    let load = only_load_folder(&full);
+    let real = load.join("part-00000.parquet");
+    let path = format!(
+        "/kommune/101/joblog/v1/full/{}/part-00000.parquet",
+        load.file_name().unwrap().to_string_lossy()
+    );
+    let out = ssh(&format!("sha256sum {path}"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{}  {path}\n", sha256_file(&real)));
+    // The hashes coreutils gives.
+    for tool in ["md5sum", "sha1sum"] {
+        let want = std::process::Command::new(tool)
+            .arg(&real)
+            .output()
+            .unwrap();
+        let want = stdout(&want).split_whitespace().next().unwrap().to_string();
+        let out = ssh(&format!("{tool} '{path}'"));
+        assert_eq!(stdout(&out), format!("{want}  {path}\n"), "{tool}");
+    }
+    // rclone's probe: a hash of empty input.
+    let out = ssh("md5sum");
+    assert_eq!(stdout(&out), "d41d8cd98f00b204e9800998ecf8427e  -\n");
+    // Hidden and missing files are not found, and nothing reaches a shell.
+    for command in [
+        "sha256sum /kommune/751/joblog/v1".to_string(),
+        format!("sha256sum {path}; id"),
+        "sha256sum /etc/passwd".to_string(),
+    ] {
+        let out = ssh(&command);
+        assert!(!out.status.success(), "{command}: {}", stdout(&out));
+        assert!(stdout(&out).is_empty(), "{command}: {}", stdout(&out));
+    }
+}
+
+/// Regression: Debian 12's curl (libssh2 1.10, no AEAD ciphers, no
+/// encrypt-then-MAC) found no common cipher. It downloads a load now, and
+/// the files match SHA256SUMS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_with_libssh2_downloads_a_load() {
+    let env = start(100).await;
+    let full = env.root().join("kommune/101/joblog/v1/full");
+    let load = only_load_folder(&full);
+    let view = format!(
+        "/kommune/101/joblog/v1/full/{}",
+        load.file_name().unwrap().to_string_lossy()
+    );
+    let got = tempfile::tempdir().unwrap();
+    let key = env.key("bi-alpha");
+    let curl = |name: &str| {
+        tokio::task::block_in_place(|| {
+            std::process::Command::new("curl")
+                .args(["-sS", "--insecure", "--key"])
+                .arg(&key)
+                .arg("--pubkey")
+                .arg(key.with_extension("pub"))
+                .arg(format!(
+                    "sftp://bi-alpha@127.0.0.1:{}{view}/{name}",
+                    env.addr.port()
+                ))
+                .arg("-o")
+                .arg(got.path().join(name))
+                .output()
+                .unwrap()
+        })
+    };
+    let out = curl("SHA256SUMS");
+    assert!(out.status.success(), "curl: {}", stderr(&out));
+    let sums = std::fs::read_to_string(got.path().join("SHA256SUMS")).unwrap();
+    for line in sums.lines() {
+        let name = line.split_once("  ").unwrap().1;
+        let out = curl(name);
+        assert!(out.status.success(), "curl {name}: {}", stderr(&out));
+    }
+    let check = std::process::Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(got.path())
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", stdout(&check));
 }

@@ -32,10 +32,12 @@ pub enum Action {
     ConfigRefused,
     AuditRead,
     AuditPruned,
+    /// A path looked up (stat, realpath); recorded when the policy refused it.
+    Lookup,
 }
 
 impl Action {
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 11] = [
         Action::Login,
         Action::LoginRefused,
         Action::Listing,
@@ -46,6 +48,7 @@ impl Action {
         Action::ConfigRefused,
         Action::AuditRead,
         Action::AuditPruned,
+        Action::Lookup,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Action {
             Action::ConfigRefused => "config_refused",
             Action::AuditRead => "audit_read",
             Action::AuditPruned => "audit_pruned",
+            Action::Lookup => "lookup",
         }
     }
 

@@ -98,6 +98,12 @@ pub struct SftpSettings {
     pub max_sessions_per_supplier: usize,
     pub ban_after_failures: u32,
     pub ban: Duration,
+    pub max_unauthenticated_per_address: usize,
+    pub handshake: Duration,
+    /// Addresses never banned: `ban_exempt` and every supplier's `allow_from`.
+    pub ban_exempt: Vec<IpNet>,
+    pub stop_timeout: Duration,
+    pub legacy_algorithms: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -177,9 +183,29 @@ impl Config {
     }
 }
 
+/// A config file is read only up to this size (a 100 MB file took 6.8 GB).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// A key file is read only up to this size (`/dev/zero` grew past 3 GB).
+pub const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a text file of at most `limit` bytes; a larger one (or an endless
+/// device) is refused without reading past the limit.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("larger than {} KiB; refused", limit >> 10));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
+}
+
 /// Reads and validates a config file, collecting every error.
 pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
+    let text = read_bounded(file, MAX_CONFIG_BYTES).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: file.to_path_buf(),
             line: None,
@@ -279,6 +305,24 @@ impl Validator<'_> {
         ) as usize;
         let suppliers = self.suppliers(&raw.suppliers);
         let agreements = self.agreements(&raw.agreements, &suppliers, &area_ids);
+        let mut ban_exempt = Vec::new();
+        for cidr in &raw.sftp.ban_exempt {
+            match parse_cidr(cidr.get_ref()) {
+                Some(net) => ban_exempt.push(net),
+                None => self.err(
+                    cidr.span(),
+                    format!(
+                        "[sftp] ban_exempt \"{}\" is not an address block such as 192.0.2.0/24 or 2001:db8::/32",
+                        cidr.get_ref()
+                    ),
+                ),
+            }
+        }
+        ban_exempt.extend(
+            suppliers
+                .values()
+                .flat_map(|s| s.allow_from.iter().copied()),
+        );
 
         Config {
             file: self.file.clone(),
@@ -311,6 +355,23 @@ impl Validator<'_> {
                     &raw.sftp.ban_seconds,
                     300,
                 )),
+                max_unauthenticated_per_address: self.count(
+                    "[sftp] max_unauthenticated_per_address",
+                    &raw.sftp.max_unauthenticated_per_address,
+                    32,
+                ) as usize,
+                handshake: Duration::from_secs(self.count(
+                    "[sftp] handshake_seconds",
+                    &raw.sftp.handshake_seconds,
+                    10,
+                )),
+                ban_exempt,
+                stop_timeout: Duration::from_secs(self.count(
+                    "[sftp] stop_timeout_seconds",
+                    &raw.sftp.stop_timeout_seconds,
+                    10,
+                )),
+                legacy_algorithms: raw.sftp.legacy_algorithms,
             },
             storage_root: self.path(raw.storage.root.get_ref()),
             source_url,
@@ -668,7 +729,14 @@ impl Validator<'_> {
     ) {
         let path = self.path(f.get_ref());
         self.key_files.push(path.clone());
-        match std::fs::read_to_string(&path) {
+        match read_bounded(&path, MAX_KEY_FILE_BYTES) {
+            Ok(text) if text.contains("PRIVATE KEY-----") => self.err(
+                f.span(),
+                format!(
+                    "supplier {id}: key file {} holds a private key; give the supplier's public key (the .pub file) and keep the private key with the supplier",
+                    path.display()
+                ),
+            ),
             Err(e) => self.err(
                 f.span(),
                 format!(

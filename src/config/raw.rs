@@ -41,6 +41,20 @@ pub struct RawSftp {
     pub ban_after_failures: Option<Spanned<i64>>,
     /// Length of a first ban in seconds; each repeat doubles it, up to a day (default 300).
     pub ban_seconds: Option<Spanned<i64>>,
+    /// Connections not yet authenticated from one address (default 32, as many
+    /// as a supplier's sessions, which may all start at once behind one NAT); a
+    /// supplier's `allow_from` networks and `ban_exempt` are not held to it.
+    pub max_unauthenticated_per_address: Option<Spanned<i64>>,
+    /// Seconds a new connection has to send its SSH identification (default 10).
+    pub handshake_seconds: Option<Spanned<i64>>,
+    /// Address blocks never banned (monitoring, load balancers); their failures are logged.
+    #[serde(default)]
+    pub ban_exempt: Vec<Spanned<String>>,
+    /// Seconds a stop waits for open sessions to end before it closes them (default 10).
+    pub stop_timeout_seconds: Option<Spanned<i64>>,
+    /// Also offer older algorithms for old clients (JSch 0.1.54); off by default.
+    #[serde(default)]
+    pub legacy_algorithms: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,8 @@
 //! forwarding are refused.
 
 mod defender;
+mod exec;
+mod gate;
 mod pipe;
 mod quickack;
 mod session;
@@ -19,7 +21,7 @@ mod session;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -28,10 +30,13 @@ use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::audit::{Action, Event, Trail};
 use crate::config::Live;
 pub use defender::{Defender, Verdict};
+pub use gate::{Admission, Caps, Gate};
 pub use session::{MAX_READ, SftpSession};
 
 #[derive(Debug, thiserror::Error)]
@@ -132,12 +137,22 @@ pub fn ssh_config(key: PrivateKey) -> russh::server::Config {
                     hash: Some(HashAlg::Sha256),
                 },
             ]),
+            // After the AEAD ciphers and the encrypt-then-MAC modes: CTR and
+            // plain HMAC-SHA2 for libssh2 before 1.11 (Debian 12's curl, PHP's
+            // ssh2, R), which has neither. ssh-audit fails none of them.
             cipher: std::borrow::Cow::Borrowed(&[
                 cipher::CHACHA20_POLY1305,
                 cipher::AES_256_GCM,
                 cipher::AES_128_GCM,
+                cipher::AES_256_CTR,
+                cipher::AES_128_CTR,
             ]),
-            mac: std::borrow::Cow::Borrowed(&[mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM]),
+            mac: std::borrow::Cow::Borrowed(&[
+                mac::HMAC_SHA512_ETM,
+                mac::HMAC_SHA256_ETM,
+                mac::HMAC_SHA512,
+                mac::HMAC_SHA256,
+            ]),
             ..russh::Preferred::default()
         },
         ..Default::default()
@@ -174,11 +189,44 @@ pub struct Shared {
     /// The storage root with symlinks resolved.
     pub root: PathBuf,
     defender: Mutex<Defender>,
-    unauthenticated: AtomicUsize,
+    /// Connections not logged in yet; each place holds its connection's
+    /// cancel handle and whether it has sent anything.
+    gate: Mutex<Gate<(CancellationToken, Arc<AtomicBool>)>>,
     sessions: Mutex<HashMap<String, usize>>,
     /// Connections ended so far (the heap is trimmed after some end).
     ended: AtomicU64,
     pub audit: Trail,
+    /// Cancelled when the server stops: every connection closes.
+    stop: CancellationToken,
+    /// Every connection and SFTP session: a stop waits for them to end, so
+    /// their last audit events are written.
+    tracker: TaskTracker,
+    /// What the front door turned away since the last summary.
+    drops: Drops,
+}
+
+/// Connections dropped or closed before login, summarised in the log once a
+/// minute rather than a line each (a flood wrote 127 MB of log in 110 s).
+#[derive(Default)]
+struct Drops {
+    banned: AtomicU64,
+    per_address: AtomicU64,
+    evicted: AtomicU64,
+    silent: AtomicU64,
+    timed_out: AtomicU64,
+}
+
+impl Drops {
+    fn take(&self) -> [(&'static str, u64); 5] {
+        let t = |a: &AtomicU64| a.swap(0, Ordering::AcqRel);
+        [
+            ("from banned addresses", t(&self.banned)),
+            ("over the per-address cap", t(&self.per_address)),
+            ("gave way to newer ones", t(&self.evicted)),
+            ("sent nothing", t(&self.silent)),
+            ("timed out before login", t(&self.timed_out)),
+        ]
+    }
 }
 
 impl Shared {
@@ -197,11 +245,25 @@ impl Shared {
             config,
             root,
             defender: Mutex::new(defender),
-            unauthenticated: AtomicUsize::new(0),
+            gate: Mutex::new(Gate::default()),
             sessions: Mutex::new(HashMap::new()),
             ended: AtomicU64::new(0),
             audit,
+            stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            drops: Drops::default(),
         }))
+    }
+
+    /// The handle that stops [`serve`]: it stops accepting, closes every
+    /// connection and returns once their sessions have ended.
+    pub fn stopper(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Connections that have not logged in yet.
+    pub fn unauthenticated(&self) -> usize {
+        self.gate.lock().expect("gate lock").len()
     }
 
     /// Takes one of the supplier's session slots, if one is free.
@@ -250,7 +312,12 @@ fn trim_heap() {
     }
 }
 
-/// Serves SFTP on `listener` until the future is dropped.
+/// How often the front door's drops are summarised in the log.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// Serves SFTP on `listener` until the shared stop handle is cancelled, then
+/// closes every connection and waits (at most the stop timeout) until their
+/// sessions have ended and recorded their last audit events.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -258,16 +325,22 @@ pub async fn serve(
 ) -> Result<(), SftpError> {
     let ssh = Arc::new(ssh_config(key));
     let mut trim = tokio::time::interval(TRIM_EVERY);
+    let mut summary = tokio::time::interval(SUMMARY_EVERY);
     let mut ended_at_trim = 0;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
+            _ = shared.stop.cancelled() => break,
             _ = trim.tick() => {
                 let ended = shared.ended.load(Ordering::Acquire);
                 if ended != ended_at_trim {
                     ended_at_trim = ended;
                     tokio::task::spawn_blocking(trim_heap);
                 }
+                continue;
+            }
+            _ = summary.tick() => {
+                log_drops(&shared);
                 continue;
             }
         };
@@ -280,23 +353,96 @@ pub async fn serve(
                 continue;
             }
         };
-        let settings = shared.config.get().sftp.clone();
+        let config = shared.config.get();
+        let settings = &config.sftp;
         let ip = peer.ip();
-        let verdict = {
+        let (verdict, exempt) = {
             let mut d = shared.defender.lock().expect("defender lock");
-            d.configure(settings.ban_after_failures, settings.ban);
-            d.check(ip, Instant::now())
+            d.configure(
+                settings.ban_after_failures,
+                settings.ban,
+                &settings.ban_exempt,
+            );
+            (d.check(ip, Instant::now()), d.is_exempt(ip))
         };
         if let Verdict::Banned { remaining } = verdict {
+            shared.drops.banned.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(peer = %peer, remaining_s = remaining.as_secs(), "connection from a banned address dropped");
             continue;
         }
-        if shared.unauthenticated.load(Ordering::Acquire) >= settings.max_unauthenticated {
-            tracing::warn!(peer = %peer, cap = settings.max_unauthenticated, "too many connections not yet logged in; dropped");
-            continue;
-        }
-        shared.unauthenticated.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(connection(shared.clone(), ssh.clone(), stream, peer));
+        let cancel = shared.stop.child_token();
+        let spoke = Arc::new(AtomicBool::new(false));
+        let caps = Caps {
+            total: settings.max_unauthenticated,
+            per_address: settings.max_unauthenticated_per_address,
+        };
+        let admitted = shared.gate.lock().expect("gate lock").admit(
+            ip,
+            exempt,
+            Instant::now(),
+            caps,
+            (cancel.clone(), spoke.clone()),
+            |(_, spoke)| spoke.load(Ordering::Acquire),
+        );
+        let place = match admitted {
+            Admission::PerAddressCap => {
+                shared.drops.per_address.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %peer, "connection dropped: its address holds its share of connections not logged in");
+                continue;
+            }
+            Admission::Admitted { place, evicted } => {
+                if let Some((older, _)) = evicted {
+                    shared.drops.evicted.fetch_add(1, Ordering::Relaxed);
+                    older.cancel();
+                }
+                place
+            }
+        };
+        shared.tracker.spawn(connection(
+            shared.clone(),
+            ssh.clone(),
+            stream,
+            peer,
+            place,
+            cancel,
+            spoke,
+        ));
+    }
+    drop(listener);
+    shared.tracker.close();
+    let timeout = shared.config.get().sftp.stop_timeout;
+    let open = shared.tracker.len();
+    tracing::info!(
+        connections = open,
+        "stopped accepting; closing open connections"
+    );
+    if tokio::time::timeout(timeout, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            left = shared.tracker.len(),
+            timeout_s = timeout.as_secs(),
+            "connections still open at the stop timeout"
+        );
+    }
+    log_drops(&shared);
+    Ok(())
+}
+
+fn log_drops(shared: &Shared) {
+    let drops = shared.drops.take();
+    if drops.iter().any(|(_, n)| *n > 0) {
+        let [banned, per_address, evicted, silent, timed_out] = drops.map(|(_, n)| n);
+        tracing::warn!(
+            banned,
+            per_address,
+            evicted,
+            silent,
+            timed_out,
+            waiting = shared.unauthenticated(),
+            "connections turned away or closed before login in the last interval"
+        );
     }
 }
 
@@ -304,21 +450,31 @@ pub async fn serve(
 struct ConnState {
     supplier: OnceLock<String>,
     activity: Arc<Activity>,
+    /// Its place among the connections not logged in (see `gate`).
+    place: gate::Place,
+    /// Whether the peer sent anything: a bare TCP connect (a health check)
+    /// is no failed login.
+    spoke: Arc<AtomicBool>,
 }
 
 /// One TCP connection from accept to close: the SSH session, watched for
-/// its login grace time and idle time, then its failure recorded (if it
-/// never logged in) against its address.
+/// its handshake, login grace and idle time, then its failure recorded (if
+/// it tried and never logged in) against its address.
 async fn connection(
     shared: Arc<Shared>,
     ssh: Arc<russh::server::Config>,
     stream: TcpStream,
     peer: SocketAddr,
+    place: gate::Place,
+    cancel: CancellationToken,
+    spoke: Arc<AtomicBool>,
 ) {
     let started = Instant::now();
     let state = Arc::new(ConnState {
         supplier: OnceLock::new(),
         activity: Activity::new(),
+        place,
+        spoke,
     });
     let handler = Connection {
         shared: shared.clone(),
@@ -327,70 +483,139 @@ async fn connection(
         slot: None,
         channels: HashMap::new(),
     };
-    let grace = shared.config.get().sftp.login_grace;
+    // The login grace time bounds the handshake too.
+    let handshake = {
+        let settings = &shared.config.get().sftp;
+        settings.handshake.min(settings.login_grace)
+    };
     // russh's `nodelay` setting applies only to sockets it accepts itself;
     // without it every login stalled 40 ms on Nagle (see `quickack`).
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(peer = %peer, error = %e, "could not set TCP_NODELAY");
     }
-    let outcome = match tokio::time::timeout(
-        grace,
-        russh::server::run_stream(ssh, quickack::QuickAck::new(stream), handler),
-    )
-    .await
-    {
-        Err(_) => Some("login grace time exceeded before the SSH handshake"),
-        Ok(Err(e)) => {
-            tracing::debug!(peer = %peer, error = %e, "ssh handshake failed");
-            None
-        }
-        Ok(Ok(session)) => watch(&shared, session, &state, started).await,
+    let stream = quickack::QuickAck::new(stream, state.spoke.clone());
+    let opened = tokio::select! {
+        _ = cancel.cancelled() => None,
+        r = tokio::time::timeout(handshake, russh::server::run_stream(ssh, stream, handler)) => Some(r),
     };
-    if let Some(reason) = outcome {
-        tracing::info!(peer = %peer, supplier = ?state.supplier.get(), reason, "connection closed");
-    }
+    let outcome = match opened {
+        None => Closed::Cancelled,
+        Some(Err(_)) => Closed::TimedOut("no SSH identification within the handshake time"),
+        Some(Ok(Err(e))) => Closed::Failed(e.to_string()),
+        // Closed gracefully from here on: a disconnect message, then the end.
+        Some(Ok(Ok(session))) => watch(&shared, session, &state, started, &cancel).await,
+    };
     shared.ended.fetch_add(1, Ordering::AcqRel);
-    if state.supplier.get().is_none() {
-        shared.unauthenticated.fetch_sub(1, Ordering::AcqRel);
-        let ban = shared
-            .defender
-            .lock()
-            .expect("defender lock")
-            .failed(peer.ip(), Instant::now());
-        if let Some(length) = ban {
-            tracing::warn!(peer = %peer.ip(), ban_s = length.as_secs(), "address banned after repeated failed logins");
+    let logged_in = state.supplier.get();
+    let spoke = state.spoke.load(Ordering::Acquire);
+    match (&outcome, logged_in) {
+        (Closed::Cancelled, _) if shared.stop.is_cancelled() => {}
+        (Closed::Cancelled, None) => {}
+        (Closed::Cancelled, Some(s)) => {
+            tracing::info!(peer = %peer, supplier = %s, "connection closed")
         }
+        (Closed::TimedOut(reason), Some(s)) => {
+            tracing::info!(peer = %peer, supplier = %s, reason, "connection closed")
+        }
+        (Closed::TimedOut(reason), None) => {
+            shared.drops.timed_out.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %peer, reason, "connection closed");
+        }
+        // Refused handshakes (no common algorithm, bad packets) are worth a line each.
+        (Closed::Failed(reason), _) => {
+            tracing::info!(peer = %peer, supplier = logged_in.map_or("-", String::as_str), reason = %reason, "ssh connection failed")
+        }
+        (Closed::Ended, _) => {}
+    }
+    if logged_in.is_some() {
+        return;
+    }
+    let left = shared.gate.lock().expect("gate lock").leave(place);
+    if left.is_none() && !shared.stop.is_cancelled() {
+        // It gave way to a newer connection: that is the flood's doing, not this address's.
+        tracing::debug!(peer = %peer, "connection not logged in gave way to a newer one");
+        return;
+    }
+    if !spoke {
+        shared.drops.silent.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if shared.stop.is_cancelled() {
+        return;
+    }
+    let config = shared.config.get();
+    let exempt_of: Vec<&str> = config
+        .suppliers
+        .values()
+        .filter(|s| s.allow_from.iter().any(|n| n.contains(&peer.ip())))
+        .map(|s| s.id.as_str())
+        .collect();
+    let ban = {
+        let mut d = shared.defender.lock().expect("defender lock");
+        if d.is_exempt(peer.ip()) {
+            None
+        } else {
+            d.failed(peer.ip(), Instant::now())
+        }
+    };
+    if !exempt_of.is_empty() {
+        // Never banned: the supplier's own network. Its failures are its to see.
+        tracing::warn!(peer = %peer, suppliers = %exempt_of.join(","), "a connection from a supplier's network ended without a login");
+    } else if let Some(length) = ban {
+        tracing::warn!(peer = %peer.ip(), ban_s = length.as_secs(), "address banned after repeated failed logins");
     }
 }
 
+/// How a connection ended.
+enum Closed {
+    /// The session ended by itself (the client left, or an error after login).
+    Ended,
+    /// Closed by the server: stop, or it gave way to a newer connection.
+    Cancelled,
+    /// Closed by the server for a timeout; why.
+    TimedOut(&'static str),
+    /// The SSH handshake or session failed: why.
+    Failed(String),
+}
+
 /// Runs a session to its end, closing it when the login grace time or the
-/// idle timeout of the config in force runs out. Returns why it closed it.
+/// idle timeout of the config in force runs out, or when it is cancelled.
 async fn watch(
     shared: &Shared,
     session: russh::server::RunningSession<Connection>,
     state: &ConnState,
     started: Instant,
-) -> Option<&'static str> {
+    cancel: &CancellationToken,
+) -> Closed {
     let handle = session.handle();
     tokio::pin!(session);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let reason = loop {
+    let (closed, reason) = loop {
         tokio::select! {
             r = &mut session => {
-                if let Err(e) = r {
-                    // Malformed traffic ends that connection only.
-                    tracing::debug!(error = %e, "ssh connection ended with an error");
-                }
-                return None;
+                return match r {
+                    // Malformed traffic, or no algorithm in common: ends that connection only.
+                    Err(e) => Closed::Failed(e.to_string()),
+                    Ok(()) => Closed::Ended,
+                };
+            }
+            _ = cancel.cancelled() => {
+                let why = if shared.stop.is_cancelled() {
+                    "the server is stopping"
+                } else {
+                    "too many connections not logged in; the oldest gives way"
+                };
+                break (Closed::Cancelled, why);
             }
             _ = tick.tick() => {
                 let settings = &shared.config.get().sftp;
                 if state.supplier.get().is_none() {
                     if started.elapsed() >= settings.login_grace {
-                        break "login grace time exceeded";
+                        let why = "login grace time exceeded";
+                        break (Closed::TimedOut(why), why);
                     }
                 } else if state.activity.idle() >= settings.idle_timeout {
-                    break "idle timeout";
+                    break (Closed::TimedOut("idle timeout"), "idle timeout");
                 }
             }
         }
@@ -400,7 +625,7 @@ async fn watch(
         .await;
     // A peer that does not read its disconnect message is not waited for.
     let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
-    Some(reason)
+    closed
 }
 
 struct Connection {
@@ -529,7 +754,11 @@ impl russh::server::Handler for Connection {
             )
             .await;
         if self.state.supplier.set(user.to_string()).is_ok() {
-            self.shared.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+            self.shared
+                .gate
+                .lock()
+                .expect("gate lock")
+                .leave(self.state.place);
         }
         self.shared
             .defender
@@ -553,6 +782,7 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // Channels that have not started SFTP (or a checksum) yet; closed ones leave the map.
         if self.slot.is_none() || self.channels.len() >= 4 {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
@@ -561,6 +791,15 @@ impl russh::server::Handler for Connection {
         }
         self.channels.insert(channel.id(), channel);
         reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
         Ok(())
     }
 
@@ -603,6 +842,51 @@ impl russh::server::Handler for Connection {
         session.channel_failure(channel)
     }
 
+    // Every request not served is answered (when the client wants a reply):
+    // a client waiting for one would hang.
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        _col: u32,
+        _row: u32,
+        _pw: u32,
+        _ph: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        _signal: russh::Sig,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
     async fn agent_request(
         &mut self,
         channel: ChannelId,
@@ -617,20 +901,38 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tracing::info!(supplier = ?self.state.supplier.get(), "shell refused");
-        session.channel_failure(channel)?;
-        session.close(channel)
+        let supplier = self.state.supplier.get().map_or("-", String::as_str);
+        tracing::info!(supplier, peer = %self.peer, "shell refused: SFTP only");
+        // Answered on the channel, so a plain `ssh` login says why it ends.
+        self.refuse_on_channel(channel, session, SFTP_ONLY)
     }
 
     async fn exec_request(
         &mut self,
         channel: ChannelId,
-        _data: &[u8],
+        data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tracing::info!(supplier = ?self.state.supplier.get(), "exec refused");
-        session.channel_failure(channel)?;
-        session.close(channel)
+        let supplier = self.state.supplier.get().cloned();
+        let (Some(supplier), Some(ch)) = (supplier, self.channels.remove(&channel)) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        let command = match exec::parse(data) {
+            Ok(c) => c,
+            Err(message) => {
+                tracing::info!(supplier = %supplier, peer = %self.peer, "exec refused: not a checksum command");
+                self.channels.insert(channel, ch);
+                return self.refuse_on_channel(channel, session, &message);
+            }
+        };
+        session.channel_success(channel)?;
+        let sftp = self.sftp_session(supplier);
+        self.state.activity.touch();
+        self.shared
+            .tracker
+            .spawn(answer_checksum(ch, sftp, command));
+        Ok(())
     }
 
     async fn channel_eof(
@@ -638,7 +940,11 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.close(channel)
+        // A channel handed to a task (SFTP, a checksum of input) is ended by that task.
+        if self.channels.contains_key(&channel) {
+            session.close(channel)?;
+        }
+        Ok(())
     }
 
     async fn subsystem_request(
@@ -656,14 +962,91 @@ impl russh::server::Handler for Connection {
             return Ok(());
         };
         session.channel_success(channel_id)?;
-        let handler = SftpSession::new(
+        let handler = self.sftp_session(supplier);
+        russh_sftp::server::run(pipe::stream(channel, self.state.activity.clone()), handler).await;
+        Ok(())
+    }
+}
+
+/// What a shell or an unknown command is told.
+const SFTP_ONLY: &str =
+    "This service offers SFTP only (sftp, curl, rclone, lftp, ...); there is no shell.";
+
+impl Connection {
+    /// The supplier's read-only view, holding a guard the stop waits for.
+    fn sftp_session(&self, supplier: String) -> SftpSession {
+        SftpSession::new(
             supplier,
             self.shared.config.clone(),
             self.shared.root.clone(),
             self.shared.audit.clone(),
             self.ip(),
-        );
-        russh_sftp::server::run(pipe::stream(channel, self.state.activity.clone()), handler).await;
-        Ok(())
+            self.shared.tracker.token(),
+        )
+    }
+
+    /// Accepts the request, then says why it ends on standard error with
+    /// exit status 1 and closes the channel.
+    fn refuse_on_channel(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+        message: &str,
+    ) -> Result<(), russh::Error> {
+        self.channels.remove(&channel);
+        session.channel_success(channel)?;
+        session.extended_data(channel, 1, bytes::Bytes::from(format!("{message}\r\n")))?;
+        session.exit_status_request(channel, 1)?;
+        session.eof(channel)?;
+        session.close(channel)
     }
 }
+
+/// Answers one checksum command on its channel, then closes it.
+async fn answer_checksum(channel: Channel<Msg>, sftp: SftpSession, command: exec::Checksum) {
+    let (mut reader, writer) = channel.split();
+    let answer = match &command.path {
+        Some(path) => sftp.checksum(command.algorithm, path).await,
+        None => {
+            // Standard input until EOF (rclone probes with empty input).
+            let mut hasher = command.algorithm.hasher();
+            let mut read = 0usize;
+            loop {
+                match reader.wait().await {
+                    Some(russh::ChannelMsg::Data { data }) => {
+                        read += data.len();
+                        if read > STDIN_LIMIT {
+                            break;
+                        }
+                        hasher.update(&data);
+                    }
+                    Some(russh::ChannelMsg::Eof) | None => break,
+                    Some(_) => {}
+                }
+            }
+            if read > STDIN_LIMIT {
+                Err(format!(
+                    "{}: input over {STDIN_LIMIT} bytes",
+                    command.algorithm.name()
+                ))
+            } else {
+                Ok(exec::line(&hasher.hex(), None))
+            }
+        }
+    };
+    let status = match answer {
+        Ok(line) => writer.data(line.as_bytes()).await.map(|_| 0),
+        Err(line) => writer
+            .extended_data(1, format!("{line}\n").as_bytes())
+            .await
+            .map(|_| 1),
+    };
+    if let Ok(code) = status {
+        let _ = writer.exit_status(code).await;
+        let _ = writer.eof().await;
+    }
+    let _ = writer.close().await;
+}
+
+/// Standard input hashed at most (it is a probe, not an upload).
+const STDIN_LIMIT: usize = 1 << 20;

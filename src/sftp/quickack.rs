@@ -11,6 +11,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use socket2::SockRef;
@@ -24,13 +26,16 @@ const HANDSHAKE_READS: u32 = 64;
 pub struct QuickAck {
     stream: TcpStream,
     reads_left: u32,
+    /// Set once the peer has sent anything (a health check's bare connect does not).
+    spoke: Arc<AtomicBool>,
 }
 
 impl QuickAck {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: TcpStream, spoke: Arc<AtomicBool>) -> Self {
         QuickAck {
             stream,
             reads_left: HANDSHAKE_READS,
+            spoke,
         }
     }
 }
@@ -47,6 +52,9 @@ impl AsyncRead for QuickAck {
             && matches!(polled, Poll::Ready(Ok(())))
             && buf.filled().len() > before
         {
+            if self.reads_left == HANDSHAKE_READS {
+                self.spoke.store(true, Ordering::Release);
+            }
             self.reads_left -= 1;
             // Best effort: a failure only means the old delay.
             let _ = SockRef::from(&self.stream).set_tcp_quickack(true);

@@ -62,6 +62,23 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
+impl AuditFilter {
+    /// The filter as ` supplier=bi-alpha area=joblog` (empty when unfiltered).
+    pub fn describe(&self) -> String {
+        [
+            ("supplier", &self.supplier),
+            ("authority", &self.authority),
+            ("area", &self.area),
+            ("action", &self.action),
+            ("from", &self.from),
+            ("to", &self.to),
+        ]
+        .iter()
+        .filter_map(|(name, v)| v.as_ref().map(|v| format!(" {name}={v}")))
+        .collect()
+    }
+}
+
 /// A download of a file holding the person asked about.
 pub type PersonDownload = Record;
 
