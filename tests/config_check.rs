@@ -165,3 +165,69 @@ async fn each_broken_config_gets_a_clear_error_and_the_daemon_refuses_it() {
     }
     assert!(Path::new(path).exists());
 }
+
+/// Regression: a 100 MB config took 6.8 GB of memory and `key_files =
+/// ["/dev/zero"]` grew past 3 GB; a private key where the public one
+/// belongs was not named as such. Each is now a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_files_and_private_keys_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = udstil::app::prepare_demo(dir.path(), "127.0.0.1:2222".parse().unwrap(), 50, 1)
+        .await
+        .unwrap();
+    let good = std::fs::read_to_string(&config).unwrap();
+    let path = config.to_str().unwrap();
+    let check = || udstil(&["config", "check", "--config", path]);
+
+    let zero = good.replacen("keys/bi-beta.pub", "/dev/zero", 1);
+    std::fs::write(&config, zero).unwrap();
+    let out = check();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("supplier bi-beta: cannot read key file /dev/zero: larger than"),
+        "{err}"
+    );
+
+    let private = good.replacen("keys/bi-beta.pub", "keys/bi-beta", 1);
+    std::fs::write(&config, private).unwrap();
+    let err = String::from_utf8_lossy(&check().stderr).into_owned();
+    assert!(err.contains("holds a private key"), "{err}");
+
+    let mut huge = good.clone();
+    huge.push_str(&format!("\n# {}\n", "x".repeat(5 << 20)));
+    std::fs::write(&config, huge).unwrap();
+    let out = check();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot read config file: larger than"),
+        "{err}"
+    );
+}
+
+/// `udstil load` without a kind names both; output cut short by a closed
+/// pipe ends quietly rather than with a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_without_a_kind_and_a_closed_pipe_get_plain_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = udstil::app::prepare_demo(dir.path(), "127.0.0.1:2222".parse().unwrap(), 50, 1)
+        .await
+        .unwrap();
+    let path = config.to_str().unwrap();
+    let out = udstil(&["load", "--config", path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--full|--delta"), "{err}");
+
+    // The reader is gone before the first line is written (`| true`), as
+    // `| head` is once it has its lines.
+    let sh = format!(
+        "set -o pipefail; {} access matrix --config {path} | true",
+        env!("CARGO_BIN_EXE_udstil")
+    );
+    let out = Command::new("bash").args(["-c", &sh]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
