@@ -103,7 +103,6 @@ pub struct SftpSettings {
     /// Addresses never banned: `ban_exempt` and every supplier's `allow_from`.
     pub ban_exempt: Vec<IpNet>,
     pub stop_timeout: Duration,
-    pub legacy_algorithms: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -371,7 +370,6 @@ impl Validator<'_> {
                     &raw.sftp.stop_timeout_seconds,
                     10,
                 )),
-                legacy_algorithms: raw.sftp.legacy_algorithms,
             },
             storage_root: self.path(raw.storage.root.get_ref()),
             source_url,

@@ -52,9 +52,6 @@ pub struct RawSftp {
     pub ban_exempt: Vec<Spanned<String>>,
     /// Seconds a stop waits for open sessions to end before it closes them (default 10).
     pub stop_timeout_seconds: Option<Spanned<i64>>,
-    /// Also offer older algorithms for old clients (JSch 0.1.54); off by default.
-    #[serde(default)]
-    pub legacy_algorithms: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -139,7 +139,7 @@ pub fn ssh_config(key: PrivateKey) -> russh::server::Config {
             ]),
             // After the AEAD ciphers and the encrypt-then-MAC modes: CTR and
             // plain HMAC-SHA2 for libssh2 before 1.11 (Debian 12's curl, PHP's
-            // ssh2, R), which has neither. ssh-audit fails none of them.
+            // ssh2, R), which has neither. ssh-audit fails none of them (it warns of the plain HMACs' encrypt-and-MAC mode).
             cipher: std::borrow::Cow::Borrowed(&[
                 cipher::CHACHA20_POLY1305,
                 cipher::AES_256_GCM,
