@@ -21,6 +21,15 @@ fn line_of(text: &str, needle: &str) -> usize {
         + 1
 }
 
+/// A demo data folder (50 citizens) and its config file.
+async fn demo() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = udstil::app::prepare_demo(dir.path(), "127.0.0.1:2222".parse().unwrap(), 50, 1)
+        .await
+        .unwrap();
+    (dir, config)
+}
+
 /// (what is broken, text replaced, replacement, expected message)
 const CASES: &[(&str, &str, &str, &str)] = &[
     (
@@ -111,10 +120,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_broken_config_gets_a_clear_error_and_the_daemon_refuses_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = udstil::app::prepare_demo(dir.path(), "127.0.0.1:2222".parse().unwrap(), 50, 1)
-        .await
-        .unwrap();
+    let (_dir, config) = demo().await;
     let good = std::fs::read_to_string(&config).unwrap();
     let path = config.to_str().unwrap();
     let ok = udstil(&["config", "check", "--config", path]);
@@ -171,10 +177,7 @@ async fn each_broken_config_gets_a_clear_error_and_the_daemon_refuses_it() {
 /// belongs was not named as such. Each is now a clear error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_files_and_private_keys_are_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = udstil::app::prepare_demo(dir.path(), "127.0.0.1:2222".parse().unwrap(), 50, 1)
-        .await
-        .unwrap();
+    let (_dir, config) = demo().await;
     let good = std::fs::read_to_string(&config).unwrap();
     let path = config.to_str().unwrap();
     let check = || udstil(&["config", "check", "--config", path]);
@@ -210,10 +213,7 @@ async fn oversized_files_and_private_keys_are_refused_by_name() {
 /// pipe ends quietly rather than with a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_without_a_kind_and_a_closed_pipe_get_plain_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = udstil::app::prepare_demo(dir.path(), "127.0.0.1:2222".parse().unwrap(), 50, 1)
-        .await
-        .unwrap();
+    let (_dir, config) = demo().await;
     let path = config.to_str().unwrap();
     let out = udstil(&["load", "--config", path]);
     let err = String::from_utf8_lossy(&out.stderr);

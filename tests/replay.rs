@@ -276,6 +276,16 @@ async fn with_pg_database(f: impl AsyncFnOnce(&str)) {
     f(&db.url).await;
 }
 
+/// Runs `f` on a new SQLite DFDG file, in a runtime of its own (proptest cases are sync).
+fn on_sqlite(f: impl AsyncFnOnce(&str)) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("dfdg.sqlite").display());
+        f(&url).await;
+    });
+}
+
 fn histories() -> impl Strategy<Value = (u64, Vec<u64>)> {
     (1u64..1_000_000, prop::collection::vec(1u64..80, 1..4))
 }
@@ -285,12 +295,7 @@ proptest! {
 
     #[test]
     fn replay_equals_a_fresh_full_load_on_sqlite((seed, rounds) in histories()) {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}", dir.path().join("dfdg.sqlite").display());
-            check_history(&url, 120, seed, &rounds).await;
-        });
+        on_sqlite(async |url: &str| check_history(url, 120, seed, &rounds).await);
     }
 }
 
@@ -875,11 +880,8 @@ proptest! {
 
     #[test]
     fn deltas_disclose_nothing_an_authority_could_not_see_on_sqlite((seed, rounds) in histories()) {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}", dir.path().join("dfdg.sqlite").display());
-            check_no_disclosure(&url, 150, seed, &rounds).await;
+        on_sqlite(async |url: &str| {
+            check_no_disclosure(url, 150, seed, &rounds).await;
         });
     }
 }

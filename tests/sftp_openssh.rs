@@ -405,20 +405,7 @@ async fn unknown_keys_other_users_keys_and_passwords_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shell_exec_and_forwarding_are_refused() {
     let env = start(100).await;
-    let key = env.key("bi-alpha");
-    let ssh = |args: &[&str]| {
-        tokio::task::block_in_place(|| {
-            std::process::Command::new("ssh")
-                .args(ssh_opts())
-                .arg("-i")
-                .arg(&key)
-                .args(["-p", &env.addr.port().to_string()])
-                .args(args)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap()
-        })
-    };
+    let ssh = |args: &[&str]| env.ssh("bi-alpha", args);
     let target = format!("bi-alpha@{}", env.addr.ip());
     let out = ssh(&[&target, "cat /etc/passwd"]);
     assert!(
@@ -497,21 +484,8 @@ async fn one_gib_download_with_many_outstanding_large_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checksums_are_answered_for_visible_files_only() {
     let env = start(100).await;
-    let key = env.key("bi-alpha");
-    let ssh = |command: &str| {
-        tokio::task::block_in_place(|| {
-            std::process::Command::new("ssh")
-                .args(ssh_opts())
-                .arg("-i")
-                .arg(&key)
-                .args(["-p", &env.addr.port().to_string()])
-                .arg(format!("bi-alpha@{}", env.addr.ip()))
-                .arg(command)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap()
-        })
-    };
+    let target = format!("bi-alpha@{}", env.addr.ip());
+    let ssh = |command: &str| env.ssh("bi-alpha", &[&target, command]);
     let full = env.root().join("kommune/101/joblog/v1/full");
     let load = only_load_folder(&full);
     let real = load.join("part-00000.parquet");

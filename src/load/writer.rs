@@ -140,7 +140,6 @@ pub struct Fanout {
 /// `_draft`, `_seq`, `_op`, `_changed_at` (see `source::delta_extract`).
 pub struct DeltaState {
     published: usize,
-    key_cols: Vec<usize>,
     /// Where each row touched so far is published (seeded with the state at
     /// the previous watermark).
     pub state: HashMap<String, BTreeSet<AuthorityId>>,
@@ -188,28 +187,24 @@ impl Fanout {
         columns: &[Column],
         state: HashMap<String, BTreeSet<AuthorityId>>,
     ) -> Self {
-        let key_cols = area
-            .key
-            .iter()
-            .map(|k| {
-                columns
-                    .iter()
-                    .position(|c| &c.name == k)
-                    .expect("key columns are published")
-            })
-            .collect();
         let schema = delta_schema(columns);
-        Self::build(
+        let fanout = Self::build(
             staging,
             area,
             columns,
             schema,
             Some(DeltaState {
                 published: columns.len(),
-                key_cols,
                 state,
             }),
-        )
+        );
+        // A delta tracks rows by key: `load::checked_columns` made sure it is published.
+        assert_eq!(
+            fanout.key_cols.len(),
+            area.key.len(),
+            "key columns are published"
+        );
+        fanout
     }
 
     fn build(
@@ -352,7 +347,7 @@ impl Fanout {
                     })?;
                     let is_draft = !draft.is_null(row) && draft.value(row);
                     let after = delta::published_to(op, is_draft, &r.targets);
-                    let key = key_string(batch, &d.key_cols, row);
+                    let key = key_string(batch, &self.key_cols, row);
                     let before = d.state.insert(key, after.clone()).unwrap_or_default();
                     for (authority, op) in delta::emit(&before, &after) {
                         let e = rows_for.entry(authority).or_default();
@@ -378,7 +373,7 @@ impl Fanout {
                     for (i, c) in batch.columns()[..n].iter().enumerate() {
                         let taken =
                             arrow_select::take::take(c, &idx, None).map_err(self.arrow())?;
-                        cols.push(if d.key_cols.contains(&i) {
+                        cols.push(if self.key_cols.contains(&i) {
                             taken
                         } else {
                             arrow_select::nullif::nullif(&taken, &deleted).map_err(self.arrow())?

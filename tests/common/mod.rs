@@ -45,6 +45,23 @@ impl Env {
     }
 }
 
+impl Env {
+    /// Runs OpenSSH's `ssh` as `supplier` with `args` (a command, `-T`, ...).
+    pub fn ssh(&self, supplier: &str, args: &[&str]) -> Output {
+        tokio::task::block_in_place(|| {
+            Command::new("ssh")
+                .args(ssh_opts())
+                .arg("-i")
+                .arg(self.key(supplier))
+                .args(["-p", &self.addr.port().to_string()])
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        })
+    }
+}
+
 pub fn sftp_with_key(
     addr: SocketAddr,
     user: &str,
