@@ -75,6 +75,31 @@ async fn source_columns(config: &Config) -> Result<config::TableColumns, SourceE
     columns
 }
 
+/// How long the column check of `serve` and of a reload may take.
+const COLUMN_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Checks the column names against DFDG in the background and logs what
+/// does not match, or that DFDG could not be asked. Serving never waits for
+/// it: SFTP and reloads must not depend on the source (loads retry on their own).
+pub fn check_columns_in_background(config: Arc<Config>) {
+    tokio::spawn(async move {
+        match tokio::time::timeout(COLUMN_CHECK_TIMEOUT, source_columns(&config)).await {
+            Ok(Ok(columns)) => {
+                for e in config::check_columns(&config, &columns) {
+                    tracing::warn!(error = %e, "column check: loads of this area will fail until it is fixed");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "column check: DFDG unreachable, column names not checked; loads retry on their schedule")
+            }
+            Err(_) => tracing::warn!(
+                timeout_s = COLUMN_CHECK_TIMEOUT.as_secs(),
+                "column check: DFDG did not answer in time, column names not checked; loads retry on their schedule"
+            ),
+        }
+    });
+}
+
 fn columns_checked(config: Config, columns: &config::TableColumns) -> Result<Config, ConfigErrors> {
     let errors = config::check_columns(&config, columns);
     if errors.is_empty() {
@@ -432,17 +457,10 @@ pub fn access_changes(old: &Config, new: &Config, now: chrono::DateTime<Utc>) ->
 
 /// Re-reads the config file and, if it is valid, puts it in force. An
 /// invalid file is refused as a whole and the config in force stays. The
-/// column check against DFDG runs when DFDG answers; an outage of DFDG does
-/// not hold back an access change (a revocation must never wait for it).
+/// column check against DFDG runs afterwards in the background: DFDG, up or
+/// down, never holds back an access change (a revocation must never wait).
 pub async fn reload(live: &Live, path: &Path) -> Result<Vec<AccessChange>, ConfigErrors> {
-    let new = config::load(path)?;
-    let new = match source_columns(&new).await {
-        Ok(columns) => columns_checked(new, &columns)?,
-        Err(e) => {
-            tracing::warn!(error = %e, "config reload: DFDG unreachable, column names not checked");
-            new
-        }
-    };
+    let new = Arc::new(config::load(path)?);
     let old = live.get();
     for (what, changed) in [
         ("[sftp] listen", old.sftp.listen != new.sftp.listen),
@@ -458,7 +476,8 @@ pub async fn reload(live: &Live, path: &Path) -> Result<Vec<AccessChange>, Confi
         }
     }
     let changes = access_changes(&old, &new, Utc::now());
-    live.replace(Arc::new(new));
+    live.replace(new.clone());
+    check_columns_in_background(new);
     for c in &changes {
         let change = if c.gained { "gained" } else { "lost" };
         tracing::info!(supplier = %c.supplier, authority = %c.authority, area = %c.area,

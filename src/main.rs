@@ -315,11 +315,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Access { command } => access(command),
         Command::Audit { command } => audit(command).await,
         Command::Serve { config } => {
-            let c = checked(&config).await?;
+            // SFTP does not depend on DFDG: its columns are checked in the
+            // background, and a source that is down only delays loads.
+            let c = udstil::config::load(&config)
+                .map_err(|e| anyhow::anyhow!("refusing to start, the config has errors:\n{e}"))?;
             app::reconcile_state(&c).await;
             let listen = c.sftp.listen;
-            let server = app::Server::bind(Arc::new(c), listen).await?;
+            let c = Arc::new(c);
+            let server = app::Server::bind(c.clone(), listen).await?;
             tracing::info!(addr = %server.addr, "serving SFTP");
+            app::check_columns_in_background(c);
             serve_until_signal(server).await
         }
         Command::Load {

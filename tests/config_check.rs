@@ -145,12 +145,16 @@ async fn each_broken_config_gets_a_clear_error_and_the_daemon_refuses_it() {
             || (*what == "unknown column" && err.lines().any(|l| l.starts_with(path) && l.contains(message)));
         assert!(found, "{what}: expected {want}...{message}\ngot:\n{err}");
 
-        let out = udstil(&["serve", "--config", path]);
-        assert!(!out.status.success(), "{what}: serve started");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("refusing to start"),
-            "{what}"
-        );
+        // A column that does not match DFDG is a warning for `serve` (SFTP
+        // does not depend on the source); every other error stops it.
+        if *what != "unknown column" {
+            let out = udstil(&["serve", "--config", path]);
+            assert!(!out.status.success(), "{what}: serve started");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("refusing to start"),
+                "{what}"
+            );
+        }
         if *what != "misspelt field" && *what != "unknown column" {
             all = all.replacen(from, to, 1);
         }

@@ -164,3 +164,160 @@ async fn edits_apply_to_open_sessions_and_invalid_edits_are_refused() {
         "{text}"
     );
 }
+
+/// Regression: with DFDG down, `serve` refused to start ("the config has
+/// errors") and a reload took 11 s waiting for the column check. Now SFTP
+/// serves and reloads whatever the source is doing; the column check is a
+/// warning in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_and_reloading_do_not_wait_for_a_source_that_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config_path = app::prepare_demo(dir.path(), addr, 60, 7).await.unwrap();
+    let config = app::check_config(&config_path).await.unwrap();
+    app::full_loads(&config, None).await.unwrap();
+    // DFDG "moves" to a port where nothing listens (a PostgreSQL that is down).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let good = std::fs::read_to_string(&config_path).unwrap().replace(
+        "url = \"sqlite://dfdg.sqlite\"",
+        &format!("url = \"postgres://postgres@127.0.0.1:{closed}/test\""),
+    );
+    std::fs::write(&config_path, &good).unwrap();
+
+    let log = dir.path().join("daemon.log");
+    let started = Instant::now();
+    let _daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_udstil"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let key = dir.path().join("keys/bi-alpha");
+    assert!(
+        within(Duration::from_secs(10), async || {
+            library_session(addr, "bi-alpha", &key).await.is_ok()
+        })
+        .await,
+        "no login with the source down: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let serving_after = started.elapsed();
+    let (_ssh, sftp) = library_session(addr, "bi-alpha", &key).await.unwrap();
+    assert!(areas_of(&sftp, "/kommune/147").await.is_some());
+    assert!(
+        within(Duration::from_secs(10), async || {
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("column names not checked")
+        })
+        .await,
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+
+    // bi-alpha loses kommune/147; the open session sees it within a reload's time.
+    let edited = good.replacen(
+        "suppliers = [\"bi-alpha\", \"bi-gamma\"]",
+        "suppliers = [\"bi-gamma\"]",
+        1,
+    );
+    assert_ne!(edited, good);
+    let t = Instant::now();
+    std::fs::write(&config_path, &edited).unwrap();
+    assert!(
+        within(Duration::from_secs(5), async || areas_of(
+            &sftp,
+            "/kommune/147"
+        )
+        .await
+        .is_none())
+        .await,
+        "the reload waited for the source: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    eprintln!(
+        "serving {} ms after start; the revocation applied {} ms after the edit",
+        serving_after.as_millis(),
+        t.elapsed().as_millis()
+    );
+}
+
+/// Refused handshakes (no algorithm in common) and refused logins are in
+/// the log with the peer's address and the reason, not only in the audit table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_and_logins_are_logged_with_peer_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config_path = app::prepare_demo(dir.path(), addr, 40, 7).await.unwrap();
+    let log = dir.path().join("daemon.log");
+    let _daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_udstil"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        within(Duration::from_secs(20), async || {
+            std::net::TcpStream::connect(addr).is_ok()
+        })
+        .await
+    );
+    let stranger = dir.path().join("keys/stranger");
+    std::fs::write(&stranger, include_str!("../fixtures/keys/stranger")).unwrap();
+    let mut perms = std::fs::metadata(&stranger).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&stranger, perms).unwrap();
+    let cbc = tokio::task::block_in_place(|| {
+        sftp_with_key(
+            addr,
+            "bi-alpha",
+            &dir.path().join("keys/bi-alpha"),
+            "ls /\n",
+            &["-o", "Ciphers=aes128-cbc"],
+        )
+    });
+    assert!(!cbc.status.success());
+    let refused =
+        tokio::task::block_in_place(|| sftp_with_key(addr, "bi-alpha", &stranger, "ls /\n", &[]));
+    assert!(!refused.status.success());
+    let logged = |needles: &[&str]| {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+    };
+    assert!(
+        within(Duration::from_secs(5), async || logged(&[
+            "ssh handshake failed",
+            "peer=127.0.0.1:",
+            "reason="
+        ]) && logged(&[
+            "login refused",
+            "peer=127.0.0.1:",
+            "reason=\"unknown key\""
+        ]))
+        .await,
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+}

@@ -117,9 +117,23 @@ pub async fn run<F, Fut, E>(
             }
             match job().await {
                 Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(%name, attempt = attempt + 1, error = %e, "scheduled run failed")
-                }
+                Err(e) => match RETRY_DELAYS.get(attempt) {
+                    Some(retry) => {
+                        let at =
+                            clock.now() + chrono::Duration::from_std(*retry).unwrap_or_default();
+                        tracing::warn!(%name, attempt = attempt + 1, error = %e,
+                            next_try = %at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                            "scheduled run failed; trying again")
+                    }
+                    None => {
+                        let next = next_tick(&schedule, clock.now()).map_or_else(
+                            || "never".to_string(),
+                            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        );
+                        tracing::warn!(%name, attempt = attempt + 1, error = %e, next_try = %next,
+                            "scheduled run failed; no retries left, waiting for the next tick")
+                    }
+                },
             }
         }
     }

@@ -521,9 +521,14 @@ async fn connection(
             shared.drops.timed_out.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(peer = %peer, reason, "connection closed");
         }
-        // Refused handshakes (no common algorithm, bad packets) are worth a line each.
-        (Closed::Failed(reason), _) => {
-            tracing::info!(peer = %peer, supplier = logged_in.map_or("-", String::as_str), reason = %reason, "ssh connection failed")
+        // Refused handshakes (no common algorithm, bad packets) are worth a
+        // line each; after a login it is mostly a client that left without a
+        // goodbye.
+        (Closed::Failed(reason), None) => {
+            tracing::info!(peer = %peer, reason = %reason, "ssh handshake failed")
+        }
+        (Closed::Failed(reason), Some(s)) => {
+            tracing::debug!(peer = %peer, supplier = %s, reason = %reason, "ssh connection ended with an error")
         }
         (Closed::Ended, _) => {}
     }
@@ -711,6 +716,7 @@ impl russh::server::Handler for Connection {
             None => Ok(Auth::Accept),
             Some(reason) => {
                 let fingerprint = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
+                tracing::info!(user, %fingerprint, peer = %self.peer, reason, "login refused");
                 self.audit_refusal(user, Some(fingerprint), reason).await;
                 self.penalty().await;
                 Ok(Auth::reject())
