@@ -1,6 +1,6 @@
 //! Wiring: from a config file to running parts. No policy or layout here.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -163,6 +163,9 @@ pub async fn run_loads_with(
         None => config.areas.iter().collect(),
     };
     let state = open_state(config).await;
+    if let Some(s) = &state {
+        record_unrecorded_loads(config, &areas, s).await;
+    }
     let mut reports = Vec::new();
     let mut failure = None;
     match Source::connect(&config.source_url).await {
@@ -300,9 +303,63 @@ fn log_state(e: crate::state::StateError) -> crate::state::StateError {
     e
 }
 
-/// At start-up: marks interrupted runs and sets watermarks from the tree.
+/// Loads in the tree that no run records as published (a stop or crash
+/// came between the publication and its record, or hit the publication
+/// half-way and the next run finishes it) get their run record and their
+/// `load_published` event now.
+async fn record_unrecorded_loads(config: &Config, areas: &[&config::Area], state: &State) {
+    for area in areas {
+        let (folders, recorded) = match (
+            load::published_loads(&config.storage_root, &area.id),
+            state.recorded_loads(&area.id).await,
+        ) {
+            (Ok(p), Ok(r)) => (p, r),
+            (Err(e), _) => {
+                tracing::error!(area = %area.id, error = %e, "cannot list the published loads");
+                continue;
+            }
+            (_, Err(e)) => {
+                tracing::error!(area = %area.id, error = %e, "cannot read the recorded loads");
+                continue;
+            }
+        };
+        // Per load: its kind and how many authorities hold it.
+        let mut published: BTreeMap<crate::tree::LoadId, (LoadKind, usize)> = BTreeMap::new();
+        for f in folders {
+            published.entry(f.id).or_insert((f.kind, 0)).1 += 1;
+        }
+        for (id, (kind, authorities)) in published {
+            let load_id = id.to_string();
+            if recorded.contains(&load_id) {
+                continue;
+            }
+            if let Err(e) = state
+                .adopt_published(&area.id, area.version, kind, &load_id, id.at)
+                .await
+            {
+                tracing::error!(area = %area.id, load = %load_id, error = %e, "cannot record a recovered load");
+                continue;
+            }
+            let mut event = Event::new(Action::LoadPublished, "ok").detail(&format!(
+                "{} load v{}, {authorities} authorities, recorded after a stop or crash",
+                kind.as_str(),
+                area.version
+            ));
+            event.area = Some(area.id.clone());
+            event.load_id = Some(load_id.clone());
+            audit::writer::append_retrying(state, &[event], 20).await;
+            tracing::warn!(area = %area.id, load = %load_id, kind = kind.as_str(),
+                "a load published before a stop or crash is now recorded");
+        }
+    }
+}
+
+/// At start-up: marks interrupted runs, records loads published but not
+/// recorded, and sets watermarks from the tree.
 pub async fn reconcile_state(config: &Config) {
     if let Some(s) = open_state(config).await {
+        let areas: Vec<&config::Area> = config.areas.iter().collect();
+        record_unrecorded_loads(config, &areas, &s).await;
         match s.reconcile(config).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
@@ -784,9 +841,9 @@ pub fn spawn_schedules(
                     let config = config.clone();
                     let area_id = area_id.clone();
                     async move {
-                        match run_loads(&config, Some(&area_id), kind).await {
+                        match run_loads_by(&config, Some(&area_id), kind, "schedule").await {
                             Err(AppError::Load(LoadError::NoFullLoad { .. })) => {
-                                run_loads(&config, Some(&area_id), LoadKind::Full)
+                                run_loads_by(&config, Some(&area_id), LoadKind::Full, "schedule")
                                     .await
                                     .map(|_| ())
                             }

@@ -61,6 +61,16 @@ async fn scheduled_deltas_publish_changes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(reached, "deltas never reached watermark {hwm}");
+    // Regression: scheduled runs were recorded as `manual`.
+    let state = udstil::state::State::open(config.state_url.as_ref().unwrap())
+        .await
+        .unwrap();
+    let runs = state.loads("joblog").await.unwrap();
+    assert!(!runs.is_empty());
+    for r in &runs {
+        assert_eq!(r.trigger, "schedule", "{r:?}");
+    }
+    state.close().await;
     stop.cancel();
     for t in tasks {
         tokio::time::timeout(Duration::from_secs(30), t)

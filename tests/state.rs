@@ -252,3 +252,70 @@ async fn state_on_postgres_records_runs_failures_and_reconciles() {
     let db = common::pg::TempDb::create("state").await;
     check_state(&db.url).await;
 }
+
+/// Regression: a load published just before a kill (or half-published and
+/// finished by the next run) kept a run record saying `running` or
+/// `interrupted`, and never got its `load_published` event. The next start
+/// or run records it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_published_but_not_recorded_is_recorded_once_afterwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = udstil::app::prepare_demo(dir.path(), "127.0.0.1:0".parse().unwrap(), 60, 2)
+        .await
+        .unwrap();
+    let config = udstil::app::check_config(&config_path).await.unwrap();
+    let state = State::open(config.state_url.as_ref().unwrap())
+        .await
+        .unwrap();
+    // The run of a process killed after its renames, before its record.
+    state
+        .load_started("joblog", 1, LoadKind::Full, "schedule")
+        .await
+        .unwrap();
+    let mut unrecorded = config.clone();
+    unrecorded.state_url = None;
+    let r = udstil::app::run_loads(&unrecorded, Some("joblog"), LoadKind::Full)
+        .await
+        .unwrap();
+    let id = r[0].load_id.to_string();
+
+    udstil::app::reconcile_state(&config).await;
+    let runs = state.loads("joblog").await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].status, "published");
+    assert_eq!(runs[0].trigger, "schedule");
+    assert_eq!(runs[0].load_id.as_deref(), Some(id.as_str()));
+    // Another run (and start) finds it recorded: no second event or record.
+    udstil::app::run_loads(&config, Some("joblog"), LoadKind::Delta)
+        .await
+        .unwrap();
+    udstil::app::reconcile_state(&config).await;
+    let events = state
+        .audit_query(&udstil::state::AuditFilter {
+            action: Some("load_published".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let recovered: Vec<_> = events
+        .iter()
+        .filter(|e| e.event.load_id.as_deref() == Some(id.as_str()))
+        .collect();
+    assert_eq!(recovered.len(), 1, "{events:?}");
+    assert!(
+        recovered[0]
+            .event
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("recorded after a stop or crash")
+    );
+    assert_eq!(
+        events.len(),
+        2,
+        "the delta's own event and the recovered one"
+    );
+    assert_eq!(state.loads("joblog").await.unwrap().len(), 2);
+    state.close().await;
+}

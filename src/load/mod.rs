@@ -904,6 +904,7 @@ pub fn next_seq(root: &Path, area: &str) -> std::io::Result<u64> {
 pub struct PublishedLoad {
     pub authority: AuthorityId,
     pub id: LoadId,
+    pub kind: LoadKind,
     pub dir: PathBuf,
 }
 
@@ -927,6 +928,7 @@ pub fn published_loads(root: &Path, area: &str) -> std::io::Result<Vec<Published
                             out.push(PublishedLoad {
                                 authority,
                                 id,
+                                kind: load_kind,
                                 dir: dir.join(name),
                             });
                         }

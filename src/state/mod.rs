@@ -3,7 +3,9 @@
 //! with state SQL. The published tree stays the truth for what was published:
 //! `reconcile` makes the state agree with it after a crash.
 
-use chrono::{SecondsFormat, Utc};
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
@@ -34,6 +36,8 @@ pub enum State {
 pub struct LoadRow {
     pub area: String,
     pub kind: String,
+    /// `manual`, `schedule` or `recovery`.
+    pub trigger: String,
     pub status: String,
     pub load_id: Option<String>,
     pub watermark_to: Option<i64>,
@@ -182,8 +186,63 @@ impl State {
     }
 
     pub async fn loads(&self, area: &str) -> Result<Vec<LoadRow>, StateError> {
-        let sql = "SELECT area, kind, status, load_id, watermark_to, error FROM loads WHERE area = $1 ORDER BY id";
+        let sql = "SELECT area, kind, trigger, status, load_id, watermark_to, error FROM loads WHERE area = $1 ORDER BY id";
         Ok(on!(self, p => sqlx::query_as(sql).bind(area).fetch_all(p).await?))
+    }
+
+    /// The load ids this database records as published for `area`.
+    pub async fn recorded_loads(&self, area: &str) -> Result<BTreeSet<String>, StateError> {
+        let sql = "SELECT load_id FROM loads WHERE area = $1 AND status = 'published' AND load_id IS NOT NULL";
+        let rows: Vec<(String,)> =
+            on!(self, p => sqlx::query_as(sql).bind(area).fetch_all(p).await?);
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// A load in the tree that no run records as published (the process
+    /// stopped between the publication and its record, or the next run
+    /// finished publishing it): the latest unfinished run of that area and
+    /// kind started before it becomes its run; without one, a `recovery` run
+    /// is recorded.
+    pub async fn adopt_published(
+        &self,
+        area: &str,
+        version: u32,
+        kind: LoadKind,
+        load_id: &str,
+        created: DateTime<Utc>,
+    ) -> Result<(), StateError> {
+        // Load ids have whole seconds; a run starts before its id is taken.
+        let before =
+            (created + chrono::Duration::seconds(1)).to_rfc3339_opts(SecondsFormat::Millis, true);
+        let note = "published before a stop or crash; recorded afterwards";
+        let sql = "UPDATE loads SET status = 'published', load_id = $1, finished_at = $2, error = $3 \
+                   WHERE id = (SELECT id FROM loads WHERE area = $4 AND kind = $5 AND load_id IS NULL \
+                   AND status IN ('running', 'interrupted') AND started_at <= $6 ORDER BY id DESC LIMIT 1)";
+        let adopted = on!(self, p => sqlx::query(sql)
+            .bind(load_id)
+            .bind(now())
+            .bind(note)
+            .bind(area)
+            .bind(kind.as_str())
+            .bind(&before)
+            .execute(p)
+            .await?
+            .rows_affected());
+        if adopted == 0 {
+            let sql = "INSERT INTO loads (area, version, kind, trigger, status, load_id, started_at, finished_at, error) \
+                       VALUES ($1, $2, $3, 'recovery', 'published', $4, $5, $5, $6)";
+            on!(self, p => sqlx::query(sql)
+                .bind(area)
+                .bind(version as i64)
+                .bind(kind.as_str())
+                .bind(load_id)
+                .bind(now())
+                .bind(note)
+                .execute(p)
+                .await
+                .map(|_| ())?);
+        }
+        Ok(())
     }
 
     /// After a crash: runs still marked running were interrupted, and the
