@@ -567,3 +567,131 @@ async fn curl_with_libssh2_downloads_a_load() {
         .unwrap();
     assert!(check.status.success(), "{}", stdout(&check));
 }
+
+/// The clients BI suppliers use, each run for real: it downloads a load,
+/// and `sha256sum -c SHA256SUMS` checks what it got. rclone's `check` must
+/// compare hashes (answered by udstil over exec), not only sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rclone_lftp_paramiko_and_asyncssh_download_a_load() {
+    let env = start(100).await;
+    let full = env.root().join("kommune/101/joblog/v1/full");
+    let load = only_load_folder(&full);
+    let view = format!(
+        "/kommune/101/joblog/v1/full/{}",
+        load.file_name().unwrap().to_string_lossy()
+    );
+    let key = env.key("bi-alpha");
+    let port = env.addr.port().to_string();
+    let run = |program: &str, args: &[&str]| {
+        tokio::task::block_in_place(|| {
+            std::process::Command::new(program)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("{program}: {e}"))
+        })
+    };
+    let verified = |client: &str, dir: &Path| {
+        let check = std::process::Command::new("sha256sum")
+            .args(["-c", "SHA256SUMS"])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "{client}: {}", stdout(&check));
+        assert!(dir.join("MANIFEST.json").exists(), "{client}");
+    };
+    let key_s = key.to_str().unwrap();
+    let remote = format!(":sftp:{view}");
+    let rclone_flags = [
+        "--sftp-host",
+        "127.0.0.1",
+        "--sftp-port",
+        &port,
+        "--sftp-user",
+        "bi-alpha",
+        "--sftp-key-file",
+        key_s,
+    ];
+
+    // rclone: copy, then `check` by hash.
+    let got = tempfile::tempdir().unwrap();
+    let dest = got.path().to_str().unwrap();
+    let mut args = vec!["copy", remote.as_str(), dest];
+    args.extend(rclone_flags);
+    let out = run("rclone", &args);
+    assert!(out.status.success(), "rclone copy: {}", stderr(&out));
+    verified("rclone", got.path());
+    let mut args = vec!["check", remote.as_str(), dest];
+    args.extend(rclone_flags);
+    let out = run("rclone", &args);
+    assert!(out.status.success(), "rclone check: {}", stderr(&out));
+    // Without a hash in common rclone says "N hashes could not be checked".
+    assert!(
+        !stderr(&out).contains("could not be checked"),
+        "rclone compared sizes only: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("0 differences found") && stderr(&out).contains("matching files"),
+        "{}",
+        stderr(&out)
+    );
+    // The control: told not to ask for hashes, rclone says so.
+    args.push("--sftp-disable-hashcheck");
+    let out = run("rclone", &args);
+    assert!(
+        stderr(&out).contains("could not be checked"),
+        "{}",
+        stderr(&out)
+    );
+
+    // lftp over OpenSSH's ssh.
+    let got = tempfile::tempdir().unwrap();
+    let script = format!(
+        "set sftp:connect-program 'ssh -a -x -i {key_s} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o BatchMode=yes'; \
+         open -u bi-alpha, -p {port} sftp://127.0.0.1; mirror {view} {}; bye",
+        got.path().display()
+    );
+    let out = run("lftp", &["-c", &script]);
+    assert!(out.status.success(), "lftp: {}", stderr(&out));
+    verified("lftp", got.path());
+
+    // paramiko, then asyncssh.
+    let paramiko = r#"
+import os, sys, paramiko
+host, port, key, src, dst = sys.argv[1:]
+c = paramiko.SSHClient()
+c.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+c.connect(host, int(port), username="bi-alpha", key_filename=key, allow_agent=False, look_for_keys=False)
+s = c.open_sftp()
+for name in s.listdir(src):
+    s.get(src + "/" + name, os.path.join(dst, name))
+c.close()
+"#;
+    let asyncssh = r#"
+import asyncio, sys, asyncssh
+host, port, key, src, dst = sys.argv[1:]
+async def main():
+    async with asyncssh.connect(host, int(port), username="bi-alpha", client_keys=[key], known_hosts=None) as c:
+        async with c.start_sftp_client() as s:
+            await s.mget(src + "/*", dst)
+asyncio.run(main())
+"#;
+    for (client, code) in [("paramiko", paramiko), ("asyncssh", asyncssh)] {
+        let got = tempfile::tempdir().unwrap();
+        let out = run(
+            "python3",
+            &[
+                "-c",
+                code,
+                "127.0.0.1",
+                &port,
+                key_s,
+                &view,
+                got.path().to_str().unwrap(),
+            ],
+        );
+        assert!(out.status.success(), "{client}: {}", stderr(&out));
+        verified(client, got.path());
+    }
+}
