@@ -572,7 +572,7 @@ async fn curl_with_libssh2_downloads_a_load() {
 /// and `sha256sum -c SHA256SUMS` checks what it got. rclone's `check` must
 /// compare hashes (answered by udstil over exec), not only sizes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rclone_lftp_paramiko_and_asyncssh_download_a_load() {
+async fn rclone_lftp_paramiko_asyncssh_and_node_download_a_load() {
     let env = start(100).await;
     let full = env.root().join("kommune/101/joblog/v1/full");
     let load = only_load_folder(&full);
@@ -694,4 +694,21 @@ asyncio.run(main())
         assert!(out.status.success(), "{client}: {}", stderr(&out));
         verified(client, got.path());
     }
+
+    // Node's ssh2-sftp-client (installed by `.ci/run` into tests/clients).
+    let got = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/node_sftp.js");
+    let out = run(
+        "node",
+        &[
+            script,
+            "127.0.0.1",
+            &port,
+            key_s,
+            &view,
+            got.path().to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "ssh2-sftp-client: {}", stderr(&out));
+    verified("ssh2-sftp-client", got.path());
 }
