@@ -217,3 +217,39 @@ async fn every_request_wanting_a_reply_gets_one_and_closed_channels_free_their_p
     let sftp = SftpSession::new(ch.into_stream()).await.unwrap();
     assert_eq!(sftp.canonicalize(".").await.unwrap(), "/");
 }
+
+/// A supplier reaching for an authority it may not read, by stat or
+/// realpath rather than a listing, is audited as a refused `lookup`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_of_hidden_authorities_are_audited_as_refusals() {
+    let env = start(40).await;
+    let (_ssh, sftp) = connect(&env, "bi-beta").await;
+    assert!(sftp.metadata("/kommune/147").await.is_err());
+    assert!(sftp.canonicalize("/kommune/147/joblog").await.is_err());
+    assert!(sftp.metadata("/kommune/101").await.is_ok());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = udstil(&["audit", "query", "--action", "lookup"], &env.config_path);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        let refused: Vec<&str> = text.lines().filter(|l| l.contains("bi-beta")).collect();
+        if refused.len() >= 2 {
+            assert!(
+                refused
+                    .iter()
+                    .all(|l| l.contains("kommune/147") && l.contains("refused")),
+                "{text}"
+            );
+            assert!(
+                !text.contains("kommune/101"),
+                "an allowed lookup was recorded: {text}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refused lookups audited: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
