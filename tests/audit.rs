@@ -219,12 +219,7 @@ async fn a_stop_during_a_download_records_it_before_exiting() {
     use tokio::io::AsyncReadExt;
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr = common::free_addr();
         let cfg = udstil::app::prepare_demo(dir.path(), addr, 300, 3)
             .await
             .unwrap();

@@ -12,6 +12,21 @@ use udstil::app;
 
 struct Daemon(std::process::Child);
 
+impl Daemon {
+    /// `udstil serve --config <config>`, its log in `log`.
+    fn serve(config: &std::path::Path, log: &std::path::Path) -> Daemon {
+        Daemon(
+            Command::new(env!("CARGO_BIN_EXE_udstil"))
+                .args(["serve", "--config"])
+                .arg(config)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -45,27 +60,14 @@ async fn areas_of(sftp: &russh_sftp::client::SftpSession, dir: &str) -> Option<V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_apply_to_open_sessions_and_invalid_edits_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = free_addr();
     let config_path = app::prepare_demo(dir.path(), addr, 60, 7).await.unwrap();
     let config = app::check_config(&config_path).await.unwrap();
     app::full_loads(&config, None).await.unwrap();
     let good = std::fs::read_to_string(&config_path).unwrap();
 
     let log = dir.path().join("daemon.log");
-    let _daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_udstil"))
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _daemon = Daemon::serve(&config_path, &log);
     assert!(
         within(Duration::from_secs(20), async || {
             std::net::TcpStream::connect(addr).is_ok()
@@ -172,21 +174,12 @@ async fn edits_apply_to_open_sessions_and_invalid_edits_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serving_and_reloading_do_not_wait_for_a_source_that_is_down() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = free_addr();
     let config_path = app::prepare_demo(dir.path(), addr, 60, 7).await.unwrap();
     let config = app::check_config(&config_path).await.unwrap();
     app::full_loads(&config, None).await.unwrap();
     // DFDG "moves" to a port where nothing listens (a PostgreSQL that is down).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = free_addr().port();
     let good = std::fs::read_to_string(&config_path).unwrap().replace(
         "url = \"sqlite://dfdg.sqlite\"",
         &format!("url = \"postgres://postgres@127.0.0.1:{closed}/test\""),
@@ -195,15 +188,7 @@ async fn serving_and_reloading_do_not_wait_for_a_source_that_is_down() {
 
     let log = dir.path().join("daemon.log");
     let started = Instant::now();
-    let _daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_udstil"))
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _daemon = Daemon::serve(&config_path, &log);
     let key = dir.path().join("keys/bi-alpha");
     assert!(
         within(Duration::from_secs(10), async || {
@@ -259,23 +244,10 @@ async fn serving_and_reloading_do_not_wait_for_a_source_that_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_handshakes_and_logins_are_logged_with_peer_and_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = free_addr();
     let config_path = app::prepare_demo(dir.path(), addr, 40, 7).await.unwrap();
     let log = dir.path().join("daemon.log");
-    let _daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_udstil"))
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _daemon = Daemon::serve(&config_path, &log);
     assert!(
         within(Duration::from_secs(20), async || {
             std::net::TcpStream::connect(addr).is_ok()

@@ -331,3 +331,11 @@ pub fn udstil(args: &[&str], config: &Path) -> Output {
         .output()
         .unwrap()
 }
+
+/// A loopback address with a port free a moment ago, for a daemon's config.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
