@@ -348,7 +348,12 @@ class Server:
         while todo:
             pid = todo.pop()
             out.append(pid)
-            for task in Path(f"/proc/{pid}/task").glob("*"):
+            # A per-connection process may exit between listing and reading.
+            try:
+                tasks = list(Path(f"/proc/{pid}/task").iterdir())
+            except OSError:
+                continue
+            for task in tasks:
                 try:
                     todo += [int(c) for c in (task / "children").read_text().split()]
                 except OSError:
