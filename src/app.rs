@@ -48,18 +48,28 @@ pub enum AppError {
     AuditBroken(#[from] audit::Broken),
 }
 
-/// Everything `config check` checks: the file itself, then the column names
-/// against the source database.
+/// Everything `config check` checks: the file itself and the column names
+/// against the source database, all errors in one run (the columns are
+/// checked even when the file has other errors, as far as it could be read).
 pub async fn check_config(path: &Path) -> Result<Config, ConfigErrors> {
-    let config = config::load(path)?;
-    let columns = source_columns(&config).await.map_err(|e| {
-        ConfigErrors(vec![ConfigError {
+    let (config, mut errors) = config::load_all(path);
+    let Some(config) = config else {
+        return Err(ConfigErrors(errors));
+    };
+    match source_columns(&config).await {
+        Ok(columns) => errors.extend(config::check_columns(&config, &columns)),
+        Err(e) => errors.push(ConfigError {
             file: path.to_path_buf(),
             line: None,
             message: format!("[source] {e}"),
-        }])
-    })?;
-    columns_checked(config, &columns)
+        }),
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        errors.sort_by_key(|e| e.line.unwrap_or(0));
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// The columns of every table and journal the config's areas name, read from DFDG.
@@ -98,15 +108,6 @@ pub fn check_columns_in_background(config: Arc<Config>) {
             ),
         }
     });
-}
-
-fn columns_checked(config: Config, columns: &config::TableColumns) -> Result<Config, ConfigErrors> {
-    let errors = config::check_columns(&config, columns);
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(errors))
-    }
 }
 
 /// One full load of one area, or of every area when `area` is `None`.

@@ -116,6 +116,24 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "draft_colum = \"kladde\"\nexclude_columns = [\"skat_indkomst\"]\nschedule = { delta = \"0 0",
         "unknown field `draft_colum`",
     ),
+    (
+        "misspelt section field",
+        "root = \"tree\"",
+        "roots = \"tree\"",
+        "[storage]: unknown field `roots`",
+    ),
+    (
+        "misspelt supplier field",
+        "name = \"BI Alpha ApS\"",
+        "nmae = \"BI Alpha ApS\"",
+        "supplier bi-alpha: unknown field `nmae`",
+    ),
+    (
+        "wrong type",
+        "retention_days = 183",
+        "retention_days = \"183\"",
+        "[audit]: invalid type: string \"183\", expected i64",
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,24 +173,44 @@ async fn each_broken_config_gets_a_clear_error_and_the_daemon_refuses_it() {
                 "{what}"
             );
         }
-        if *what != "misspelt field" && *what != "unknown column" {
+        // Without a usable source the columns cannot be checked, so the
+        // bad URL is left out of the all-at-once run.
+        if *what != "bad source url" {
             all = all.replacen(from, to, 1);
         }
     }
 
-    // Every (non-syntax) error at once, in one run.
+    // Every (non-syntax) error at once, in one run: unknown fields in several
+    // sections, a wrong type, and the column check against DFDG too.
     std::fs::write(&config, &all).unwrap();
     let out = udstil(&["config", "check", "--config", path]);
     let err = String::from_utf8_lossy(&out.stderr);
-    for (what, _, _, message) in CASES
-        .iter()
-        .filter(|c| c.0 != "misspelt field" && c.0 != "unknown column")
-    {
-        assert!(
-            err.contains(message),
-            "{what} missing when all errors are present:\n{err}"
-        );
+    for (what, from, _, message) in CASES.iter().filter(|c| c.0 != "bad source url") {
+        let found = if *what == "unknown column" {
+            err.lines()
+                .any(|l| l.starts_with(path) && l.contains(message))
+        } else {
+            let want = format!("{path}:{}: ", line_of(&good, from));
+            err.lines()
+                .any(|l| l.starts_with(&want) && l.contains(message))
+        };
+        assert!(found, "{what} missing when all errors are present:\n{err}");
     }
+    // A supplier whose section could not be read is reported once, not again
+    // by every agreement that names it.
+    assert!(!err.contains("unknown supplier \"bi-alpha\""), "{err}");
+    // In file order.
+    let lines: Vec<usize> = err
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix(&format!("{path}:"))?
+                .split(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{err}");
     assert!(Path::new(path).exists());
 }
 

@@ -5,6 +5,7 @@
 //! takes the source's schema as plain data so this module stays free of I/O
 //! beyond reading the config and key files.
 
+mod document;
 mod raw;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -204,40 +205,61 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<String, String> {
 
 /// Reads and validates a config file, collecting every error.
 pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
-    let text = read_bounded(file, MAX_CONFIG_BYTES).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: file.to_path_buf(),
-            line: None,
-            message: format!("cannot read config file: {e}"),
-        }])
-    })?;
-    parse(file, &text)
+    match load_all(file) {
+        (Some(config), errors) if errors.is_empty() => Ok(config),
+        (_, errors) => Err(ConfigErrors(errors)),
+    }
 }
 
 /// Validates config text as if read from `file`.
 pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| line_of(text, s.start));
-        ConfigErrors(vec![ConfigError {
-            file: file.to_path_buf(),
-            line,
-            message: e.message().trim().to_string(),
-        }])
-    })?;
+    match parse_all(file, text) {
+        (Some(config), errors) if errors.is_empty() => Ok(config),
+        (_, errors) => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Reads a config file and returns every error with what could be read of
+/// it: the config is there, errors or not, whenever its `[source]` is usable,
+/// so that `config check` can still check the column names of its areas.
+pub fn load_all(file: &Path) -> (Option<Config>, Vec<ConfigError>) {
+    match read_bounded(file, MAX_CONFIG_BYTES) {
+        Ok(text) => parse_all(file, &text),
+        Err(e) => (
+            None,
+            vec![ConfigError {
+                file: file.to_path_buf(),
+                line: None,
+                message: format!("cannot read config file: {e}"),
+            }],
+        ),
+    }
+}
+
+/// [`load_all`] of text as if read from `file`.
+pub fn parse_all(file: &Path, text: &str) -> (Option<Config>, Vec<ConfigError>) {
+    let located = |p: document::Problem| ConfigError {
+        file: file.to_path_buf(),
+        line: p.span.map(|s| line_of(text, s.start)),
+        message: p.message,
+    };
+    let (doc, problems) = match document::read(text) {
+        Ok(read) => read,
+        Err(problems) => return (None, problems.into_iter().map(located).collect()),
+    };
     let mut v = Validator {
         file: file.to_path_buf(),
         dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         text,
-        errors: Vec::new(),
+        errors: problems.into_iter().map(located).collect(),
         default_sessions: 32,
         key_files: Vec::new(),
+        unreadable_suppliers: doc.unreadable_suppliers,
+        unreadable_areas: doc.unreadable_areas,
     };
-    let config = v.config(raw);
-    if v.errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(v.errors))
-    }
+    let config = v.config(doc.raw);
+    v.errors.sort_by_key(|e| e.line.unwrap_or(0));
+    (config, v.errors)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -255,6 +277,9 @@ struct Validator<'a> {
     errors: Vec<ConfigError>,
     default_sessions: usize,
     key_files: Vec<PathBuf>,
+    /// Suppliers and areas whose section could not be read (already reported).
+    unreadable_suppliers: BTreeSet<String>,
+    unreadable_areas: BTreeSet<String>,
 }
 
 impl Validator<'_> {
@@ -275,21 +300,31 @@ impl Validator<'_> {
         }
     }
 
-    fn config(&mut self, raw: RawConfig) -> Config {
-        let listen = match raw.sftp.listen.get_ref().parse::<SocketAddr>() {
+    /// The config as far as it could be read; `None` when its source is
+    /// missing or unusable (then not even its columns can be checked).
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        // A missing or unreadable section is reported already; what stands
+        // in for it here is never accepted, only read past.
+        let sftp = raw.sftp.unwrap_or_else(RawSftp::absent);
+        let listen = match sftp.listen.get_ref().parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
                 self.err(
-                    raw.sftp.listen.span(),
+                    sftp.listen.span(),
                     format!(
                         "[sftp] listen = \"{}\" is not an address and port such as 127.0.0.1:2222",
-                        raw.sftp.listen.get_ref()
+                        sftp.listen.get_ref()
                     ),
                 );
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }
         };
-        let source_url = self.db_url("[source] url", &raw.source.url);
+        let errors_before = self.errors.len();
+        let source_url = raw
+            .source
+            .as_ref()
+            .map(|source| self.db_url("[source] url", &source.url));
+        let source_usable = source_url.is_some() && self.errors.len() == errors_before;
         let state_url = raw
             .state
             .as_ref()
@@ -299,13 +334,13 @@ impl Validator<'_> {
         let area_ids: BTreeSet<String> = areas.iter().map(|a| a.id.clone()).collect();
         self.default_sessions = self.count(
             "[sftp] max_sessions_per_supplier",
-            &raw.sftp.max_sessions_per_supplier,
+            &sftp.max_sessions_per_supplier,
             32,
         ) as usize;
         let suppliers = self.suppliers(&raw.suppliers);
         let agreements = self.agreements(&raw.agreements, &suppliers, &area_ids);
         let mut ban_exempt = Vec::new();
-        for cidr in &raw.sftp.ban_exempt {
+        for cidr in &sftp.ban_exempt {
             match parse_cidr(cidr.get_ref()) {
                 Some(net) => ban_exempt.push(net),
                 None => self.err(
@@ -323,56 +358,55 @@ impl Validator<'_> {
                 .flat_map(|s| s.allow_from.iter().copied()),
         );
 
-        Config {
+        let config = Config {
             file: self.file.clone(),
             sftp: SftpSettings {
                 listen,
-                host_key: self.path(raw.sftp.host_key.get_ref()),
+                host_key: self.path(sftp.host_key.get_ref()),
                 login_grace: Duration::from_secs(self.count(
                     "[sftp] login_grace_seconds",
-                    &raw.sftp.login_grace_seconds,
+                    &sftp.login_grace_seconds,
                     30,
                 )),
                 idle_timeout: Duration::from_secs(self.count(
                     "[sftp] idle_timeout_seconds",
-                    &raw.sftp.idle_timeout_seconds,
+                    &sftp.idle_timeout_seconds,
                     900,
                 )),
                 max_unauthenticated: self.count(
                     "[sftp] max_unauthenticated",
-                    &raw.sftp.max_unauthenticated,
+                    &sftp.max_unauthenticated,
                     64,
                 ) as usize,
                 max_sessions_per_supplier: self.default_sessions,
                 ban_after_failures: self.count(
                     "[sftp] ban_after_failures",
-                    &raw.sftp.ban_after_failures,
+                    &sftp.ban_after_failures,
                     10,
                 ) as u32,
-                ban: Duration::from_secs(self.count(
-                    "[sftp] ban_seconds",
-                    &raw.sftp.ban_seconds,
-                    300,
-                )),
+                ban: Duration::from_secs(self.count("[sftp] ban_seconds", &sftp.ban_seconds, 300)),
                 max_unauthenticated_per_address: self.count(
                     "[sftp] max_unauthenticated_per_address",
-                    &raw.sftp.max_unauthenticated_per_address,
+                    &sftp.max_unauthenticated_per_address,
                     32,
                 ) as usize,
                 handshake: Duration::from_secs(self.count(
                     "[sftp] handshake_seconds",
-                    &raw.sftp.handshake_seconds,
+                    &sftp.handshake_seconds,
                     10,
                 )),
                 ban_exempt,
                 stop_timeout: Duration::from_secs(self.count(
                     "[sftp] stop_timeout_seconds",
-                    &raw.sftp.stop_timeout_seconds,
+                    &sftp.stop_timeout_seconds,
                     10,
                 )),
             },
-            storage_root: self.path(raw.storage.root.get_ref()),
-            source_url,
+            storage_root: raw
+                .storage
+                .as_ref()
+                .map_or_else(PathBuf::new, |s| self.path(s.root.get_ref())),
+            source_url: source_url.unwrap_or_default(),
             state_url,
             audit: AuditSettings {
                 retention: Duration::from_secs(
@@ -394,7 +428,8 @@ impl Validator<'_> {
             agreements,
             areas,
             key_files: std::mem::take(&mut self.key_files),
-        }
+        };
+        source_usable.then_some(config)
     }
 
     /// Accepts sqlite and postgres URLs; a relative SQLite path is made absolute.
@@ -847,7 +882,7 @@ impl Validator<'_> {
             let validity = self.validity(&what, &c.valid_from, c.valid_to.as_ref());
             self.supplier_ref(&what, &c.supplier, suppliers);
             for a in &c.areas {
-                if !areas.contains(a.get_ref()) {
+                if !areas.contains(a.get_ref()) && !self.unreadable_areas.contains(a.get_ref()) {
                     self.err(
                         a.span(),
                         format!("{what} names unknown data area \"{}\"", a.get_ref()),
@@ -882,7 +917,8 @@ impl Validator<'_> {
         s: &Spanned<String>,
         suppliers: &BTreeMap<String, Supplier>,
     ) {
-        if !suppliers.contains_key(s.get_ref()) {
+        if !suppliers.contains_key(s.get_ref()) && !self.unreadable_suppliers.contains(s.get_ref())
+        {
             self.err(
                 s.span(),
                 format!("{what} names unknown supplier \"{}\"", s.get_ref()),

@@ -1,29 +1,33 @@
 //! The config file as written: serde structs, nothing checked beyond syntax.
-//! Every field's doc comment is user documentation (see config/README.md).
+//! Every field's doc comment is user documentation. Unknown fields are
+//! not refused here but reported by `document` (all of them, with lines).
 
 use serde::Deserialize;
 use toml::Spanned;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole file, read section by section (see `document`); a required
+/// section is `None` when it is missing or could not be read.
+#[derive(Debug, Default)]
 pub struct RawConfig {
-    pub sftp: RawSftp,
-    pub storage: RawStorage,
-    pub source: RawSource,
+    /// `[sftp]`
+    pub sftp: Option<RawSftp>,
+    /// `[storage]`
+    pub storage: Option<RawStorage>,
+    /// `[source]`
+    pub source: Option<RawSource>,
+    /// `[state]`
     pub state: Option<RawState>,
+    /// `[audit]`
     pub audit: Option<RawAudit>,
     /// `[[supplier]]`: BI suppliers that log in over SFTP.
-    #[serde(default, rename = "supplier")]
     pub suppliers: Vec<Spanned<RawSupplier>>,
-    #[serde(default)]
+    /// `[agreements]`
     pub agreements: RawAgreements,
     /// `[[area]]`: the data areas extracted from DFDG.
-    #[serde(default, rename = "area")]
     pub areas: Vec<Spanned<RawArea>>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawSftp {
     /// Address and port to listen on, e.g. `127.0.0.1:2222`.
     pub listen: Spanned<String>,
@@ -54,29 +58,45 @@ pub struct RawSftp {
     pub stop_timeout_seconds: Option<Spanned<i64>>,
 }
 
+impl RawSftp {
+    /// Stands in for a missing or unreadable `[sftp]` so the rest can be checked.
+    pub fn absent() -> Self {
+        RawSftp {
+            listen: Spanned::new(0..0, "127.0.0.1:0".into()),
+            host_key: Spanned::new(0..0, String::new()),
+            login_grace_seconds: None,
+            idle_timeout_seconds: None,
+            max_unauthenticated: None,
+            max_sessions_per_supplier: None,
+            ban_after_failures: None,
+            ban_seconds: None,
+            max_unauthenticated_per_address: None,
+            handshake_seconds: None,
+            ban_exempt: Vec::new(),
+            stop_timeout_seconds: None,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawStorage {
     /// Folder holding the published tree (one folder per authority).
     pub root: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawSource {
     /// DFDG: `sqlite://file.sqlite` or `postgres://user@host/db`.
     pub url: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawState {
     /// The platform's own state database (loads, watermarks, audit).
     pub url: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawAudit {
     /// Days an audit event (and the person index of a removed load) is kept (default 183, about six months).
     pub retention_days: Option<Spanned<i64>>,
@@ -85,7 +105,6 @@ pub struct RawAudit {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawSupplier {
     /// The SSH user name; lower-case letters, digits, `-`, `_`, `.`.
     pub id: Spanned<String>,
@@ -107,7 +126,6 @@ pub struct RawSupplier {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawKey {
     /// One `authorized_keys` line (give this or `file`).
     pub key: Option<Spanned<String>>,
@@ -119,22 +137,17 @@ pub struct RawKey {
     pub valid_to: Option<Spanned<toml::Value>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct RawAgreements {
     /// `[[agreements.connection]]`: an authority's agreement with STAR; lists its suppliers.
-    #[serde(default)]
     pub connection: Vec<Spanned<RawConnection>>,
     /// `[[agreements.data_processing]]`: a supplier's agreement with an authority.
-    #[serde(default)]
     pub data_processing: Vec<Spanned<RawDataProcessing>>,
     /// `[[agreements.cooperation]]`: a supplier's agreement with STAR; lists data areas.
-    #[serde(default)]
     pub cooperation: Vec<Spanned<RawCooperation>>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConnection {
     pub id: Spanned<String>,
     /// `kommune/<code>` or `akasse/<code>`.
@@ -147,7 +160,6 @@ pub struct RawConnection {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawDataProcessing {
     pub id: Spanned<String>,
     pub supplier: Spanned<String>,
@@ -157,7 +169,6 @@ pub struct RawDataProcessing {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawCooperation {
     pub id: Spanned<String>,
     pub supplier: Spanned<String>,
@@ -167,7 +178,6 @@ pub struct RawCooperation {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawArea {
     /// The area's name in the tree, e.g. `joblog`.
     pub id: Spanned<String>,
@@ -202,7 +212,6 @@ pub struct RawArea {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawLegacy {
     /// Two digits: the SUP data package number.
     pub datapakke: Spanned<String>,
@@ -211,7 +220,6 @@ pub struct RawLegacy {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// Column holding the citizen's responsible municipality (3-digit code).
     pub kommune: Option<Spanned<String>>,
@@ -220,7 +228,6 @@ pub struct RawRoute {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawSchedule {
     /// Cron expression (sec min hour day month weekday), Europe/Copenhagen time.
     pub delta: Option<Spanned<String>>,
@@ -228,7 +235,6 @@ pub struct RawSchedule {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawRetention {
     /// How many full loads to keep.
     #[serde(default = "default_full_loads")]

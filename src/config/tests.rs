@@ -73,13 +73,99 @@ fn syntax_and_unknown_fields_name_the_line() {
     let errs = errors(&minimal("[sftp2]\nx = 1\n"));
     assert_eq!(errs.len(), 1);
     assert!(
-        errs[0].starts_with("/etc/udstil/u.toml:12: unknown field `sftp2`"),
+        errs[0].starts_with("/etc/udstil/u.toml:12: unknown section or field `sftp2`"),
         "{errs:?}"
     );
     let errs = errors(&minimal(
         "[[supplier]]\nid = \"b\"\nname = \"B\"\nkeyz = []\n",
     ));
-    assert!(errs[0].contains("unknown field `keyz`"), "{errs:?}");
+    assert!(
+        errs.contains(&"/etc/udstil/u.toml:15: supplier b: unknown field `keyz`".to_string()),
+        "{errs:?}"
+    );
+    let errs = errors("[sftp]\nlisten = \"127.0.0.1:1\"\nhost_key = \"k\"\nx = = 1\n");
+    assert!(!errs.is_empty());
+    assert!(
+        errs.iter().all(|e| e.starts_with("/etc/udstil/u.toml:4: ")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn every_unknown_field_and_wrong_type_is_reported_with_its_line() {
+    let text = r#"[sftp]
+listn = "127.0.0.1:2222"
+host_key = "host_key"
+ban_seconds = "300"
+[storage]
+root = "tree"
+rooot = "tree2"
+[source]
+url = "sqlite://dfdg.sqlite"
+[[supplier]]
+id = "bi-a"
+nmae = "A"
+[[supplier]]
+id = "bi-b"
+name = "B"
+keys = []
+allow_form = ["10.0.0.0/8"]
+[[supplier.key]]
+key = "x"
+vaild_to = 2026-01-01
+[[agreements.data_processing]]
+id = "dpa-1"
+supplier = "bi-a"
+authority = "kommune/101"
+valid_from = "2026-01-01"
+[[agreements.contract]]
+id = "c"
+"#;
+    let errs = errors(text);
+    let want = [
+        "/etc/udstil/u.toml:1: [sftp]: missing field `listen`",
+        "/etc/udstil/u.toml:2: [sftp]: unknown field `listn`",
+        "/etc/udstil/u.toml:4: [sftp]: invalid type: string \"300\", expected i64",
+        "/etc/udstil/u.toml:7: [storage]: unknown field `rooot`",
+        "/etc/udstil/u.toml:10: supplier bi-a: missing field `name`",
+        "/etc/udstil/u.toml:12: supplier bi-a: unknown field `nmae`",
+        "/etc/udstil/u.toml:17: supplier bi-b: unknown field `allow_form`",
+        "/etc/udstil/u.toml:20: supplier bi-b: unknown field `key.0.vaild_to`",
+        "/etc/udstil/u.toml:26: [agreements]: unknown kind `contract`",
+    ];
+    for w in want {
+        assert!(
+            errs.iter().any(|e| e.starts_with(w)),
+            "missing {w:?} in {errs:#?}"
+        );
+    }
+    // The unreadable supplier bi-a is not reported again by its agreement.
+    assert!(
+        !errs.iter().any(|e| e.contains("unknown supplier")),
+        "{errs:#?}"
+    );
+    // bi-b's unreadable key line is still checked.
+    assert!(
+        errs.iter()
+            .any(|e| e
+                .contains("supplier bi-b: [[supplier.key]] key 1 is not an OpenSSH public key")),
+        "{errs:#?}"
+    );
+    let lines: Vec<&str> = errs.iter().map(|e| e.split(':').nth(1).unwrap()).collect();
+    let numbers: Vec<usize> = lines.iter().map(|l| l.parse().unwrap()).collect();
+    assert!(numbers.windows(2).all(|w| w[0] <= w[1]), "{errs:#?}");
+}
+
+#[test]
+fn a_missing_section_is_named() {
+    let errs = errors("[storage]\nroot = \"t\"\n");
+    assert_eq!(
+        errs,
+        [
+            "/etc/udstil/u.toml: missing section [sftp]",
+            "/etc/udstil/u.toml: missing section [source]",
+        ]
+    );
 }
 
 #[test]
