@@ -380,7 +380,9 @@ pub struct Server {
     pub addr: SocketAddr,
     listener: TcpListener,
     shared: Arc<Shared>,
-    key: russh::keys::PrivateKey,
+    keys: Vec<russh::keys::PrivateKey>,
+    /// The legacy profile is on (see `sftp::ssh_config`).
+    legacy: bool,
     state: Option<State>,
 }
 
@@ -388,7 +390,8 @@ impl Server {
     /// Binds the listener and, with a state database, starts the audit
     /// writer: a server that cannot keep its audit trail does not start.
     pub async fn bind(config: Arc<Config>, listen: SocketAddr) -> Result<Server, AppError> {
-        let key = sftp::host_key(&config.sftp.host_key)?;
+        let keys = sftp::host_keys(&config.sftp)?;
+        let legacy = config.sftp.legacy_host_key.is_some();
         let (trail, state) = match &config.state_url {
             Some(url) => {
                 let state = State::open(url).await?;
@@ -415,7 +418,8 @@ impl Server {
             addr,
             listener,
             shared,
-            key,
+            keys,
+            legacy,
             state,
         })
     }
@@ -446,7 +450,7 @@ impl Server {
             .state
             .clone()
             .map(|s| tokio::spawn(audit_housekeeping(self.shared.config.clone(), s)));
-        let served = sftp::serve(self.listener, self.shared, self.key).await;
+        let served = sftp::serve(self.listener, self.shared, self.keys, self.legacy).await;
         if let Some(task) = upkeep {
             task.abort();
         }
@@ -523,6 +527,10 @@ pub async fn reload(live: &Live, path: &Path) -> Result<Vec<AccessChange>, Confi
     for (what, changed) in [
         ("[sftp] listen", old.sftp.listen != new.sftp.listen),
         ("[sftp] host_key", old.sftp.host_key != new.sftp.host_key),
+        (
+            "[sftp] legacy_profile",
+            old.sftp.legacy_host_key != new.sftp.legacy_host_key,
+        ),
         ("[storage] root", old.storage_root != new.storage_root),
         ("[state] url", old.state_url != new.state_url),
     ] {

@@ -712,3 +712,94 @@ asyncio.run(main())
     assert!(out.status.success(), "ssh2-sftp-client: {}", stderr(&out));
     verified("ssh2-sftp-client", got.path());
 }
+
+/// JSch 0.1.55 (Debian's libjsch-java, bundled by older ETL tools) shares no
+/// key exchange with the default profile; with `legacy_profile = true` it
+/// logs in with an ECDSA key and downloads a load that SHA256SUMS verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsch_needs_the_legacy_profile_and_then_downloads_a_load() {
+    let classes = tempfile::tempdir().unwrap();
+    let jar = "/usr/share/java/jsch.jar";
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/JschFetch.java");
+    let out = std::process::Command::new("javac")
+        .args(["-cp", jar, "-d"])
+        .arg(classes.path())
+        .arg(source)
+        .output()
+        .expect("javac is installed");
+    assert!(out.status.success(), "javac: {}", stderr(&out));
+    let classpath = format!("{}:{jar}", classes.path().display());
+
+    // JSch 0.1.55 reads PEM private keys and knows no ed25519.
+    let with_jsch_key = |dir: &Path, text: &mut String, legacy: bool| {
+        keygen(
+            dir,
+            "bi-alpha-jsch",
+            &["-t", "ecdsa", "-b", "256", "-m", "PEM"],
+        );
+        *text = text.replacen(
+            "key_files = [\"keys/bi-alpha.pub\"]",
+            "key_files = [\"keys/bi-alpha.pub\", \"keys/bi-alpha-jsch.pub\"]",
+            1,
+        );
+        assert!(text.contains("bi-alpha-jsch.pub"), "demo config moved");
+        if legacy {
+            *text = text.replacen("[sftp]\n", "[sftp]\nlegacy_profile = true\n", 1);
+        }
+    };
+    let fetch = |env: &Env, got: &Path| {
+        let full = env.root().join("kommune/101/joblog/v1/full");
+        let load = only_load_folder(&full);
+        let view = format!(
+            "/kommune/101/joblog/v1/full/{}",
+            load.file_name().unwrap().to_string_lossy()
+        );
+        tokio::task::block_in_place(|| {
+            std::process::Command::new("java")
+                .args(["-cp", &classpath, "JschFetch", "127.0.0.1"])
+                .arg(env.addr.port().to_string())
+                .arg("bi-alpha")
+                .arg(env.key("bi-alpha-jsch"))
+                .arg(view)
+                .arg(got)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("java is installed")
+        })
+    };
+
+    // The default profile: no key exchange in common.
+    let env = start_with(100, |dir, text| with_jsch_key(dir, text, false)).await;
+    let got = tempfile::tempdir().unwrap();
+    let out = fetch(&env, got.path());
+    assert!(
+        !out.status.success(),
+        "JSch got in without the legacy profile"
+    );
+    assert!(
+        stderr(&out).contains("Algorithm negotiation fail"),
+        "{}",
+        stderr(&out)
+    );
+
+    let env = start_with(100, |dir, text| with_jsch_key(dir, text, true)).await;
+    assert!(env.config.sftp.legacy_host_key.as_ref().unwrap().exists());
+    let got = tempfile::tempdir().unwrap();
+    let out = fetch(&env, got.path());
+    assert!(out.status.success(), "JSch: {}", stderr(&out));
+    // What was negotiated, as JSch logs it.
+    for step in [
+        "SSH_MSG_KEX_ECDH_INIT sent",
+        "(ECDSA) to the list of known hosts",
+        "kex: server->client aes128-ctr hmac-sha2-256",
+    ] {
+        assert!(stderr(&out).contains(step), "{step}: {}", stderr(&out));
+    }
+    let check = std::process::Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(got.path())
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", stdout(&check));
+    assert!(got.path().join("MANIFEST.json").exists());
+}

@@ -104,6 +104,8 @@ pub struct SftpSettings {
     /// Addresses never banned: `ban_exempt` and every supplier's `allow_from`.
     pub ban_exempt: Vec<IpNet>,
     pub stop_timeout: Duration,
+    /// The legacy profile's ECDSA P-256 host key; `None` when the profile is off.
+    pub legacy_host_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -401,6 +403,11 @@ impl Validator<'_> {
                     &sftp.stop_timeout_seconds,
                     10,
                 )),
+                legacy_host_key: sftp
+                    .legacy_profile
+                    .as_ref()
+                    .is_some_and(|on| *on.get_ref())
+                    .then(|| self.path(&format!("{}_ecdsa", sftp.host_key.get_ref()))),
             },
             storage_root: raw
                 .storage

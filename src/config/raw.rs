@@ -56,6 +56,10 @@ pub struct RawSftp {
     pub ban_exempt: Vec<Spanned<String>>,
     /// Seconds a stop waits for open sessions to end before it closes them (default 10).
     pub stop_timeout_seconds: Option<Spanned<i64>>,
+    /// Also offer what JSch 0.1.54/0.1.55 needs: ECDH key exchange over NIST
+    /// P-256 and an ECDSA P-256 host key (`<host_key>_ecdsa`, created on first
+    /// start). ssh-audit fails both; off by default (default false).
+    pub legacy_profile: Option<Spanned<bool>>,
 }
 
 impl RawSftp {
@@ -74,6 +78,7 @@ impl RawSftp {
             handshake_seconds: None,
             ban_exempt: Vec::new(),
             stop_timeout_seconds: None,
+            legacy_profile: None,
         }
     }
 }

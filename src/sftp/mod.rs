@@ -54,8 +54,25 @@ pub enum SftpError {
     Io(#[from] std::io::Error),
 }
 
+/// The host keys the server offers: the ed25519 key, and with the legacy
+/// profile also the ECDSA P-256 key (each created on first start).
+pub fn host_keys(settings: &crate::config::SftpSettings) -> Result<Vec<PrivateKey>, SftpError> {
+    let mut keys = vec![host_key(&settings.host_key)?];
+    if let Some(path) = &settings.legacy_host_key {
+        let algorithm = Algorithm::Ecdsa {
+            curve: russh::keys::EcdsaCurve::NistP256,
+        };
+        keys.push(host_key_of(path, algorithm)?);
+    }
+    Ok(keys)
+}
+
 /// Loads the host key, or creates an ed25519 key (mode 0600) on first start.
 pub fn host_key(path: &Path) -> Result<PrivateKey, SftpError> {
+    host_key_of(path, Algorithm::Ed25519)
+}
+
+fn host_key_of(path: &Path, algorithm: Algorithm) -> Result<PrivateKey, SftpError> {
     let err = |message: String| SftpError::HostKey {
         path: path.to_path_buf(),
         message,
@@ -63,8 +80,7 @@ pub fn host_key(path: &Path) -> Result<PrivateKey, SftpError> {
     if path.exists() {
         return russh::keys::load_secret_key(path, None).map_err(|e| err(e.to_string()));
     }
-    let key = PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
-        .map_err(|e| err(e.to_string()))?;
+    let key = PrivateKey::random(&mut rand::rng(), algorithm).map_err(|e| err(e.to_string()))?;
     let pem = key
         .to_openssh(russh::keys::ssh_key::LineEnding::LF)
         .map_err(|e| err(e.to_string()))?;
@@ -86,10 +102,33 @@ pub fn host_key(path: &Path) -> Result<PrivateKey, SftpError> {
     Ok(key)
 }
 
+/// Key exchanges of the default profile.
+const KEX: &[russh::kex::Name] = &[
+    russh::kex::MLKEM768X25519_SHA256,
+    russh::kex::CURVE25519,
+    russh::kex::CURVE25519_PRE_RFC_8731,
+    russh::kex::EXTENSION_SUPPORT_AS_SERVER,
+    russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+];
+
+/// The legacy profile adds ECDH over NIST P-256 (with the ECDSA P-256 host
+/// key): the one key exchange JSch 0.1.54/0.1.55 shares with the default
+/// profile's ciphers and MACs (aes128-ctr, hmac-sha2-256). ssh-audit fails
+/// both for their NIST curves; hence opt-in.
+const KEX_LEGACY: &[russh::kex::Name] = &[
+    russh::kex::MLKEM768X25519_SHA256,
+    russh::kex::CURVE25519,
+    russh::kex::CURVE25519_PRE_RFC_8731,
+    russh::kex::ECDH_SHA2_NISTP256,
+    russh::kex::EXTENSION_SUPPORT_AS_SERVER,
+    russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+];
+
 /// russh settings: public key only, modern algorithms only, strict key
-/// exchange (the Terrapin counter-measure) advertised.
-pub fn ssh_config(key: PrivateKey) -> russh::server::Config {
-    use russh::{cipher, kex, mac};
+/// exchange (the Terrapin counter-measure) advertised. `legacy` adds the
+/// legacy profile's key exchange; `keys` are the host keys to offer.
+pub fn ssh_config(keys: Vec<PrivateKey>, legacy: bool) -> russh::server::Config {
+    use russh::{cipher, mac};
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
     russh::server::Config {
@@ -98,7 +137,7 @@ pub fn ssh_config(key: PrivateKey) -> russh::server::Config {
         auth_rejection_time: Duration::from_millis(300),
         // OpenSSH probes with "none" first; answering it at once is no leak.
         auth_rejection_time_initial: Some(Duration::ZERO),
-        keys: vec![key],
+        keys,
         max_auth_attempts: 6,
         // Login grace and idle time are enforced per connection (see `watch`);
         // keepalives find dead peers.
@@ -109,14 +148,9 @@ pub fn ssh_config(key: PrivateKey) -> russh::server::Config {
         maximum_packet_size: 65_535,
         channel_buffer_size: 256,
         preferred: russh::Preferred {
-            kex: std::borrow::Cow::Borrowed(&[
-                kex::MLKEM768X25519_SHA256,
-                kex::CURVE25519,
-                kex::CURVE25519_PRE_RFC_8731,
-                kex::EXTENSION_SUPPORT_AS_SERVER,
-                kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
-            ]),
-            // Host keys are advertised only for keys the server has (ed25519);
+            kex: std::borrow::Cow::Borrowed(if legacy { KEX_LEGACY } else { KEX }),
+            // Host keys are advertised only for keys the server has (ed25519,
+            // and ECDSA P-256 in the legacy profile);
             // this list is also `server-sig-algs`, the client-key signatures
             // accepted: no `ssh-rsa` (SHA-1), no DSA.
             key: std::borrow::Cow::Borrowed(&[
@@ -321,9 +355,10 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    key: PrivateKey,
+    keys: Vec<PrivateKey>,
+    legacy: bool,
 ) -> Result<(), SftpError> {
-    let ssh = Arc::new(ssh_config(key));
+    let ssh = Arc::new(ssh_config(keys, legacy));
     let mut trim = tokio::time::interval(TRIM_EVERY);
     let mut summary = tokio::time::interval(SUMMARY_EVERY);
     let mut ended_at_trim = 0;
