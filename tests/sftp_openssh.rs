@@ -552,20 +552,17 @@ async fn curl_with_libssh2_downloads_a_load() {
                 .unwrap()
         })
     };
-    let out = curl("SHA256SUMS");
-    assert!(out.status.success(), "curl: {}", stderr(&out));
+    for name in ["SHA256SUMS", "MANIFEST.json"] {
+        let out = curl(name);
+        assert!(out.status.success(), "curl {name}: {}", stderr(&out));
+    }
     let sums = std::fs::read_to_string(got.path().join("SHA256SUMS")).unwrap();
     for line in sums.lines() {
         let name = line.split_once("  ").unwrap().1;
         let out = curl(name);
         assert!(out.status.success(), "curl {name}: {}", stderr(&out));
     }
-    let check = std::process::Command::new("sha256sum")
-        .args(["-c", "SHA256SUMS"])
-        .current_dir(got.path())
-        .output()
-        .unwrap();
-    assert!(check.status.success(), "{}", stdout(&check));
+    assert_load_verifies("curl", got.path());
 }
 
 /// The clients BI suppliers use, each run for real: it downloads a load,
@@ -591,15 +588,6 @@ async fn rclone_lftp_paramiko_asyncssh_and_node_download_a_load() {
                 .unwrap_or_else(|e| panic!("{program}: {e}"))
         })
     };
-    let verified = |client: &str, dir: &Path| {
-        let check = std::process::Command::new("sha256sum")
-            .args(["-c", "SHA256SUMS"])
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(check.status.success(), "{client}: {}", stdout(&check));
-        assert!(dir.join("MANIFEST.json").exists(), "{client}");
-    };
     let key_s = key.to_str().unwrap();
     let remote = format!(":sftp:{view}");
     let rclone_flags = [
@@ -620,7 +608,7 @@ async fn rclone_lftp_paramiko_asyncssh_and_node_download_a_load() {
     args.extend(rclone_flags);
     let out = run("rclone", &args);
     assert!(out.status.success(), "rclone copy: {}", stderr(&out));
-    verified("rclone", got.path());
+    assert_load_verifies("rclone", got.path());
     let mut args = vec!["check", remote.as_str(), dest];
     args.extend(rclone_flags);
     let out = run("rclone", &args);
@@ -654,7 +642,7 @@ async fn rclone_lftp_paramiko_asyncssh_and_node_download_a_load() {
     );
     let out = run("lftp", &["-c", &script]);
     assert!(out.status.success(), "lftp: {}", stderr(&out));
-    verified("lftp", got.path());
+    assert_load_verifies("lftp", got.path());
 
     // paramiko, then asyncssh.
     let paramiko = r#"
@@ -692,7 +680,7 @@ asyncio.run(main())
             ],
         );
         assert!(out.status.success(), "{client}: {}", stderr(&out));
-        verified(client, got.path());
+        assert_load_verifies(client, got.path());
     }
 
     // Node's ssh2-sftp-client (installed by `.ci/run` into tests/clients).
@@ -710,7 +698,7 @@ asyncio.run(main())
         ],
     );
     assert!(out.status.success(), "ssh2-sftp-client: {}", stderr(&out));
-    verified("ssh2-sftp-client", got.path());
+    assert_load_verifies("ssh2-sftp-client", got.path());
 }
 
 /// JSch 0.1.55 (Debian's libjsch-java, bundled by older ETL tools) shares no
@@ -795,11 +783,5 @@ async fn jsch_needs_the_legacy_profile_and_then_downloads_a_load() {
     ] {
         assert!(stderr(&out).contains(step), "{step}: {}", stderr(&out));
     }
-    let check = std::process::Command::new("sha256sum")
-        .args(["-c", "SHA256SUMS"])
-        .current_dir(got.path())
-        .output()
-        .unwrap();
-    assert!(check.status.success(), "{}", stdout(&check));
-    assert!(got.path().join("MANIFEST.json").exists());
+    assert_load_verifies("JSch", got.path());
 }

@@ -138,6 +138,25 @@ pub async fn start_with(citizens: u64, edit: impl FnOnce(&Path, &mut String)) ->
     }
 }
 
+/// Asserts that `sha256sum -c SHA256SUMS` passes in a downloaded load
+/// folder `dir` (what `client` fetched), and that its manifest came too.
+pub fn assert_load_verifies(client: &str, dir: &Path) {
+    let check = Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(dir)
+        .output()
+        .expect("sha256sum is installed");
+    assert!(
+        check.status.success(),
+        "{client}: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    assert!(
+        dir.join("MANIFEST.json").exists(),
+        "{client}: no MANIFEST.json"
+    );
+}
+
 /// Makes an OpenSSH key pair `<dir>/keys/<name>` with `ssh-keygen`.
 pub fn keygen(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     let path = dir.join("keys").join(name);
