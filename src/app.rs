@@ -181,12 +181,22 @@ pub async fn run_loads_with(
                         .ok(),
                     None => None,
                 };
-                let r = match kind {
-                    LoadKind::Full => {
-                        load::full_load(config, &source, area, progress.as_ref()).await
-                    }
-                    LoadKind::Delta => {
-                        load::delta_load(config, &source, area, progress.as_ref()).await
+                // The area's lock is held until the run is recorded (the end
+                // of this iteration), so no other process records it as a
+                // load published before a crash.
+                let (r, _held) = match load::lock_area(&config.storage_root, area) {
+                    Err(e) => (Err(e), None),
+                    Ok(held) => {
+                        let p = progress.as_ref();
+                        let r = match kind {
+                            LoadKind::Full => {
+                                load::full_load(config, &source, area, &held, p).await
+                            }
+                            LoadKind::Delta => {
+                                load::delta_load(config, &source, area, &held, p).await
+                            }
+                        };
+                        (r, Some(held))
                     }
                 };
                 match r {
@@ -310,6 +320,15 @@ fn log_state(e: crate::state::StateError) -> crate::state::StateError {
 /// `load_published` event now.
 async fn record_unrecorded_loads(config: &Config, areas: &[&config::Area], state: &State) {
     for area in areas {
+        // A load that is running now is recorded by its own run.
+        let _held = match load::lock_area(&config.storage_root, area) {
+            Ok(held) => held,
+            Err(load::LoadError::Busy { .. }) => continue,
+            Err(e) => {
+                tracing::error!(area = %area.id, error = %e, "cannot check for unrecorded loads");
+                continue;
+            }
+        };
         let (folders, recorded) = match (
             load::published_loads(&config.storage_root, &area.id),
             state.recorded_loads(&area.id).await,

@@ -913,7 +913,8 @@ async fn bench_load(source: &str, work: &Path, opts: &BenchOptions) -> anyhow::R
             // flushed first, so their writeback does not slow this load's sync.
             let _ = std::process::Command::new("sync").status();
             let c0 = cpu_seconds();
-            let r = udstil::load::full_load(&config, &src, area, None).await?;
+            let held = udstil::load::lock_area(&config.storage_root, area)?;
+            let r = udstil::load::full_load(&config, &src, area, &held, None).await?;
             let c1 = cpu_seconds();
             let columns = match &columns {
                 Some(c) => c,
@@ -983,7 +984,8 @@ async fn bench_load(source: &str, work: &Path, opts: &BenchOptions) -> anyhow::R
         let _ = std::process::Command::new("sync").status();
         // Like the full loads: no state recording and no person indexing (which
         // would first index every full load above).
-        let r = udstil::load::delta_load(&config, &src, joblog, None).await?;
+        let held = udstil::load::lock_area(&config.storage_root, joblog)?;
+        let r = udstil::load::delta_load(&config, &src, joblog, &held, None).await?;
         out!(
             "delta of joblog after {delta_changes} changes ({} journal rows in all areas, applied in {applied:.0}s): {} journal rows read, {} rows written, {:.3}s (watermark {} -> {hwm})",
             m.journal_rows,

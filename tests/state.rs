@@ -279,6 +279,20 @@ async fn a_load_published_but_not_recorded_is_recorded_once_afterwards() {
         .unwrap();
     let id = r[0].load_id.to_string();
 
+    // While a load of the area holds its lock (a run that has published and
+    // is about to record), the load is that run's to record, not adopted.
+    let joblog = config.area("joblog").unwrap();
+    let held = udstil::load::lock_area(&config.storage_root, joblog).unwrap();
+    udstil::app::reconcile_state(&config).await;
+    let runs = state.loads("joblog").await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_ne!(
+        runs[0].status, "published",
+        "adopted under a running load's lock"
+    );
+    assert_eq!(runs[0].load_id, None);
+    drop(held);
+
     udstil::app::reconcile_state(&config).await;
     let runs = state.loads("joblog").await.unwrap();
     assert_eq!(runs.len(), 1, "{runs:?}");

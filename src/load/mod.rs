@@ -224,12 +224,16 @@ fn schema_fields(schema: &arrow_schema::Schema) -> Vec<SchemaField> {
 /// `.staging/<area>.lock` (released by the kernel if the process dies).
 pub struct AreaLock {
     _file: std::fs::File,
+    area: String,
 }
 
-/// Takes the area's lock, then finishes or discards what a crashed load left
-/// in staging: a load whose folders were partly renamed into the tree is
-/// completed (the tree is the truth: it was published), any other is removed.
-fn begin(root: &Path, area: &Area) -> Result<AreaLock, LoadError> {
+/// Takes the area's lock (or fails with `Busy` at once), then finishes or
+/// discards what a crashed load left in staging: a load whose folders were
+/// partly renamed into the tree is completed (the tree is the truth: it was
+/// published), any other is removed. A load is run, and recorded in the
+/// state database, while its caller holds this lock, so no one else records
+/// it as one published before a crash.
+pub fn lock_area(root: &Path, area: &Area) -> Result<AreaLock, LoadError> {
     use std::os::fd::AsRawFd;
     let staging_root = root.join(".staging");
     let io = |path: &Path| {
@@ -256,7 +260,10 @@ fn begin(root: &Path, area: &Area) -> Result<AreaLock, LoadError> {
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
     }
     remove_leftovers(root, area).map_err(io(root))?;
-    Ok(AreaLock { _file: file })
+    Ok(AreaLock {
+        _file: file,
+        area: area.id.clone(),
+    })
 }
 
 /// Deletes `.removed-*` folders that a crash inside retention left behind
@@ -352,11 +359,12 @@ pub async fn full_load(
     config: &Config,
     source: &Source,
     area: &Area,
+    held: &AreaLock,
     progress: Option<&Progress>,
 ) -> Result<LoadReport, LoadError> {
+    assert_eq!(held.area, area.id, "a load runs under its own area's lock");
     let started = Instant::now();
     let root = &config.storage_root;
-    let _lock = begin(root, area)?;
     let columns = checked_columns(source, area).await?;
     let arrow = crate::source::arrow_schema(&columns);
     let schema = schema_fields(&arrow);
@@ -409,11 +417,12 @@ pub async fn delta_load(
     config: &Config,
     source: &Source,
     area: &Area,
+    held: &AreaLock,
     progress: Option<&Progress>,
 ) -> Result<LoadReport, LoadError> {
+    assert_eq!(held.area, area.id, "a load runs under its own area's lock");
     let started = Instant::now();
     let root = &config.storage_root;
-    let _lock = begin(root, area)?;
     let serr = |source| LoadError::Source {
         area: area.id.clone(),
         source: Box::new(source),
