@@ -638,7 +638,7 @@ def main() -> None:
         f"in batch mode, key exchange {KEX}, ed25519 keys). Every download's sha256 was "
         "checked against the generated file.",
         "",
-        "Reproduce (as root, after the README's setup; about 15 minutes):",
+        "Reproduce (as root, with Debian's `openssh-server` and `openssh-client` installed; the system's sshd need not run; about 15 minutes):",
         "",
         "    cargo build --release",
         "    python3 bench/sftp_vs_openssh.py",
