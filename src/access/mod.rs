@@ -200,27 +200,6 @@ impl Agreements {
         }
         out
     }
-
-    /// Shortcut used on every path lookup of an SFTP session.
-    pub fn may_read(
-        &self,
-        supplier: &str,
-        authority: AuthorityId,
-        area: &str,
-        now: DateTime<Utc>,
-    ) -> bool {
-        self.decide(supplier, authority, area, now).is_ok()
-    }
-
-    /// Whether any area of `authority` is visible to `supplier` at `now`.
-    pub fn may_see_authority(
-        &self,
-        supplier: &str,
-        authority: AuthorityId,
-        now: DateTime<Utc>,
-    ) -> bool {
-        self.visible(supplier, now).contains_key(&authority)
-    }
 }
 
 /// One condition: some matching agreement in force. If none is, the denial

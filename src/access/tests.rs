@@ -106,7 +106,7 @@ fn check(ag: &Agreements, now: &str, visible: &[(AuthorityId, &[&str])], denial:
         for area in ["joblog", "plans", "other"] {
             let allowed = want.get(&auth).is_some_and(|s| s.contains(area));
             assert_eq!(
-                ag.may_read(S, auth, area, now),
+                ag.decide(S, auth, area, now).is_ok(),
                 allowed,
                 "{auth} {area} at {now}"
             );

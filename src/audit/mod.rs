@@ -177,6 +177,29 @@ pub struct Record {
     pub hash: String,
 }
 
+impl Record {
+    /// One line of `audit query` and `audit person` text output.
+    pub fn line(&self) -> String {
+        let e = &self.event;
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        format!(
+            "{:>6} {} {:<14} {:<10} {:<12} {:<28} {} bytes={} from={} key={} outcome={} {}",
+            self.id,
+            e.at,
+            e.action,
+            opt(&e.supplier),
+            opt(&e.authority),
+            opt(&e.area),
+            opt(&e.file),
+            e.bytes.map_or("-".into(), |b| b.to_string()),
+            opt(&e.address),
+            opt(&e.key_fingerprint),
+            e.outcome,
+            opt(&e.detail)
+        )
+    }
+}
+
 /// SHA-256 over the previous hash, the id and every field, each length-prefixed
 /// so no two different rows encode alike.
 pub fn chain_hash(prev_hash: &str, id: i64, e: &Event) -> String {

@@ -33,10 +33,6 @@ impl Trail {
         Trail { tx: None }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.tx.is_some()
-    }
-
     /// Records an event; waits while the queue is full.
     pub async fn record(&self, event: Event) {
         if let Some(tx) = &self.tx

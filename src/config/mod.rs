@@ -7,6 +7,7 @@
 
 mod document;
 mod raw;
+pub mod report;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;

@@ -73,7 +73,7 @@ pub struct Manifest {
     pub load_id: String,
     pub area: String,
     pub version: u32,
-    pub kind: String,
+    pub kind: LoadKind,
     pub authority: String,
     pub key: Vec<String>,
     /// Deltas: the watermark of the previous load (exclusive).
@@ -140,6 +140,28 @@ pub struct LoadReport {
     pub elapsed: Duration,
 }
 
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let window = match self.watermark_from {
+            Some(from) => format!("watermark {from} -> {}", self.watermark_to),
+            None => format!("watermark {}", self.watermark_to),
+        };
+        write!(
+            f,
+            "{}: {} load {} published: {} rows read, {} rows written to {} authorities, {} files, {} bytes, {window}, {:.1}s",
+            self.area,
+            self.kind.as_str(),
+            self.load_id,
+            self.rows_read,
+            self.rows_written,
+            self.authorities,
+            self.files,
+            self.bytes,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
 /// The published columns of an area, checked to carry its key and routing.
 async fn checked_columns(source: &Source, area: &Area) -> Result<Vec<Column>, LoadError> {
     let columns = source
@@ -194,7 +216,7 @@ fn legacy_spec(
 }
 
 /// What a load is about to publish, beyond the files.
-struct Plan<'a> {
+struct Publication<'a> {
     area: &'a Area,
     kind: LoadKind,
     load_id: LoadId,
@@ -322,12 +344,14 @@ fn recover(root: &Path, area: &Area, id: LoadId, dir: &Path) -> std::io::Result<
     }
     let mut done = 0;
     for (authority, folder, manifest) in staged {
-        let kind = if manifest.kind == "delta" {
-            LoadKind::Delta
-        } else {
-            LoadKind::Full
-        };
-        let target = tree::load_dir(root, authority, &area.id, manifest.version, kind, id);
+        let target = tree::load_dir(
+            root,
+            authority,
+            &area.id,
+            manifest.version,
+            manifest.kind,
+            id,
+        );
         if target.exists() {
             continue;
         }
@@ -391,7 +415,7 @@ pub async fn full_load(
         }
     }
     let schema_for_changes = schema.clone();
-    let plan = Plan {
+    let plan = Publication {
         area,
         kind: LoadKind::Full,
         load_id,
@@ -469,7 +493,7 @@ pub async fn delta_load(
     for authority in previous.keys() {
         outputs.entry(*authority).or_default();
     }
-    let plan = Plan {
+    let plan = Publication {
         area,
         kind: LoadKind::Delta,
         load_id,
@@ -536,7 +560,7 @@ where
 fn finish(
     root: &Path,
     staging: &Path,
-    plan: Plan<'_>,
+    plan: Publication<'_>,
     rows_read: u64,
     outputs: BTreeMap<AuthorityId, AuthorityOutput>,
     withheld: BTreeMap<String, u64>,
@@ -582,7 +606,7 @@ fn finish(
 fn publish_all(
     root: &Path,
     staging: &Path,
-    plan: &Plan<'_>,
+    plan: &Publication<'_>,
     outputs: BTreeMap<AuthorityId, AuthorityOutput>,
     report: &mut LoadReport,
 ) -> Result<(), LoadError> {
@@ -611,7 +635,7 @@ fn publish_all(
             load_id: plan.load_id.to_string(),
             area: area.id.clone(),
             version: area.version,
-            kind: plan.kind.as_str().into(),
+            kind: plan.kind,
             authority: authority.to_string(),
             key: area.key.clone(),
             watermark_from: plan.watermark_from,

@@ -425,7 +425,7 @@ impl Fanout {
                 tracing::debug!(area = %self.area, columns = ?distinct, "mostly distinct text, written without a dictionary");
             }
             self.plain.extend(distinct);
-            let shared = Arc::new(Shared {
+            let shared = Arc::new(Encoding {
                 staging: self.staging.clone(),
                 area: self.area.clone(),
                 schema: self.schema.clone(),
@@ -671,7 +671,7 @@ impl Partition for Router {
 }
 
 /// What every encoder of one load needs.
-struct Shared {
+struct Encoding {
     staging: PathBuf,
     area: String,
     schema: SchemaRef,
@@ -681,7 +681,7 @@ struct Shared {
     props: WriterProperties,
 }
 
-impl Shared {
+impl Encoding {
     fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + use<> {
         let (area, path) = (self.area.clone(), path.to_path_buf());
         move |source| LoadError::Io { area, path, source }
@@ -710,7 +710,7 @@ struct Encoder {
 type EncoderResult = Result<BTreeMap<AuthorityId, AuthorityOutput>, LoadError>;
 
 impl Encoder {
-    fn start(shared: Arc<Shared>, index: usize) -> Result<Encoder, LoadError> {
+    fn start(shared: Arc<Encoding>, index: usize) -> Result<Encoder, LoadError> {
         // One job queued while one is encoded: enough to keep it busy.
         let (jobs, rx) = sync_channel::<Job>(1);
         let area = shared.area.clone();
@@ -765,7 +765,7 @@ struct LegacyBody {
 
 /// An encoder thread: writes each job as one row group of its authority's
 /// current file; when the jobs end, closes every file.
-fn encode(shared: &Shared, jobs: Receiver<Job>) -> EncoderResult {
+fn encode(shared: &Encoding, jobs: Receiver<Job>) -> EncoderResult {
     let io = |path: &Path| shared.io(path);
     let pq = |source| shared.parquet(source);
     let mut open: BTreeMap<AuthorityId, AuthorityFiles> = BTreeMap::new();
@@ -877,7 +877,7 @@ fn encode(shared: &Shared, jobs: Receiver<Job>) -> EncoderResult {
 /// Writes `<name>.zip` holding `<name>.csv`: the header with the row count,
 /// the column line, then the body kept in staging.
 fn close_legacy(
-    shared: &Shared,
+    shared: &Encoding,
     dir: &Path,
     spec: &legacy::LegacySpec,
     body: LegacyBody,
@@ -964,7 +964,7 @@ pub fn empty_file(dir: &Path, schema: &SchemaRef, area: &str) -> Result<FileEntr
     )
 }
 
-fn open_file(shared: &Shared, dir: &Path, index: usize) -> Result<OpenFile, LoadError> {
+fn open_file(shared: &Encoding, dir: &Path, index: usize) -> Result<OpenFile, LoadError> {
     let name = format!("part-{index:05}.parquet");
     let path = dir.join(&name);
     let file = File::create(&path).map_err(shared.io(&path))?;

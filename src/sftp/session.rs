@@ -341,7 +341,7 @@ impl SftpSession {
             _ => {
                 // A visible authority or area folder exists only once something is published.
                 if let Location::Authority(a) = loc {
-                    let dir = self.root.join(a.kind.as_str()).join(a.code_str());
+                    let dir = crate::tree::authority_dir(&self.root, *a);
                     if tokio::fs::metadata(&dir).await.is_err() {
                         return Err(not_found());
                     }
@@ -370,7 +370,7 @@ impl SftpSession {
             }
             Location::Kind(kind) => {
                 for a in visible.keys().filter(|a| a.kind == *kind) {
-                    if exists(self.root.join(a.kind.as_str()).join(a.code_str())).await {
+                    if exists(crate::tree::authority_dir(&self.root, *a)).await {
                         out.push(File::new(a.code_str(), dir_attrs(mtime)));
                     }
                 }

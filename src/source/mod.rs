@@ -967,35 +967,6 @@ pub fn full_extract_sql(area: &Area, columns: &[Column]) -> String {
     )
 }
 
-impl Source {
-    /// For benchmarks: PostgreSQL's own `COPY (query) TO STDOUT (FORMAT binary)`
-    /// of the full extract, drained; returns the bytes received. `None` on SQLite.
-    pub async fn copy_full_extract(
-        &self,
-        area: &Area,
-        columns: &[Column],
-    ) -> Result<Option<u64>, SourceError> {
-        let Source::Postgres(pool) = self else {
-            return Ok(None);
-        };
-        let qerr = |source| SourceError::Query {
-            table: area.table.clone(),
-            source,
-        };
-        let mut conn = pool.acquire().await.map_err(qerr)?;
-        let statement = format!(
-            "COPY ({}) TO STDOUT (FORMAT binary)",
-            full_extract_sql(area, columns)
-        );
-        let mut stream = conn.copy_out_raw(&statement).await.map_err(qerr)?;
-        let mut bytes = 0u64;
-        while let Some(chunk) = stream.try_next().await.map_err(qerr)? {
-            bytes += chunk.len() as u64;
-        }
-        Ok(Some(bytes))
-    }
-}
-
 /// Hides a password in a URL before it reaches an error message or a log.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.find('@')) {

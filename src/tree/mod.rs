@@ -19,7 +19,8 @@ pub const MAX_PATH_BYTES: usize = 4096;
 /// Deepest client path accepted; the tree itself is 7 levels deep.
 pub const MAX_COMPONENTS: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LoadKind {
     Full,
     Delta,
@@ -65,9 +66,13 @@ impl fmt::Display for LoadId {
 
 /// `<root>/<kind>/<code>/<area>`
 pub fn area_dir(root: &Path, authority: AuthorityId, area: &str) -> PathBuf {
+    authority_dir(root, authority).join(area)
+}
+
+/// `<root>/<kind>/<code>`
+pub fn authority_dir(root: &Path, authority: AuthorityId) -> PathBuf {
     root.join(authority.kind.as_str())
         .join(authority.code_str())
-        .join(area)
 }
 
 /// `<root>/<kind>/<code>/<area>/v<version>/<full|delta>`

@@ -1,8 +1,6 @@
 //! `udstil access explain` and `udstil access matrix` as an operator runs them.
 
-mod common;
-
-use common::{stderr, stdout, udstil};
+use crate::common::{stderr, stdout, udstil};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_names_the_agreement_and_matrix_covers_every_combination() {

@@ -3,14 +3,14 @@
 //! exactly the suppliers that received a file holding a person, and an edit
 //! of one audit row makes `udstil audit verify` fail naming that row.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{stderr, stdout, udstil};
+use crate::common::{stderr, stdout, udstil};
 
 /// The (only) full load folder of `area` for `authority`.
 fn full_load(root: &Path, authority: &str, area: &str) -> PathBuf {
@@ -224,7 +224,9 @@ async fn a_stop_during_a_download_records_it_before_exiting() {
             .await
             .unwrap();
         let config = udstil::app::check_config(&cfg).await.unwrap();
-        udstil::app::full_loads(&config, None).await.unwrap();
+        udstil::app::run_loads(&config, udstil::app::LoadRequest::full(None))
+            .await
+            .unwrap();
         let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_udstil"))
             .args(["serve", "--config"])
             .arg(&cfg)

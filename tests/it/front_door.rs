@@ -2,14 +2,12 @@
 //! key validity and types, source addresses, penalties and bans, caps,
 //! login grace and idle timeouts, agreements that end during a session.
 
-mod common;
-
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, load_secret_key};
 
 /// Appends a supplier with dated keys; `keys` are (key file, extra TOML lines).

@@ -8,8 +8,8 @@ use arrow_array::{Array, Int64Array};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
-mod common;
-use common::pg::{TempDb, admin_url};
+use crate::common;
+use crate::common::pg::{TempDb, admin_url};
 use udstil::load::Manifest;
 use udstil::source::Source;
 
@@ -24,7 +24,7 @@ async fn full_load_from_postgres_routes_every_row_to_its_authorities_only() {
     // The demo config with the PostgreSQL source.
     let (_config_path, config) = common::demo_config_for(dir.path(), &db.url).await;
     assert!(config.source_url.starts_with("postgres"));
-    let reports = udstil::app::full_loads(&config, Some("joblog"))
+    let reports = udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     let report = &reports[0];
@@ -134,7 +134,7 @@ async fn an_unreachable_source_fails_the_load_and_publishes_nothing() {
         .await
         .unwrap();
     let config = udstil::app::check_config(&config_path).await.unwrap();
-    udstil::app::full_loads(&config, Some("joblog"))
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     let before = std::fs::read_dir(config.storage_root.join("kommune/101/joblog/v1/full"))
@@ -143,7 +143,7 @@ async fn an_unreachable_source_fails_the_load_and_publishes_nothing() {
     let mut broken = config.clone();
     // Port 1 on loopback: nothing listens there.
     broken.source_url = "postgres://postgres@127.0.0.1:1/none".into();
-    let err = udstil::app::full_loads(&broken, Some("joblog"))
+    let err = udstil::app::run_loads(&broken, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap_err();
     assert!(
@@ -190,7 +190,7 @@ async fn a_source_dropping_mid_load_publishes_nothing_and_the_next_run_succeeds(
             false
         })
     };
-    let err = udstil::app::full_loads(&config, Some("joblog"))
+    let err = udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap_err()
         .to_string();
@@ -211,7 +211,7 @@ async fn a_source_dropping_mid_load_publishes_nothing_and_the_next_run_succeeds(
         .collect();
     assert!(staging.is_empty(), "staging left behind: {staging:?}");
 
-    let r = udstil::app::full_loads(&config, Some("joblog"))
+    let r = udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     assert!(r[0].rows_read > 0);
@@ -242,7 +242,7 @@ async fn a_bad_source_value_fails_the_load_naming_where_and_publishes_nothing() 
         .execute(&mut conn)
         .await
         .unwrap();
-    let err = udstil::app::full_loads(&config, Some("joblog"))
+    let err = udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap_err()
         .to_string();
@@ -259,7 +259,7 @@ async fn a_bad_source_value_fails_the_load_naming_where_and_publishes_nothing() 
         .execute(&mut conn)
         .await
         .unwrap();
-    let r = udstil::app::full_loads(&config, Some("joblog"))
+    let r = udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     assert!(r[0].rows_read > 0);
@@ -280,7 +280,7 @@ async fn loaded_joblog(
         .await
         .unwrap();
     let (_config_path, config) = common::demo_config_for(dir.path(), &db.url).await;
-    udstil::app::full_loads(&config, Some("joblog"))
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     (db, dir, source, config)
@@ -335,7 +335,6 @@ async fn journal_update(conn: &mut PgConnection, copy_of: i64, seq: i64) {
 /// watermark of n+2 and skip n+1 for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_commit_of_a_lower_sequence_is_not_skipped() {
-    use udstil::tree::LoadKind;
     let db = TempDb::create("late").await;
     let dir = tempfile::tempdir().unwrap();
     let source = Source::create(&db.url).await.unwrap();
@@ -365,10 +364,9 @@ async fn a_late_commit_of_a_lower_sequence_is_not_skipped() {
     journal_update(&mut fast, live[1], top + 2).await;
     sqlx::query("COMMIT").execute(&mut fast).await.unwrap();
     let cfg = config.clone();
-    let full =
-        tokio::spawn(
-            async move { udstil::app::run_loads(&cfg, Some("joblog"), LoadKind::Full).await },
-        );
+    let full = tokio::spawn(async move {
+        udstil::app::run_loads(&cfg, udstil::app::LoadRequest::full(Some("joblog"))).await
+    });
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     assert!(!full.is_finished(), "the full load must wait for n+1");
     sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
@@ -380,10 +378,9 @@ async fn a_late_commit_of_a_lower_sequence_is_not_skipped() {
     journal_update(&mut fast, live[3], top + 4).await;
     sqlx::query("COMMIT").execute(&mut fast).await.unwrap();
     let cfg = config.clone();
-    let delta =
-        tokio::spawn(
-            async move { udstil::app::run_loads(&cfg, Some("joblog"), LoadKind::Delta).await },
-        );
+    let delta = tokio::spawn(async move {
+        udstil::app::run_loads(&cfg, udstil::app::LoadRequest::delta(Some("joblog"))).await
+    });
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     assert!(!delta.is_finished(), "the delta must wait for n+3");
     sqlx::query("COMMIT").execute(&mut slow).await.unwrap();

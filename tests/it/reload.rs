@@ -2,12 +2,10 @@
 //! edit takes effect in open sessions without reconnecting; an invalid edit
 //! is refused and the config in force keeps serving.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use udstil::app;
 
 struct Daemon(std::process::Child);
@@ -63,7 +61,9 @@ async fn edits_apply_to_open_sessions_and_invalid_edits_are_refused() {
     let addr = free_addr();
     let config_path = app::prepare_demo(dir.path(), addr, 60, 7).await.unwrap();
     let config = app::check_config(&config_path).await.unwrap();
-    app::full_loads(&config, None).await.unwrap();
+    app::run_loads(&config, app::LoadRequest::full(None))
+        .await
+        .unwrap();
     let good = std::fs::read_to_string(&config_path).unwrap();
 
     let log = dir.path().join("daemon.log");
@@ -177,7 +177,9 @@ async fn serving_and_reloading_do_not_wait_for_a_source_that_is_down() {
     let addr = free_addr();
     let config_path = app::prepare_demo(dir.path(), addr, 60, 7).await.unwrap();
     let config = app::check_config(&config_path).await.unwrap();
-    app::full_loads(&config, None).await.unwrap();
+    app::run_loads(&config, app::LoadRequest::full(None))
+        .await
+        .unwrap();
     // DFDG "moves" to a port where nothing listens (a PostgreSQL that is down).
     let closed = free_addr().port();
     let good = std::fs::read_to_string(&config_path).unwrap().replace(
@@ -255,7 +257,7 @@ async fn refused_handshakes_and_logins_are_logged_with_peer_and_reason() {
         .await
     );
     let stranger = dir.path().join("keys/stranger");
-    std::fs::write(&stranger, include_str!("../fixtures/keys/stranger")).unwrap();
+    std::fs::write(&stranger, include_str!("../../fixtures/keys/stranger")).unwrap();
     let mut perms = std::fs::metadata(&stranger).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
     std::fs::set_permissions(&stranger, perms).unwrap();

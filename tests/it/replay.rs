@@ -13,10 +13,10 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use proptest::prelude::*;
 use udstil::config::Config;
 
-mod common;
+use crate::common;
 use udstil::load::Manifest;
 use udstil::source::Source;
-use udstil::tree::LoadId;
+use udstil::tree::{LoadId, LoadKind};
 
 /// key -> the row's published values, formatted.
 type Rows = BTreeMap<String, Vec<String>>;
@@ -113,9 +113,9 @@ fn replay(area_dir: &Path) -> Rows {
     // An authority whose first rows came in a delta has no full load: it starts empty.
     let start = all
         .iter()
-        .rposition(|(_, _, m)| m.kind == "full")
+        .rposition(|(_, _, m)| m.kind == LoadKind::Full)
         .unwrap_or(0);
-    if all[start].2.kind == "delta" {
+    if all[start].2.kind == LoadKind::Delta {
         assert_eq!(
             all[start].2.previous_load_id,
             None,
@@ -129,7 +129,7 @@ fn replay(area_dir: &Path) -> Rows {
     for load in &all[start..] {
         let (id, dir, m) = load;
         if let Some((pid, _, pm)) = prev {
-            assert_eq!(m.kind, "delta");
+            assert_eq!(m.kind, LoadKind::Delta);
             assert_eq!(
                 m.previous_load_id.as_deref(),
                 Some(pid.to_string().as_str()),
@@ -198,7 +198,7 @@ async fn fresh_full(config: &Config) -> (tempfile::TempDir, BTreeMap<String, Row
     let dir = tempfile::tempdir().unwrap();
     let mut c = config.clone();
     c.storage_root = dir.path().to_path_buf();
-    udstil::app::run_loads(&c, Some("joblog"), udstil::tree::LoadKind::Full)
+    udstil::app::run_loads(&c, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     let mut out = BTreeMap::new();
@@ -235,14 +235,14 @@ async fn check_history(source_url: &str, citizens: u64, seed: u64, rounds: &[u64
         .await
         .unwrap();
     let (_config_path, config) = common::demo_config_for(dir.path(), source_url).await;
-    udstil::app::run_loads(&config, Some("joblog"), udstil::tree::LoadKind::Full)
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     for (round, changes) in rounds.iter().enumerate() {
         udstil::fixtures::mutate(&source, *changes, seed * 100 + round as u64)
             .await
             .unwrap();
-        let r = udstil::app::run_loads(&config, Some("joblog"), udstil::tree::LoadKind::Delta)
+        let r = udstil::app::run_loads(&config, udstil::app::LoadRequest::delta(Some("joblog")))
             .await
             .unwrap();
         let (_fresh_dir, want) = fresh_full(&config).await;
@@ -321,11 +321,11 @@ async fn a_long_history_carries_inserts_updates_deletes_and_moves() {
     let work = tempfile::tempdir().unwrap();
     let source = Source::create(&url).await.unwrap();
     let (_config_path, config) = common::demo_config_for(work.path(), &url).await;
-    udstil::app::run_loads(&config, Some("joblog"), udstil::tree::LoadKind::Full)
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     udstil::fixtures::mutate(&source, 300, 9).await.unwrap();
-    udstil::app::run_loads(&config, Some("joblog"), udstil::tree::LoadKind::Delta)
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::delta(Some("joblog")))
         .await
         .unwrap();
     let mut ops: BTreeMap<String, usize> = BTreeMap::new();
@@ -340,7 +340,7 @@ async fn a_long_history_carries_inserts_updates_deletes_and_moves() {
             .join("joblog/v1");
         for (_, dir, m) in loads(&area)
             .into_iter()
-            .filter(|(_, _, m)| m.kind == "delta")
+            .filter(|(_, _, m)| m.kind == LoadKind::Delta)
         {
             for b in batches(&dir, &m) {
                 let op = b
@@ -497,11 +497,11 @@ async fn an_interrupted_publish_is_rolled_forward() {
             .unwrap();
     let config = udstil::app::check_config(&config_path).await.unwrap();
     let source = Source::connect(&config.source_url).await.unwrap();
-    udstil::app::run_loads(&config, Some("joblog"), udstil::tree::LoadKind::Full)
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     udstil::fixtures::mutate(&source, 200, 4).await.unwrap();
-    let r = udstil::app::run_loads(&config, Some("joblog"), udstil::tree::LoadKind::Delta)
+    let r = udstil::app::run_loads(&config, udstil::app::LoadRequest::delta(Some("joblog")))
         .await
         .unwrap();
     // Put kommune/101's copy of that delta back into staging, as if the crash
@@ -520,7 +520,7 @@ async fn an_interrupted_publish_is_rolled_forward() {
     std::fs::rename(&published, &staged).unwrap();
 
     udstil::fixtures::mutate(&source, 100, 5).await.unwrap();
-    udstil::app::run_loads(&config, Some("joblog"), udstil::tree::LoadKind::Delta)
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::delta(Some("joblog")))
         .await
         .unwrap();
     assert!(
@@ -558,7 +558,7 @@ async fn retention_leftovers_are_cleaned_by_the_next_load() {
         .await
         .unwrap();
     let config = udstil::app::check_config(&config_path).await.unwrap();
-    udstil::app::run_loads(&config, Some("joblog"), udstil::tree::LoadKind::Full)
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     let leftover = config
@@ -566,7 +566,7 @@ async fn retention_leftovers_are_cleaned_by_the_next_load() {
         .join("kommune/101/joblog/v1/full/.removed-000000_20260101T000000Z");
     std::fs::create_dir_all(&leftover).unwrap();
     std::fs::write(leftover.join("part-00000.parquet"), b"old").unwrap();
-    udstil::app::run_loads(&config, Some("joblog"), udstil::tree::LoadKind::Delta)
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::delta(Some("joblog")))
         .await
         .unwrap();
     assert!(!leftover.exists());
@@ -842,7 +842,7 @@ async fn check_no_disclosure(source_url: &str, citizens: u64, seed: u64, rounds:
         .await
         .unwrap();
     let (_config_path, config) = common::demo_config_for(dir.path(), source_url).await;
-    udstil::app::run_loads(&config, None, udstil::tree::LoadKind::Full)
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::full(None))
         .await
         .unwrap();
     let mut deletes = 0;
@@ -850,7 +850,7 @@ async fn check_no_disclosure(source_url: &str, citizens: u64, seed: u64, rounds:
         udstil::fixtures::mutate(&source, *changes, seed * 100 + round as u64)
             .await
             .unwrap();
-        udstil::app::run_loads(&config, None, udstil::tree::LoadKind::Delta)
+        udstil::app::run_loads(&config, udstil::app::LoadRequest::delta(None))
             .await
             .unwrap();
     }
@@ -868,7 +868,10 @@ async fn check_no_disclosure(source_url: &str, citizens: u64, seed: u64, rounds:
 fn walk_manifests(root: &Path, area: &str) -> Manifest {
     for (kind, code) in authorities(root) {
         let v = root.join(&kind).join(&code).join(area).join("v1");
-        if let Some((_, _, m)) = loads(&v).into_iter().find(|(_, _, m)| m.kind == "full") {
+        if let Some((_, _, m)) = loads(&v)
+            .into_iter()
+            .find(|(_, _, m)| m.kind == LoadKind::Full)
+        {
             return m;
         }
     }
@@ -907,11 +910,11 @@ async fn a_load_without_rows_has_a_readable_empty_file_and_a_checksum_line() {
         .await
         .unwrap();
     let config = udstil::app::check_config(&config_path).await.unwrap();
-    udstil::app::run_loads(&config, None, udstil::tree::LoadKind::Full)
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::full(None))
         .await
         .unwrap();
     // No changes: every delta is empty.
-    udstil::app::run_loads(&config, None, udstil::tree::LoadKind::Delta)
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::delta(None))
         .await
         .unwrap();
     let mut checked = 0;
@@ -923,7 +926,10 @@ async fn a_load_without_rows_has_a_readable_empty_file_and_a_checksum_line() {
                 .join(&code)
                 .join(&area.id)
                 .join("v1");
-            for (id, dir, m) in loads(&v).into_iter().filter(|(_, _, m)| m.kind == "delta") {
+            for (id, dir, m) in loads(&v)
+                .into_iter()
+                .filter(|(_, _, m)| m.kind == LoadKind::Delta)
+            {
                 assert_eq!(m.rows, 0, "{kind}/{code} {id}");
                 let out = std::process::Command::new("sha256sum")
                     .args(["-c", "SHA256SUMS"])
@@ -987,8 +993,7 @@ async fn rows_the_legacy_text_cannot_carry_are_left_out_of_it_and_named() {
     }
     let reports = udstil::app::run_loads(
         &config,
-        Some("unemployment-fund-membership"),
-        udstil::tree::LoadKind::Full,
+        udstil::app::LoadRequest::full(Some("unemployment-fund-membership")),
     )
     .await
     .unwrap();

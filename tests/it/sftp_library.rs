@@ -2,11 +2,9 @@
 //! supplier's own loader would use it: list, stat, read at offsets, and be
 //! refused writes.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use russh_sftp::client::SftpSession;
 use russh_sftp::protocol::OpenFlags;
 use sha2::{Digest, Sha256};
@@ -151,7 +149,7 @@ async fn a_download_in_progress_survives_retention() {
         .areas
         .iter_mut()
         .for_each(|a| a.retention_full_loads = 1);
-    let reports = udstil::app::full_loads(&config, Some("joblog"))
+    let reports = udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     assert!(reports[0].removed > 0, "retention removed nothing");

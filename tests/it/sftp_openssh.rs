@@ -1,12 +1,10 @@
 //! SFTP as suppliers use it: the OpenSSH `sftp` client in batch mode over TCP.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use crate::common::*;
 use arrow_array::{Array, Int64Array, StringArray};
-use common::*;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use udstil::authority::AuthorityId;
 use udstil::load::Manifest;

@@ -2,7 +2,7 @@
 //! the watermark per area; after a crash it is reconciled with the tree.
 //! On SQLite (the default) and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use udstil::state::State;
 use udstil::tree::LoadKind;
@@ -15,7 +15,7 @@ async fn check_state(state_url: &str) {
     let mut config = udstil::app::check_config(&config_path).await.unwrap();
     config.state_url = Some(state_url.to_string());
 
-    let full = udstil::app::run_loads(&config, Some("joblog"), LoadKind::Full)
+    let full = udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     let source = udstil::source::Source::connect(&config.source_url)
@@ -23,7 +23,7 @@ async fn check_state(state_url: &str) {
         .unwrap();
     udstil::fixtures::mutate(&source, 30, 1).await.unwrap();
     source.close().await;
-    let delta = udstil::app::run_loads(&config, Some("joblog"), LoadKind::Delta)
+    let delta = udstil::app::run_loads(&config, udstil::app::LoadRequest::delta(Some("joblog")))
         .await
         .unwrap();
 
@@ -31,14 +31,14 @@ async fn check_state(state_url: &str) {
     let mut broken = config.clone();
     broken.source_url = "postgres://postgres@127.0.0.1:1/gone".into();
     assert!(
-        udstil::app::run_loads(&broken, Some("joblog"), LoadKind::Delta)
+        udstil::app::run_loads(&broken, udstil::app::LoadRequest::delta(Some("joblog")))
             .await
             .is_err()
     );
 
     // Also when every area was asked for: each area's run is recorded as failed.
     assert!(
-        udstil::app::run_loads(&broken, None, LoadKind::Full)
+        udstil::app::run_loads(&broken, udstil::app::LoadRequest::full(None))
             .await
             .is_err()
     );
@@ -274,7 +274,7 @@ async fn a_load_published_but_not_recorded_is_recorded_once_afterwards() {
         .unwrap();
     let mut unrecorded = config.clone();
     unrecorded.state_url = None;
-    let r = udstil::app::run_loads(&unrecorded, Some("joblog"), LoadKind::Full)
+    let r = udstil::app::run_loads(&unrecorded, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     let id = r[0].load_id.to_string();
@@ -300,7 +300,7 @@ async fn a_load_published_but_not_recorded_is_recorded_once_afterwards() {
     assert_eq!(runs[0].trigger, "schedule");
     assert_eq!(runs[0].load_id.as_deref(), Some(id.as_str()));
     // Another run (and start) finds it recorded: no second event or record.
-    udstil::app::run_loads(&config, Some("joblog"), LoadKind::Delta)
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::delta(Some("joblog")))
         .await
         .unwrap();
     udstil::app::reconcile_state(&config).await;

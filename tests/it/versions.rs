@@ -15,7 +15,7 @@ async fn a_format_change_starts_a_new_version() {
             .unwrap();
     let mut config = udstil::app::check_config(&config_path).await.unwrap();
     let root = config.storage_root.clone();
-    udstil::app::run_loads(&config, Some("joblog"), LoadKind::Full)
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
 
@@ -36,10 +36,13 @@ async fn a_format_change_starts_a_new_version() {
 
     // Version 1 refuses it, and says what to do.
     for kind in [LoadKind::Delta, LoadKind::Full] {
-        let err = udstil::app::run_loads(&config, Some("joblog"), kind)
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = udstil::app::run_loads(
+            &config,
+            udstil::app::LoadRequest::manual(kind, Some("joblog")),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("added [kanal]") && err.contains("raise the area's version"),
             "{err}"
@@ -54,12 +57,12 @@ async fn a_format_change_starts_a_new_version() {
         .find(|a| a.id == "joblog")
         .unwrap()
         .version = 2;
-    let err = udstil::app::run_loads(&config, Some("joblog"), LoadKind::Delta)
+    let err = udstil::app::run_loads(&config, udstil::app::LoadRequest::delta(Some("joblog")))
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("no full load of version 2"), "{err}");
-    let r = udstil::app::run_loads(&config, Some("joblog"), LoadKind::Full)
+    let r = udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     assert!(
@@ -85,7 +88,7 @@ async fn a_format_change_starts_a_new_version() {
     assert!(changes[0].removed.is_empty() && changes[0].retyped.is_empty());
     // Deltas continue in v2; v1 stops updating.
     udstil::fixtures::mutate(&source, 20, 2).await.unwrap();
-    udstil::app::run_loads(&config, Some("joblog"), LoadKind::Delta)
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::delta(Some("joblog")))
         .await
         .unwrap();
     assert!(root.join("kommune/101/joblog/v2/delta").exists());
@@ -108,7 +111,7 @@ async fn a_format_change_starts_a_new_version() {
         .find(|a| a.id == "joblog")
         .unwrap()
         .retention_full_loads = 1;
-    udstil::app::run_loads(&config, Some("joblog"), LoadKind::Full)
+    udstil::app::run_loads(&config, udstil::app::LoadRequest::full(Some("joblog")))
         .await
         .unwrap();
     assert!(

@@ -121,7 +121,9 @@ pub async fn start_with(citizens: u64, edit: impl FnOnce(&Path, &mut String)) ->
     edit(dir.path(), &mut text);
     std::fs::write(&config_path, text).unwrap();
     let config = app::check_config(&config_path).await.unwrap();
-    app::full_loads(&config, None).await.unwrap();
+    app::run_loads(&config, app::LoadRequest::full(None))
+        .await
+        .unwrap();
     let config = Arc::new(config);
     let server = app::Server::bind(config.clone(), "127.0.0.1:0".parse().unwrap())
         .await

@@ -1,0 +1,414 @@
+//! Running loads: on request or on their schedules, each recorded in the
+//! state database with an audit event; reconciling the state with the tree
+//! after a stop or crash; the audit trail's upkeep.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::AppError;
+use crate::audit::{self, Action, Event};
+use crate::config::{self, Config, Live};
+use crate::load::{self, LoadError, LoadReport};
+use crate::source::Source;
+use crate::state::State;
+use crate::tree::LoadKind;
+
+/// Opens the state database if one is configured. The tree is the truth, so
+/// loads go on without it; the problem is logged.
+async fn open_state(config: &Config) -> Option<State> {
+    let url = config.state_url.as_ref()?;
+    match State::open(url).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "state database unavailable; loads are not recorded");
+            None
+        }
+    }
+}
+
+/// Which loads to run and why; the trigger is recorded with each run.
+pub struct LoadRequest<'a> {
+    /// One area, or every area when `None`.
+    pub area: Option<&'a str>,
+    pub kind: LoadKind,
+    /// `manual`, `schedule`, ...: recorded with each run.
+    pub trigger: &'a str,
+    /// Counts the rows read, for a progress display.
+    pub progress: Option<load::Progress>,
+}
+
+impl<'a> LoadRequest<'a> {
+    /// An operator's load (`udstil load`, the demo): trigger `manual`.
+    pub fn manual(kind: LoadKind, area: Option<&'a str>) -> Self {
+        LoadRequest {
+            area,
+            kind,
+            trigger: "manual",
+            progress: None,
+        }
+    }
+
+    /// A manual full load of one area, or of every area.
+    pub fn full(area: Option<&'a str>) -> Self {
+        Self::manual(LoadKind::Full, area)
+    }
+
+    /// A manual delta load of one area, or of every area.
+    pub fn delta(area: Option<&'a str>) -> Self {
+        Self::manual(LoadKind::Delta, area)
+    }
+}
+
+/// Runs the requested loads, one area after another, each recorded in the
+/// state database (when there is one) with its outcome and an audit event;
+/// stops at the first failure.
+pub async fn run_loads(
+    config: &Config,
+    request: LoadRequest<'_>,
+) -> Result<Vec<LoadReport>, AppError> {
+    let LoadRequest {
+        area,
+        kind,
+        trigger,
+        progress,
+    } = request;
+    let areas: Vec<&config::Area> = match area {
+        Some(id) => vec![
+            config
+                .area(id)
+                .ok_or_else(|| AppError::UnknownArea(id.into()))?,
+        ],
+        None => config.areas.iter().collect(),
+    };
+    let state = open_state(config).await;
+    if let Some(s) = &state {
+        record_unrecorded_loads(config, &areas, s).await;
+    }
+    let mut reports = Vec::new();
+    let mut failure = None;
+    match Source::connect(&config.source_url).await {
+        Err(e) => failure = Some(AppError::Source(e)),
+        Ok(source) => {
+            for area in &areas {
+                let run = match &state {
+                    Some(s) => s
+                        .load_started(&area.id, area.version, kind, trigger)
+                        .await
+                        .map_err(log_state)
+                        .ok(),
+                    None => None,
+                };
+                // The area's lock is held until the run is recorded (the end
+                // of this iteration), so no other process records it as a
+                // load published before a crash.
+                let (r, _held) = match load::lock_area(&config.storage_root, area) {
+                    Err(e) => (Err(e), None),
+                    Ok(held) => {
+                        let p = progress.as_ref();
+                        let r = match kind {
+                            LoadKind::Full => {
+                                load::full_load(config, &source, area, &held, p).await
+                            }
+                            LoadKind::Delta => {
+                                load::delta_load(config, &source, area, &held, p).await
+                            }
+                        };
+                        (r, Some(held))
+                    }
+                };
+                match r {
+                    Ok(r) => {
+                        if let (Some(s), Some(id)) = (&state, run) {
+                            let _ = s
+                                .load_published(id, area.version, &r)
+                                .await
+                                .map_err(log_state);
+                        }
+                        if let Some(s) = &state {
+                            let mut event = Event::new(Action::LoadPublished, "ok")
+                                .detail(&format!(
+                                    "{} load v{}, {} authorities, {} rows, watermark {}{}, trigger {trigger}",
+                                    r.kind.as_str(),
+                                    area.version,
+                                    r.authorities,
+                                    r.rows_written,
+                                    r.watermark_from.map_or(String::new(), |w| format!("{w}..")),
+                                    r.watermark_to
+                                ))
+                                .bytes(r.bytes);
+                            event.area = Some(r.area.clone());
+                            event.load_id = Some(r.load_id.to_string());
+                            audit::writer::append_retrying(s, &[event], 20).await;
+                        }
+                        tracing::info!(
+                            area = %r.area, kind = r.kind.as_str(), load = %r.load_id, rows = r.rows_read,
+                            authorities = r.authorities, files = r.files, bytes = r.bytes,
+                            watermark_to = r.watermark_to, removed = r.removed,
+                            elapsed_ms = r.elapsed.as_millis() as u64, "load published"
+                        );
+                        for (reason, n) in &r.withheld {
+                            tracing::warn!(area = %r.area, reason = %reason, rows = n, "rows withheld");
+                        }
+                        reports.push(r);
+                    }
+                    Err(e) => {
+                        if let (Some(s), Some(id)) = (&state, run) {
+                            let _ = s.load_failed(id, &e.to_string()).await.map_err(log_state);
+                        }
+                        failure = Some(e.into());
+                        break;
+                    }
+                }
+            }
+            source.close().await;
+        }
+    }
+    if let Some(s) = &state
+        && !reports.is_empty()
+    {
+        index_persons(config, &areas, s).await;
+    }
+    if let Some(s) = state {
+        // A source that could not be reached is a failed run of every area asked for.
+        if let Some(AppError::Source(e)) = &failure {
+            for area in &areas {
+                if let Ok(id) = s.load_started(&area.id, area.version, kind, trigger).await {
+                    let _ = s.load_failed(id, &e.to_string()).await.map_err(log_state);
+                }
+            }
+        }
+        s.close().await;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(reports),
+    }
+}
+
+/// Brings the audit person index up to date with the tree. A failure is
+/// logged, not fatal: the load is published, and the next run catches up.
+async fn index_persons(config: &Config, areas: &[&config::Area], state: &State) {
+    let key = match audit::load_or_create_key(&config.audit.key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(path = %config.audit.key_file.display(), error = %e, "audit key unavailable; person index not updated");
+            return;
+        }
+    };
+    match audit::index::index_tree(config, areas, state, &key).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(folders = n, "audit person index updated"),
+        Err(e) => {
+            tracing::error!(error = %e, "audit person index not updated; the next run retries")
+        }
+    }
+}
+
+/// The audit trail's upkeep while serving: at start the person index of
+/// anything published while the daemon was down, then hourly retention.
+pub async fn audit_housekeeping(live: Arc<Live>, state: State) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let config = live.get();
+        let areas: Vec<&config::Area> = config.areas.iter().collect();
+        index_persons(&config, &areas, &state).await;
+        // A retention longer than chrono can subtract keeps everything.
+        let cutoff = chrono::Duration::from_std(config.audit.retention)
+            .ok()
+            .and_then(|d| Utc::now().checked_sub_signed(d))
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        match state.audit_prune(&audit::timestamp(cutoff)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "audit retention removed old events"),
+            Err(e) => tracing::error!(error = %e, "audit retention failed; retried in an hour"),
+        }
+    }
+}
+
+fn log_state(e: crate::state::StateError) -> crate::state::StateError {
+    tracing::error!(error = %e, "could not record a load in the state database");
+    e
+}
+
+/// Loads in the tree that no run records as published (a stop or crash
+/// came between the publication and its record, or hit the publication
+/// half-way and the next run finishes it) get their run record and their
+/// `load_published` event now.
+async fn record_unrecorded_loads(config: &Config, areas: &[&config::Area], state: &State) {
+    for area in areas {
+        // A load that is running now is recorded by its own run.
+        let _held = match load::lock_area(&config.storage_root, area) {
+            Ok(held) => held,
+            Err(load::LoadError::Busy { .. }) => continue,
+            Err(e) => {
+                tracing::error!(area = %area.id, error = %e, "cannot check for unrecorded loads");
+                continue;
+            }
+        };
+        let (folders, recorded) = match (
+            load::published_loads(&config.storage_root, &area.id),
+            state.recorded_loads(&area.id).await,
+        ) {
+            (Ok(p), Ok(r)) => (p, r),
+            (Err(e), _) => {
+                tracing::error!(area = %area.id, error = %e, "cannot list the published loads");
+                continue;
+            }
+            (_, Err(e)) => {
+                tracing::error!(area = %area.id, error = %e, "cannot read the recorded loads");
+                continue;
+            }
+        };
+        // Per load: its kind and how many authorities hold it.
+        let mut published: BTreeMap<crate::tree::LoadId, (LoadKind, usize)> = BTreeMap::new();
+        for f in folders {
+            published.entry(f.id).or_insert((f.kind, 0)).1 += 1;
+        }
+        for (id, (kind, authorities)) in published {
+            let load_id = id.to_string();
+            if recorded.contains(&load_id) {
+                continue;
+            }
+            if let Err(e) = state
+                .adopt_published(&area.id, area.version, kind, &load_id, id.at)
+                .await
+            {
+                tracing::error!(area = %area.id, load = %load_id, error = %e, "cannot record a recovered load");
+                continue;
+            }
+            let mut event = Event::new(Action::LoadPublished, "ok").detail(&format!(
+                "{} load v{}, {authorities} authorities, recorded after a stop or crash",
+                kind.as_str(),
+                area.version
+            ));
+            event.area = Some(area.id.clone());
+            event.load_id = Some(load_id.clone());
+            audit::writer::append_retrying(state, &[event], 20).await;
+            tracing::warn!(area = %area.id, load = %load_id, kind = kind.as_str(),
+                "a load published before a stop or crash is now recorded");
+        }
+    }
+}
+
+/// At start-up: marks interrupted runs, records loads published but not
+/// recorded, and sets watermarks from the tree.
+pub async fn reconcile_state(config: &Config) {
+    if let Some(s) = open_state(config).await {
+        let areas: Vec<&config::Area> = config.areas.iter().collect();
+        record_unrecorded_loads(config, &areas, &s).await;
+        match s.reconcile(config).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                interrupted = n,
+                "found load runs interrupted by a stop or crash"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "could not reconcile the state database with the tree")
+            }
+        }
+        s.close().await;
+    }
+}
+
+/// Whether two configs schedule their areas differently.
+pub fn schedules_differ(a: &Config, b: &Config) -> bool {
+    let of = |c: &Config| {
+        c.areas
+            .iter()
+            .map(|a| {
+                (
+                    a.id.clone(),
+                    a.schedule_delta.as_ref().map(|s| s.to_string()),
+                    a.schedule_full.as_ref().map(|s| s.to_string()),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    of(a) != of(b)
+}
+
+/// When the area last got a load of `kind` (a full counts for a delta too),
+/// from the published tree.
+fn last_load_at(
+    config: &Config,
+    area: &crate::config::Area,
+    kind: LoadKind,
+) -> Option<chrono::DateTime<Utc>> {
+    let root = &config.storage_root;
+    let mut latest = None;
+    for a in crate::authority::AuthorityId::all() {
+        for k in [LoadKind::Full, LoadKind::Delta] {
+            if kind == LoadKind::Full && k == LoadKind::Delta {
+                continue;
+            }
+            let dir = crate::tree::kind_dir(root, a, &area.id, area.version, k);
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if let Some(id) = crate::tree::LoadId::parse(&e.file_name().to_string_lossy()) {
+                    latest = latest.max(Some(id.at));
+                }
+            }
+        }
+    }
+    latest
+}
+
+/// Starts one task per configured schedule. All schedules of an area share a
+/// lock. A delta of an area with no full load yet runs a full load instead.
+pub fn spawn_schedules(
+    config: Arc<Config>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let clock = crate::schedule::Clock::system();
+    let mut tasks = Vec::new();
+    for area in &config.areas {
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        for (kind, schedule) in [
+            (LoadKind::Delta, &area.schedule_delta),
+            (LoadKind::Full, &area.schedule_full),
+        ] {
+            let Some(schedule) = schedule.clone() else {
+                continue;
+            };
+            let config = config.clone();
+            let area_id = area.id.clone();
+            let last_run = last_load_at(&config, area, kind);
+            let name = format!("{} {}", area.id, kind.as_str());
+            let stop = shutdown.clone();
+            tasks.push(tokio::spawn(crate::schedule::run(
+                name,
+                schedule,
+                clock,
+                lock.clone(),
+                last_run,
+                move || {
+                    let config = config.clone();
+                    let area_id = area_id.clone();
+                    async move {
+                        let request = |kind| LoadRequest {
+                            area: Some(area_id.as_str()),
+                            kind,
+                            trigger: "schedule",
+                            progress: None,
+                        };
+                        match run_loads(&config, request(kind)).await {
+                            Err(AppError::Load(LoadError::NoFullLoad { .. })) => {
+                                run_loads(&config, request(LoadKind::Full))
+                                    .await
+                                    .map(|_| ())
+                            }
+                            r => r.map(|_| ()),
+                        }
+                    }
+                },
+                async move { stop.cancelled().await },
+            )));
+        }
+    }
+    tasks
+}

@@ -1,0 +1,260 @@
+//! Serving: the bound server, the serve loop with its signals, schedules and
+//! graceful stop, and config reload.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::net::TcpListener;
+
+use super::{
+    AppError, audit_housekeeping, check_columns_in_background, schedules_differ, spawn_schedules,
+};
+use crate::audit::{self, Action, Event, Trail};
+use crate::config::report::{AccessChange, access_changes};
+use crate::config::{self, Config, ConfigErrors, Live};
+use crate::sftp::{self, Shared};
+use crate::state::State;
+
+/// A bound, ready server: the caller decides when to run it.
+pub struct Server {
+    pub addr: SocketAddr,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    keys: Vec<russh::keys::PrivateKey>,
+    /// The legacy profile is on (see `sftp::ssh_config`).
+    legacy: bool,
+    state: Option<State>,
+}
+
+impl Server {
+    /// Binds the listener and, with a state database, starts the audit
+    /// writer: a server that cannot keep its audit trail does not start.
+    pub async fn bind(config: Arc<Config>, listen: SocketAddr) -> Result<Server, AppError> {
+        let keys = sftp::host_keys(&config.sftp)?;
+        let legacy = config.sftp.legacy_host_key.is_some();
+        let (trail, state) = match &config.state_url {
+            Some(url) => {
+                let state = State::open(url).await?;
+                let (trail, _writer) = audit::writer::spawn(state.clone());
+                (trail, Some(state))
+            }
+            None => {
+                tracing::warn!("no [state] url: the audit trail is not kept");
+                (Trail::disabled(), None)
+            }
+        };
+        let shared = Shared::new(Live::new(config), trail)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| AppError::Io {
+                what: format!("cannot listen on {listen}"),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| AppError::Io {
+            what: "listener address".into(),
+            source,
+        })?;
+        Ok(Server {
+            addr,
+            listener,
+            shared,
+            keys,
+            legacy,
+            state,
+        })
+    }
+
+    /// Where this server records audit events.
+    pub fn audit(&self) -> Trail {
+        self.shared.audit.clone()
+    }
+
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.get()
+    }
+
+    /// The config handle that reloads replace.
+    pub fn live(&self) -> Arc<Live> {
+        self.shared.config.clone()
+    }
+
+    /// Cancelling it stops the server gracefully: no new connections, open
+    /// ones closed, their last audit events recorded; then `run` returns.
+    pub fn stopper(&self) -> tokio_util::sync::CancellationToken {
+        self.shared.stopper()
+    }
+
+    pub async fn run(self) -> Result<(), AppError> {
+        let upkeep = self
+            .state
+            .clone()
+            .map(|s| tokio::spawn(audit_housekeeping(self.shared.config.clone(), s)));
+        let served = sftp::serve(self.listener, self.shared, self.keys, self.legacy).await;
+        if let Some(task) = upkeep {
+            task.abort();
+        }
+        served?;
+        Ok(())
+    }
+}
+
+/// Re-reads the config file and, if it is valid, puts it in force. An
+/// invalid file is refused as a whole and the config in force stays. The
+/// column check against DFDG runs afterwards in the background: DFDG, up or
+/// down, never holds back an access change (a revocation must never wait).
+pub async fn reload(live: &Live, path: &Path) -> Result<Vec<AccessChange>, ConfigErrors> {
+    let new = Arc::new(config::load(path)?);
+    let old = live.get();
+    for (what, changed) in [
+        ("[sftp] listen", old.sftp.listen != new.sftp.listen),
+        ("[sftp] host_key", old.sftp.host_key != new.sftp.host_key),
+        (
+            "[sftp] legacy_profile",
+            old.sftp.legacy_host_key != new.sftp.legacy_host_key,
+        ),
+        ("[storage] root", old.storage_root != new.storage_root),
+        ("[state] url", old.state_url != new.state_url),
+    ] {
+        if changed {
+            tracing::warn!(
+                setting = what,
+                "config reload: this setting takes effect at the next restart"
+            );
+        }
+    }
+    let changes = access_changes(&old, &new, Utc::now());
+    live.replace(new.clone());
+    check_columns_in_background(new);
+    for c in &changes {
+        let change = if c.gained { "gained" } else { "lost" };
+        tracing::info!(supplier = %c.supplier, authority = %c.authority, area = %c.area,
+            change = %change, "config reload: access changed");
+    }
+    tracing::info!(access_changes = changes.len(), "config reloaded");
+    Ok(changes)
+}
+
+/// [`reload`], recording the outcome in the audit trail: the access changes
+/// of an accepted reload, the errors of a refused one.
+pub async fn reload_recorded(
+    live: &Live,
+    path: &Path,
+    audit: &Trail,
+    trigger: &str,
+) -> Result<Vec<AccessChange>, ConfigErrors> {
+    let result = reload(live, path).await;
+    let event = match &result {
+        Ok(changes) => {
+            let list: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+            Event::new(Action::ConfigReload, "ok").detail(&format!(
+                "{trigger}; {} access change(s){}{}",
+                changes.len(),
+                if list.is_empty() { "" } else { ": " },
+                list.join("; ")
+            ))
+        }
+        Err(errors) => {
+            Event::new(Action::ConfigRefused, "refused").detail(&format!("{trigger}; {errors}"))
+        }
+    };
+    audit.record(event).await;
+    result
+}
+
+/// The files a config is read from, with their modification time and size,
+/// to notice edits by polling (portable, and cheap at one stat per second).
+pub fn config_files_state(config: &Config) -> Vec<(PathBuf, Option<(std::time::SystemTime, u64)>)> {
+    std::iter::once(config.file.clone())
+        .chain(config.key_files.iter().cloned())
+        .map(|p| {
+            let m = std::fs::metadata(&p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            (p, m)
+        })
+        .collect()
+}
+
+/// Serves SFTP and runs the configured schedules until SIGINT or SIGTERM;
+/// a load in progress is allowed to finish. The config is reloaded on
+/// SIGHUP and when its files change; an invalid edit is refused and the
+/// config in force keeps serving.
+pub async fn serve_until_stopped(server: Server) -> Result<(), AppError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let signals = |kind| {
+        signal(kind).map_err(|source| AppError::Io {
+            what: "listening for signals".into(),
+            source,
+        })
+    };
+    let mut term = signals(SignalKind::terminate())?;
+    let mut hup = signals(SignalKind::hangup())?;
+    let live = server.live();
+    let audit = server.audit();
+    let path = live.get().file.clone();
+    let mut stop = tokio_util::sync::CancellationToken::new();
+    let mut schedules = spawn_schedules(live.get(), stop.clone());
+    tracing::info!(schedules = schedules.len(), "schedules started");
+    let mut watched = config_files_state(&live.get());
+    let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+    let stopper = server.stopper();
+    let run = server.run();
+    tokio::pin!(run);
+    let mut ended = None;
+    loop {
+        let why = tokio::select! {
+            r = &mut run => { ended = Some(r); break; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); break; }
+            _ = term.recv() => { tracing::info!("terminated; stopping"); break; }
+            _ = hup.recv() => "SIGHUP",
+            _ = poll.tick() => {
+                let now = config_files_state(&live.get());
+                if now == watched { continue; }
+                watched = now;
+                "a config file changed"
+            }
+        };
+        let before = live.get();
+        match reload_recorded(&live, &path, &audit, why).await {
+            Ok(_) => {
+                let after = live.get();
+                watched = config_files_state(&after);
+                if schedules_differ(&before, &after) {
+                    // A load in progress finishes; the per-area file lock keeps
+                    // the new schedules from overlapping it.
+                    stop.cancel();
+                    stop = tokio_util::sync::CancellationToken::new();
+                    schedules = spawn_schedules(after, stop.clone());
+                    tracing::info!(schedules = schedules.len(), "schedules restarted");
+                }
+            }
+            Err(errors) => {
+                tracing::error!(trigger = why, errors = %errors, "config reload refused; the config in force keeps serving");
+            }
+        }
+    }
+    // A graceful stop: no new connections, open ones closed and their
+    // partial downloads recorded (bounded by `[sftp] stop_timeout_seconds`).
+    stopper.cancel();
+    let served = match ended {
+        Some(r) => r,
+        None => run.await,
+    };
+    stop.cancel();
+    for task in schedules {
+        let _ = task.await;
+    }
+    // Events of the last requests are written before the process ends.
+    if tokio::time::timeout(std::time::Duration::from_secs(10), audit.flush())
+        .await
+        .is_err()
+    {
+        tracing::error!("audit trail not fully written at stop");
+    }
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}

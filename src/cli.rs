@@ -1,0 +1,188 @@
+//! The command line, as clap reads it; `main` runs what it names.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "udstil",
+    version,
+    about = "DFDG extracts as per-authority Parquet trees, served over SFTP"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Build a synthetic DFDG, run full loads of every area and serve SFTP.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:2222")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "demo-data")]
+        data_dir: PathBuf,
+        /// Citizens in the generated DFDG (used only when it does not exist yet).
+        #[arg(long, default_value_t = 5000)]
+        citizens: u64,
+    },
+    /// Serve SFTP with a config file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run one load now: `--full` or `--delta`.
+    #[command(group(clap::ArgGroup::new("kind").required(true).args(["full", "delta"])))]
+    Load {
+        #[arg(long)]
+        config: PathBuf,
+        /// The data area; every area when left out.
+        #[arg(long)]
+        area: Option<String>,
+        /// A full load: the current state.
+        #[arg(long)]
+        full: bool,
+        /// A delta load: every change since the last published load.
+        #[arg(long)]
+        delta: bool,
+    },
+    /// Config file commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Who may read what, and why not.
+    Access {
+        #[command(subcommand)]
+        command: AccessCommand,
+    },
+    /// The audit trail: check its chain, search it, find who received a person's data.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Synthetic DFDG commands.
+    Fixtures {
+        #[command(subcommand)]
+        command: FixturesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file (and its columns against the source); print every error.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AccessCommand {
+    /// For each authority and data area: allowed, or which agreement is
+    /// missing, not yet valid or ended (with its dates).
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        supplier: String,
+        /// `kommune/101` or `akasse/901`; every authority with an agreement when left out.
+        #[arg(long)]
+        authority: Option<String>,
+        #[arg(long)]
+        area: Option<String>,
+        /// A date (Danish day) or RFC 3339 time; now when left out.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Supplier x authority x area, allowed or not, for audits.
+    Matrix {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long, value_enum, default_value_t = MatrixFormat::Csv)]
+        format: MatrixFormat,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; names the first row that was changed, inserted or removed.
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Audit events, oldest first, filtered.
+    Query {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        supplier: Option<String>,
+        /// `kommune/101` or `akasse/901`.
+        #[arg(long)]
+        authority: Option<String>,
+        #[arg(long)]
+        area: Option<String>,
+        /// login, login_refused, listing, file_open, download, load_published,
+        /// config_reload, config_refused, audit_read, audit_pruned.
+        #[arg(long)]
+        action: Option<String>,
+        /// From this date (Danish day) or RFC 3339 time, inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// Up to this date or time, exclusive.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 10_000)]
+        limit: i64,
+        #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
+        format: AuditFormat,
+    },
+    /// Which suppliers downloaded files holding this person (CPR number), and when.
+    Person {
+        #[arg(long)]
+        config: PathBuf,
+        /// The CPR number, `DDMMYYSSSS` or `DDMMYY-SSSS`.
+        cpr: String,
+        #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
+        format: AuditFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum AuditFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum MatrixFormat {
+    Csv,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum FixturesCommand {
+    /// Append random changes (inserts, updates, deletes, drafts, moves, fund changes) to the journals.
+    Mutate {
+        #[arg(long)]
+        source: String,
+        #[arg(long, default_value_t = 100)]
+        changes: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Create the DFDG schema and deterministic synthetic data (drops existing tables).
+    Generate {
+        /// sqlite://FILE or postgres://...
+        #[arg(long)]
+        source: String,
+        #[arg(long, default_value_t = 1000)]
+        citizens: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}

@@ -1,0 +1,19 @@
+//! The integration tests, as one binary: each test binary links the whole
+//! crate again, so one binary keeps `cargo test` fast to build. Each module
+//! tests udstil as its users use it (real clients, real databases, the real
+//! binary); `common` holds the shared set-up.
+
+mod common;
+
+mod access_cli;
+mod audit;
+mod config_check;
+mod front_door;
+mod postgres_source;
+mod reload;
+mod replay;
+mod schedules;
+mod sftp_library;
+mod sftp_openssh;
+mod state;
+mod versions;
