@@ -77,6 +77,8 @@ pub enum ConfigCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Every setting with its type, default and description (Markdown).
+    Reference,
 }
 
 #[derive(Subcommand)]

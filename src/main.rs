@@ -102,6 +102,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Config {
+            command: ConfigCommand::Reference,
+        } => {
+            out!("{}", udstil::config::reference::reference().trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Access { command } => access(command),
         Command::Audit { command } => audit(command).await,
         Command::Serve { config } => {

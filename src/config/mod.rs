@@ -7,6 +7,7 @@
 
 mod document;
 mod raw;
+pub mod reference;
 pub mod report;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -255,7 +256,7 @@ pub fn parse_all(file: &Path, text: &str) -> (Option<Config>, Vec<ConfigError>) 
         dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         text,
         errors: problems.into_iter().map(located).collect(),
-        default_sessions: 32,
+        default_sessions: defaults::MAX_SESSIONS_PER_SUPPLIER as usize,
         key_files: Vec::new(),
         unreadable_suppliers: doc.unreadable_suppliers,
         unreadable_areas: doc.unreadable_areas,
@@ -338,7 +339,7 @@ impl Validator<'_> {
         self.default_sessions = self.count(
             "[sftp] max_sessions_per_supplier",
             &sftp.max_sessions_per_supplier,
-            32,
+            defaults::MAX_SESSIONS_PER_SUPPLIER,
         ) as usize;
         let suppliers = self.suppliers(&raw.suppliers);
         let agreements = self.agreements(&raw.agreements, &suppliers, &area_ids);
@@ -369,45 +370,49 @@ impl Validator<'_> {
                 login_grace: Duration::from_secs(self.count(
                     "[sftp] login_grace_seconds",
                     &sftp.login_grace_seconds,
-                    30,
+                    defaults::LOGIN_GRACE_SECONDS,
                 )),
                 idle_timeout: Duration::from_secs(self.count(
                     "[sftp] idle_timeout_seconds",
                     &sftp.idle_timeout_seconds,
-                    900,
+                    defaults::IDLE_TIMEOUT_SECONDS,
                 )),
                 max_unauthenticated: self.count(
                     "[sftp] max_unauthenticated",
                     &sftp.max_unauthenticated,
-                    64,
+                    defaults::MAX_UNAUTHENTICATED,
                 ) as usize,
                 max_sessions_per_supplier: self.default_sessions,
                 ban_after_failures: self.count(
                     "[sftp] ban_after_failures",
                     &sftp.ban_after_failures,
-                    10,
+                    defaults::BAN_AFTER_FAILURES,
                 ) as u32,
-                ban: Duration::from_secs(self.count("[sftp] ban_seconds", &sftp.ban_seconds, 300)),
+                ban: Duration::from_secs(self.count(
+                    "[sftp] ban_seconds",
+                    &sftp.ban_seconds,
+                    defaults::BAN_SECONDS,
+                )),
                 max_unauthenticated_per_address: self.count(
                     "[sftp] max_unauthenticated_per_address",
                     &sftp.max_unauthenticated_per_address,
-                    32,
+                    defaults::MAX_UNAUTHENTICATED_PER_ADDRESS,
                 ) as usize,
                 handshake: Duration::from_secs(self.count(
                     "[sftp] handshake_seconds",
                     &sftp.handshake_seconds,
-                    10,
+                    defaults::HANDSHAKE_SECONDS,
                 )),
                 ban_exempt,
                 stop_timeout: Duration::from_secs(self.count(
                     "[sftp] stop_timeout_seconds",
                     &sftp.stop_timeout_seconds,
-                    10,
+                    defaults::STOP_TIMEOUT_SECONDS,
                 )),
                 legacy_host_key: sftp
                     .legacy_profile
                     .as_ref()
-                    .is_some_and(|on| *on.get_ref())
+                    .map_or(defaults::LEGACY_PROFILE, |on| *on.get_ref())
                     .then(|| self.path(&format!("{}_ecdsa", sftp.host_key.get_ref()))),
             },
             storage_root: raw
@@ -421,7 +426,7 @@ impl Validator<'_> {
                     self.count(
                         "[audit] retention_days",
                         &raw.audit.as_ref().and_then(|a| a.retention_days.clone()),
-                        183,
+                        defaults::RETENTION_DAYS,
                     )
                     .saturating_mul(86_400),
                 ),
@@ -429,7 +434,7 @@ impl Validator<'_> {
                     raw.audit
                         .as_ref()
                         .and_then(|a| a.key_file.as_ref())
-                        .map_or("audit.key", |k| k.get_ref()),
+                        .map_or(defaults::AUDIT_KEY_FILE, |k| k.get_ref()),
                 ),
             },
             suppliers,
@@ -577,7 +582,7 @@ impl Validator<'_> {
                     .as_ref()
                     .map(|c| self.ident(&format!("area {id}: draft_column"), c)),
                 person_column: r.person_column.as_ref().map_or_else(
-                    || "cpr".to_string(),
+                    || defaults::PERSON_COLUMN.to_string(),
                     |c| self.ident(&format!("area {id}: person_column"), c),
                 ),
                 exclude_columns: r

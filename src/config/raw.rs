@@ -33,32 +33,32 @@ pub struct RawSftp {
     pub listen: Spanned<String>,
     /// The server's ed25519 host key (OpenSSH format); generated on first start.
     pub host_key: Spanned<String>,
-    /// Seconds a connection has to authenticate before it is closed (default 30).
+    /// Seconds a connection has to authenticate before it is closed.
     pub login_grace_seconds: Option<Spanned<i64>>,
-    /// Seconds without an SFTP request before a session is closed (default 900).
+    /// Seconds without an SFTP request before a session is closed.
     pub idle_timeout_seconds: Option<Spanned<i64>>,
-    /// Connections not yet authenticated, from all addresses together (default 64).
+    /// Connections not yet authenticated, from all addresses together.
     pub max_unauthenticated: Option<Spanned<i64>>,
-    /// Concurrent connections per supplier, unless the supplier sets its own (default 32).
+    /// Concurrent connections per supplier, unless the supplier sets its own.
     pub max_sessions_per_supplier: Option<Spanned<i64>>,
-    /// Failed logins from one address (within an hour) before it is banned (default 10).
+    /// Failed logins from one address (within an hour) before it is banned.
     pub ban_after_failures: Option<Spanned<i64>>,
-    /// Length of a first ban in seconds; each repeat doubles it, up to a day (default 300).
+    /// Length of a first ban in seconds; each repeat doubles it, up to a day.
     pub ban_seconds: Option<Spanned<i64>>,
-    /// Connections not yet authenticated from one address (default 32, as many
+    /// Connections not yet authenticated from one address (as many
     /// as a supplier's sessions, which may all start at once behind one NAT); a
     /// supplier's `allow_from` networks and `ban_exempt` are not held to it.
     pub max_unauthenticated_per_address: Option<Spanned<i64>>,
-    /// Seconds a new connection has to send its SSH identification (default 10).
+    /// Seconds a new connection has to send its SSH identification.
     pub handshake_seconds: Option<Spanned<i64>>,
     /// Address blocks never banned (monitoring, load balancers); their failures are logged.
     #[serde(default)]
     pub ban_exempt: Vec<Spanned<String>>,
-    /// Seconds a stop waits for open sessions to end before it closes them (default 10).
+    /// Seconds a stop waits for open sessions to end before it closes them.
     pub stop_timeout_seconds: Option<Spanned<i64>>,
     /// Also offer what JSch 0.1.54/0.1.55 needs: ECDH key exchange over NIST
     /// P-256 and an ECDSA P-256 host key (`<host_key>_ecdsa`, created on first
-    /// start). ssh-audit fails both; off by default (default false).
+    /// start). ssh-audit fails both, so it is off unless set.
     pub legacy_profile: Option<Spanned<bool>>,
 }
 
@@ -103,9 +103,9 @@ pub struct RawState {
 
 #[derive(Debug, Deserialize)]
 pub struct RawAudit {
-    /// Days an audit event (and the person index of a removed load) is kept (default 183, about six months).
+    /// Days an audit event (and the person index of a removed load) is kept (about six months).
     pub retention_days: Option<Spanned<i64>>,
-    /// Secret key (32 random bytes) for the person index; created on first use (default `audit.key`).
+    /// Secret key (32 random bytes) for the person index; created on first use.
     pub key_file: Option<Spanned<String>>,
 }
 
@@ -113,6 +113,7 @@ pub struct RawAudit {
 pub struct RawSupplier {
     /// The SSH user name; lower-case letters, digits, `-`, `_`, `.`.
     pub id: Spanned<String>,
+    /// The supplier's name, for people reading the config and the access reports.
     pub name: String,
     /// Public keys as `authorized_keys` lines.
     #[serde(default)]
@@ -126,7 +127,7 @@ pub struct RawSupplier {
     /// Source addresses allowed to log in, as CIDR blocks (`192.0.2.0/24`); empty = any.
     #[serde(default)]
     pub allow_from: Vec<Spanned<String>>,
-    /// Concurrent connections of this supplier (default: `sftp.max_sessions_per_supplier`).
+    /// Concurrent connections of this supplier.
     pub max_sessions: Option<Spanned<i64>>,
 }
 
@@ -154,9 +155,11 @@ pub struct RawAgreements {
 
 #[derive(Debug, Deserialize)]
 pub struct RawConnection {
+    /// The agreement's id, unique among all agreements (named in access reports).
     pub id: Spanned<String>,
     /// `kommune/<code>` or `akasse/<code>`.
     pub authority: Spanned<String>,
+    /// The suppliers the authority has chosen (ids of `[[supplier]]`).
     pub suppliers: Vec<Spanned<String>>,
     /// A date (`2026-01-01`, from the start of that day, Danish time) or an RFC 3339 instant.
     pub valid_from: Spanned<toml::Value>,
@@ -166,19 +169,29 @@ pub struct RawConnection {
 
 #[derive(Debug, Deserialize)]
 pub struct RawDataProcessing {
+    /// The agreement's id, unique among all agreements.
     pub id: Spanned<String>,
+    /// The supplier processing the authority's data (an id of `[[supplier]]`).
     pub supplier: Spanned<String>,
+    /// `kommune/<code>` or `akasse/<code>`.
     pub authority: Spanned<String>,
+    /// A date (from the start of that day, Danish time) or an RFC 3339 instant.
     pub valid_from: Spanned<toml::Value>,
+    /// A date (until the end of that day, Danish time) or an RFC 3339 instant (exclusive).
     pub valid_to: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct RawCooperation {
+    /// The agreement's id, unique among all agreements.
     pub id: Spanned<String>,
+    /// The supplier (an id of `[[supplier]]`).
     pub supplier: Spanned<String>,
+    /// The data areas it may fetch (ids of `[[area]]`).
     pub areas: Vec<Spanned<String>>,
+    /// A date (from the start of that day, Danish time) or an RFC 3339 instant.
     pub valid_from: Spanned<toml::Value>,
+    /// A date (until the end of that day, Danish time) or an RFC 3339 instant (exclusive).
     pub valid_to: Option<Spanned<toml::Value>>,
 }
 
@@ -200,16 +213,19 @@ pub struct RawArea {
     pub operation_column: Spanned<String>,
     /// Journal column with the time of the change.
     pub changed_at_column: Spanned<String>,
+    /// Which column names the authority a row belongs to, e.g. `{ kommune = "kommune_kode" }`.
     pub route: RawRoute,
     /// A boolean column; rows where it is true are drafts and never published.
     pub draft_column: Option<Spanned<String>>,
-    /// The column holding the CPR number, indexed for `udstil audit person` (default `cpr`).
+    /// The column holding the CPR number, indexed for `udstil audit person`.
     pub person_column: Option<Spanned<String>>,
     /// Columns never published (e.g. third-party data such as income from SKAT).
     #[serde(default)]
     pub exclude_columns: Vec<Spanned<String>>,
+    /// When loads run, e.g. `{ delta = "0 0 * * * *", full = "0 30 2 * * Sun" }`.
     #[serde(default)]
     pub schedule: RawSchedule,
+    /// How many loads are kept, e.g. `{ full_loads = 3 }`.
     #[serde(default)]
     pub retention: RawRetention,
     /// Also write the legacy SUP text format, e.g. `{ datapakke = "05", table = "tblJoblog" }`.
@@ -234,14 +250,15 @@ pub struct RawRoute {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawSchedule {
-    /// Cron expression (sec min hour day month weekday), Europe/Copenhagen time.
+    /// Delta loads: a cron expression (sec min hour day month weekday), Danish time.
     pub delta: Option<Spanned<String>>,
+    /// Full loads: a cron expression, as for `delta`.
     pub full: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct RawRetention {
-    /// How many full loads to keep.
+    /// How many full loads to keep (with every delta after the oldest kept one).
     #[serde(default = "default_full_loads")]
     pub full_loads: Spanned<i64>,
 }
@@ -255,5 +272,39 @@ impl Default for RawRetention {
 }
 
 fn default_full_loads() -> Spanned<i64> {
-    Spanned::new(0..0, 3)
+    Spanned::new(0..0, defaults::FULL_LOADS as i64)
+}
+
+/// Declares the defaults once: as constants the validation applies, and as
+/// the list `config reference` prints (keyed `section.field`).
+macro_rules! defaults {
+    ($($key:literal => $name:ident: $ty:ty = $value:expr;)*) => {
+        $(pub const $name: $ty = $value;)*
+
+        /// `(section.field, default)` of every setting that has one.
+        pub fn documented() -> Vec<(&'static str, String)> {
+            vec![$(($key, format!("{:?}", $name))),*]
+        }
+    };
+}
+
+/// The default of every optional setting.
+pub mod defaults {
+    defaults! {
+        "sftp.login_grace_seconds" => LOGIN_GRACE_SECONDS: u64 = 30;
+        "sftp.idle_timeout_seconds" => IDLE_TIMEOUT_SECONDS: u64 = 900;
+        "sftp.max_unauthenticated" => MAX_UNAUTHENTICATED: u64 = 64;
+        "sftp.max_sessions_per_supplier" => MAX_SESSIONS_PER_SUPPLIER: u64 = 32;
+        "sftp.ban_after_failures" => BAN_AFTER_FAILURES: u64 = 10;
+        "sftp.ban_seconds" => BAN_SECONDS: u64 = 300;
+        "sftp.max_unauthenticated_per_address" => MAX_UNAUTHENTICATED_PER_ADDRESS: u64 = 32;
+        "sftp.handshake_seconds" => HANDSHAKE_SECONDS: u64 = 10;
+        "sftp.stop_timeout_seconds" => STOP_TIMEOUT_SECONDS: u64 = 10;
+        "sftp.legacy_profile" => LEGACY_PROFILE: bool = false;
+        "audit.retention_days" => RETENTION_DAYS: u64 = 183;
+        "audit.key_file" => AUDIT_KEY_FILE: &str = "audit.key";
+        "supplier.max_sessions" => SUPPLIER_MAX_SESSIONS: &str = "sftp.max_sessions_per_supplier";
+        "area.person_column" => PERSON_COLUMN: &str = "cpr";
+        "area.retention.full_loads" => FULL_LOADS: u64 = 3;
+    }
 }

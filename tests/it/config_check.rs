@@ -273,3 +273,19 @@ async fn load_without_a_kind_and_a_closed_pipe_get_plain_answers() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// docs/config.md is `udstil config reference`'s output, so the documented
+/// settings and defaults are the ones the code has.
+#[test]
+fn the_config_reference_in_docs_is_the_commands_output() {
+    let out = udstil(&["config", "reference"]);
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md");
+    let written = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        printed == written,
+        "docs/config.md is out of date: run `cargo run -- config reference > docs/config.md`"
+    );
+    assert!(printed.contains("- `ban_seconds` (whole number, default 300)"));
+}
