@@ -13,7 +13,7 @@ use clap::Parser;
 use futures::TryStreamExt;
 use sqlx::{Connection, PgConnection};
 use udstil::app;
-use udstil::config::Area;
+use udstil::config::{Area, Config};
 use udstil::source::{Column, Source};
 
 #[derive(Parser)]
@@ -71,6 +71,65 @@ async fn copy_full_extract(
         bytes += chunk.len() as u64;
     }
     Ok(bytes)
+}
+
+/// CPU seconds: udstil, PostgreSQL, the idle cores.
+type Cpu = (f64, f64, f64);
+
+/// Rounds of a full load of `area` and of the COPY baseline, taking turns:
+/// the fastest load and the best COPY rate, with the CPU seconds of each.
+async fn bench_area(
+    config: &Config,
+    src: &Source,
+    mut copy_conn: Option<&mut PgConnection>,
+    area: &Area,
+    rounds: u32,
+) -> anyhow::Result<(udstil::load::LoadReport, Option<f64>, Cpu, Cpu)> {
+    // Rounds of a load, then PostgreSQL's own binary COPY of the
+    // same query (warm cache); the fastest of each counts. Taking turns
+    // spreads this shared machine's swings over both. The loads run as
+    // `udstil load` runs them, without recording in the state database
+    // or indexing persons afterwards (neither counts in a load's time).
+    // The COPY's columns are read after the first load, not before it:
+    // with this information_schema query on the pool just before it, a
+    // first round of joblog was markedly slower (cause not found), and
+    // `udstil load` in a new process does not run it first either.
+    let mut columns = None;
+    let mut best: Option<udstil::load::LoadReport> = None;
+    let mut copy_rate: Option<f64> = None;
+    // CPU seconds (udstil, PostgreSQL, idle) of the fastest load and COPY.
+    let (mut load_cpu, mut copy_cpu) = ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0));
+    let spent = |a: (f64, f64, f64), b: (f64, f64, f64)| (b.0 - a.0, b.1 - a.1, b.2 - a.2);
+    for _ in 0..rounds {
+        // Earlier writes (the generator, the previous load's files) are
+        // flushed first, so their writeback does not slow this load's sync.
+        let _ = std::process::Command::new("sync").status();
+        let c0 = cpu_seconds();
+        let held = udstil::load::lock_area(&config.storage_root, area)?;
+        let r = udstil::load::full_load(config, src, area, &held, None).await?;
+        let c1 = cpu_seconds();
+        let columns = match &columns {
+            Some(c) => c,
+            None => columns.insert(src.published_columns(area).await?),
+        };
+        let c1b = cpu_seconds();
+        let t = std::time::Instant::now();
+        if let Some(conn) = copy_conn.as_deref_mut() {
+            copy_full_extract(conn, area, columns).await?;
+            let c2 = cpu_seconds();
+            let rate = r.rows_read as f64 / t.elapsed().as_secs_f64();
+            if copy_rate.is_none_or(|c| rate > c) {
+                copy_rate = Some(rate);
+                copy_cpu = spent(c1b, c2);
+            }
+        }
+        if best.as_ref().is_none_or(|b| r.elapsed < b.elapsed) {
+            best = Some(r);
+            load_cpu = spent(c0, c1);
+        }
+    }
+    let r = best.expect("at least one round ran");
+    Ok((r, copy_rate, load_cpu, copy_cpu))
 }
 
 /// Peak resident memory of this process since the last reset, in bytes.
@@ -196,51 +255,8 @@ async fn bench_load(opts: Options) -> anyhow::Result<()> {
         .filter(|a| opts.areas.is_empty() || opts.areas.contains(&a.id));
     for area in chosen {
         let _ = std::fs::write("/proc/self/clear_refs", "5");
-        // Rounds of a load, then PostgreSQL's own binary COPY of the
-        // same query (warm cache); the fastest of each counts. Taking turns
-        // spreads this shared machine's swings over both. The loads run as
-        // `udstil load` runs them, without recording in the state database
-        // or indexing persons afterwards (neither counts in a load's time).
-        // The COPY's columns are read after the first load, not before it:
-        // with this information_schema query on the pool just before it, a
-        // first round of joblog at 1M citizens took 4.9-5.2 s against
-        // 4.0-4.2 s without (three pairs; cause not found), and `udstil
-        // load` in a new process, which does not run it first, 3.9-4.2 s.
-        let mut columns = None;
-        let mut best: Option<udstil::load::LoadReport> = None;
-        let mut copy_rate: Option<f64> = None;
-        // CPU seconds (udstil, PostgreSQL, idle) of the fastest load and COPY.
-        let (mut load_cpu, mut copy_cpu) = ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0));
-        let spent = |a: (f64, f64, f64), b: (f64, f64, f64)| (b.0 - a.0, b.1 - a.1, b.2 - a.2);
-        for _ in 0..opts.rounds {
-            // Earlier writes (the generator, the previous load's files) are
-            // flushed first, so their writeback does not slow this load's sync.
-            let _ = std::process::Command::new("sync").status();
-            let c0 = cpu_seconds();
-            let held = udstil::load::lock_area(&config.storage_root, area)?;
-            let r = udstil::load::full_load(&config, &src, area, &held, None).await?;
-            let c1 = cpu_seconds();
-            let columns = match &columns {
-                Some(c) => c,
-                None => columns.insert(src.published_columns(area).await?),
-            };
-            let c1b = cpu_seconds();
-            let t = std::time::Instant::now();
-            if let Some(conn) = copy_conn.as_mut() {
-                copy_full_extract(conn, area, columns).await?;
-                let c2 = cpu_seconds();
-                let rate = r.rows_read as f64 / t.elapsed().as_secs_f64();
-                if copy_rate.is_none_or(|c| rate > c) {
-                    copy_rate = Some(rate);
-                    copy_cpu = spent(c1b, c2);
-                }
-            }
-            if best.as_ref().is_none_or(|b| r.elapsed < b.elapsed) {
-                best = Some(r);
-                load_cpu = spent(c0, c1);
-            }
-        }
-        let r = best.expect("at least one round ran");
+        let (r, copy_rate, load_cpu, copy_cpu) =
+            bench_area(&config, &src, copy_conn.as_mut(), area, opts.rounds).await?;
         let secs = r.elapsed.as_secs_f64();
         let peak = peak_rss() as f64 / (1 << 20) as f64;
         total_rows += r.rows_read;

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use udstil::app;
@@ -44,9 +43,8 @@ fn main() -> ExitCode {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     // The command runs as a task on the runtime's workers, as the daemon's
     // scheduled loads do, not in `block_on` on this thread: this thread never
-    // polls the sockets itself, so each wait for PostgreSQL cost two thread
-    // switches (a bench round of joblog at 1M citizens: 135K context switches
-    // in `block_on`, 62K as a task).
+    // polls the sockets itself, so each wait for PostgreSQL would cost two
+    // thread switches.
     match rt.block_on(async { tokio::spawn(run(cli)).await }) {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
@@ -65,10 +63,9 @@ fn main() -> ExitCode {
 /// glibc gives each thread that allocates an arena of its own. A load's
 /// task moves between the runtime's workers, and its batches are freed on the
 /// encoder threads, so memory freed in one arena sat unused while another
-/// grew: a joblog load at 1M citizens peaked at 281-355 MiB as a task against
-/// 192-197 MiB with one arena, and was no slower (three pairs). Small
-/// allocations still come from each thread's own cache. Set before any thread
-/// starts.
+/// grew: a load's peak memory was much higher with glibc's default arenas,
+/// and no faster. Small allocations still come from each thread's own cache.
+/// Set before any thread starts.
 fn one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a tunable; no other thread runs yet.
@@ -81,27 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Config {
             command: ConfigCommand::Check { config },
-        } => match app::check_config(&config).await {
-            Ok(c) => {
-                out!(
-                    "{}: ok ({} suppliers, {} agreements, {} data areas)",
-                    config.display(),
-                    c.suppliers.len(),
-                    c.agreements.connection.len()
-                        + c.agreements.data_processing.len()
-                        + c.agreements.cooperation.len(),
-                    c.areas.len()
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(errors) => {
-                for e in &errors.0 {
-                    eprintln!("{e}");
-                }
-                eprintln!("{}: {} error(s)", config.display(), errors.0.len());
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        } => config_check(&config).await,
         Command::Config {
             command: ConfigCommand::Reference,
         } => {
@@ -110,86 +87,102 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Access { command } => access(command),
         Command::Audit { command } => audit(command).await,
-        Command::Serve { config } => {
-            // SFTP does not depend on DFDG: its columns are checked in the
-            // background, and a source that is down only delays loads.
-            let c = udstil::config::load(&config)
-                .map_err(|e| anyhow::anyhow!("refusing to start, the config has errors:\n{e}"))?;
-            app::reconcile_state(&c).await;
-            let listen = c.sftp.listen;
-            let c = Arc::new(c);
-            let server = app::Server::bind(c.clone(), listen).await?;
-            tracing::info!(addr = %server.addr, "serving SFTP");
-            app::check_columns_in_background(c);
-            app::serve_until_stopped(server).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Serve { config } => match app::serve(&config).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(app::AppError::Config(errors)) => {
+                anyhow::bail!("refusing to start, the config has errors:\n{errors}")
+            }
+            Err(e) => Err(e.into()),
+        },
         Command::Load {
             config,
             area,
             full: _,
             delta,
-        } => {
-            let c = checked(&config).await?;
-            let kind = if delta {
-                LoadKind::Delta
-            } else {
-                LoadKind::Full
-            };
-            let progress = udstil::load::Progress::default();
-            let bar = progress_bar(progress.clone(), kind);
-            let result = app::run_loads(
-                &c,
-                app::LoadRequest {
-                    area: area.as_deref(),
-                    progress: Some(progress),
-                    ..app::LoadRequest::manual(kind, None)
-                },
-            )
-            .await;
-            if let Some((bar, ticker)) = bar {
-                ticker.abort();
-                bar.finish_and_clear();
-            }
-            for r in result? {
-                out!("{r}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Fixtures {
-            command:
-                FixturesCommand::Generate {
-                    source,
-                    citizens,
-                    seed,
-                },
-        } => {
-            let s = Source::create(&source).await?;
-            let summary = udstil::fixtures::generate(&s, citizens, seed).await?;
-            s.close().await;
-            out!("{summary}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Fixtures {
-            command:
-                FixturesCommand::Mutate {
-                    source,
-                    changes,
-                    seed,
-                },
-        } => {
-            let s = Source::connect(&source).await?;
-            let m = udstil::fixtures::mutate(&s, changes, seed).await?;
-            s.close().await;
-            out!("{m}");
-            Ok(ExitCode::SUCCESS)
-        }
+        } => load(&config, area.as_deref(), delta).await,
+        Command::Fixtures { command } => fixtures(command).await,
         Command::Demo {
             listen,
             data_dir,
             citizens,
         } => demo(listen, &data_dir, citizens).await,
     }
+}
+
+async fn config_check(config: &Path) -> anyhow::Result<ExitCode> {
+    match app::check_config(config).await {
+        Ok(c) => {
+            let agreements = &c.agreements;
+            out!(
+                "{}: ok ({} suppliers, {} agreements, {} data areas)",
+                config.display(),
+                c.suppliers.len(),
+                agreements.connection.len()
+                    + agreements.data_processing.len()
+                    + agreements.cooperation.len(),
+                c.areas.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} error(s)", config.display(), errors.0.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn load(config: &Path, area: Option<&str>, delta: bool) -> anyhow::Result<ExitCode> {
+    let c = checked(config).await?;
+    let kind = if delta {
+        LoadKind::Delta
+    } else {
+        LoadKind::Full
+    };
+    let progress = udstil::load::Progress::default();
+    let bar = progress_bar(progress.clone(), kind);
+    let request = app::LoadRequest {
+        area,
+        progress: Some(progress),
+        ..app::LoadRequest::manual(kind, None)
+    };
+    let result = app::run_loads(&c, request).await;
+    if let Some((bar, ticker)) = bar {
+        ticker.abort();
+        bar.finish_and_clear();
+    }
+    for r in result? {
+        out!("{r}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn fixtures(command: FixturesCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        FixturesCommand::Generate {
+            source,
+            citizens,
+            seed,
+        } => {
+            let s = Source::create(&source).await?;
+            let summary = udstil::fixtures::generate(&s, citizens, seed).await?;
+            s.close().await;
+            out!("{summary}");
+        }
+        FixturesCommand::Mutate {
+            source,
+            changes,
+            seed,
+        } => {
+            let s = Source::connect(&source).await?;
+            let m = udstil::fixtures::mutate(&s, changes, seed).await?;
+            s.close().await;
+            out!("{m}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A spinner with the rows read and their rate, when stderr is a terminal.

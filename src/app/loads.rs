@@ -92,71 +92,19 @@ pub async fn run_loads(
         Err(e) => failure = Some(AppError::Source(e)),
         Ok(source) => {
             for area in &areas {
-                let run = match &state {
-                    Some(s) => s
-                        .load_started(&area.id, area.version, kind, trigger)
-                        .await
-                        .map_err(log_state)
-                        .ok(),
-                    None => None,
-                };
-                // The area's lock is held until the run is recorded (the end
-                // of this iteration), so no other process records it as a
-                // load published before a crash.
-                let (r, _held) = match load::lock_area(&config.storage_root, area) {
-                    Err(e) => (Err(e), None),
-                    Ok(held) => {
-                        let p = progress.as_ref();
-                        let r = match kind {
-                            LoadKind::Full => {
-                                load::full_load(config, &source, area, &held, p).await
-                            }
-                            LoadKind::Delta => {
-                                load::delta_load(config, &source, area, &held, p).await
-                            }
-                        };
-                        (r, Some(held))
-                    }
-                };
-                match r {
-                    Ok(r) => {
-                        if let (Some(s), Some(id)) = (&state, run) {
-                            let _ = s
-                                .load_published(id, area.version, &r)
-                                .await
-                                .map_err(log_state);
-                        }
-                        if let Some(s) = &state {
-                            let mut event = Event::new(Action::LoadPublished, "ok")
-                                .detail(&format!(
-                                    "{} load v{}, {} authorities, {} rows, watermark {}{}, trigger {trigger}",
-                                    r.kind.as_str(),
-                                    area.version,
-                                    r.authorities,
-                                    r.rows_written,
-                                    r.watermark_from.map_or(String::new(), |w| format!("{w}..")),
-                                    r.watermark_to
-                                ))
-                                .bytes(r.bytes);
-                            event.area = Some(r.area.clone());
-                            event.load_id = Some(r.load_id.to_string());
-                            audit::writer::append_retrying(s, &[event], 20).await;
-                        }
-                        tracing::info!(
-                            area = %r.area, kind = r.kind.as_str(), load = %r.load_id, rows = r.rows_read,
-                            authorities = r.authorities, files = r.files, bytes = r.bytes,
-                            watermark_to = r.watermark_to, removed = r.removed,
-                            elapsed_ms = r.elapsed.as_millis() as u64, "load published"
-                        );
-                        for (reason, n) in &r.withheld {
-                            tracing::warn!(area = %r.area, reason = %reason, rows = n, "rows withheld");
-                        }
-                        reports.push(r);
-                    }
+                match run_one(
+                    config,
+                    &source,
+                    area,
+                    kind,
+                    trigger,
+                    progress.as_ref(),
+                    state.as_ref(),
+                )
+                .await
+                {
+                    Ok(r) => reports.push(r),
                     Err(e) => {
-                        if let (Some(s), Some(id)) = (&state, run) {
-                            let _ = s.load_failed(id, &e.to_string()).await.map_err(log_state);
-                        }
                         failure = Some(e.into());
                         break;
                     }
@@ -184,6 +132,87 @@ pub async fn run_loads(
     match failure {
         Some(e) => Err(e),
         None => Ok(reports),
+    }
+}
+
+/// One load of one area, recorded: its run in the state database (started,
+/// then published or failed), and its audit event. The area's lock is held
+/// until the run is recorded, so no other process records it as a load
+/// published before a crash.
+async fn run_one(
+    config: &Config,
+    source: &Source,
+    area: &config::Area,
+    kind: LoadKind,
+    trigger: &str,
+    progress: Option<&load::Progress>,
+    state: Option<&State>,
+) -> Result<LoadReport, LoadError> {
+    let run = match state {
+        Some(s) => s
+            .load_started(&area.id, area.version, kind, trigger)
+            .await
+            .map_err(log_state)
+            .ok(),
+        None => None,
+    };
+    let result = match load::lock_area(&config.storage_root, area) {
+        Err(e) => Err(e),
+        Ok(held) => {
+            let r = match kind {
+                LoadKind::Full => load::full_load(config, source, area, &held, progress).await,
+                LoadKind::Delta => load::delta_load(config, source, area, &held, progress).await,
+            };
+            if let Ok(r) = &r {
+                recorded(state, run, area, r, trigger).await;
+            }
+            r
+        }
+    };
+    if let (Some(s), Some(id), Err(e)) = (state, run, &result) {
+        let _ = s.load_failed(id, &e.to_string()).await.map_err(log_state);
+    }
+    result
+}
+
+/// Records a published load: its run, its audit event and the log lines.
+async fn recorded(
+    state: Option<&State>,
+    run: Option<i64>,
+    area: &config::Area,
+    r: &LoadReport,
+    trigger: &str,
+) {
+    if let Some(s) = state {
+        if let Some(id) = run {
+            let _ = s
+                .load_published(id, area.version, r)
+                .await
+                .map_err(log_state);
+        }
+        let mut event = Event::new(Action::LoadPublished, "ok")
+            .detail(&format!(
+                "{} load v{}, {} authorities, {} rows, watermark {}{}, trigger {trigger}",
+                r.kind.as_str(),
+                area.version,
+                r.authorities,
+                r.rows_written,
+                r.watermark_from.map_or(String::new(), |w| format!("{w}..")),
+                r.watermark_to
+            ))
+            .bytes(r.bytes);
+        event.area = Some(r.area.clone());
+        event.load_id = Some(r.load_id.to_string());
+        audit::writer::append_retrying(s, &[event], 20).await;
+    }
+    tracing::info!(
+        area = %r.area, kind = r.kind.as_str(), load = %r.load_id, rows = r.rows_read,
+        authorities = r.authorities, files = r.files, bytes = r.bytes,
+        watermark_to = r.watermark_to, removed = r.removed,
+        elapsed_ms = r.elapsed.as_millis() as u64, "load published"
+    );
+    for (reason, n) in &r.withheld {
+        tracing::warn!(area = %r.area, reason = %reason, rows = n, "rows withheld");
     }
 }
 

@@ -20,7 +20,7 @@ pub use demo::{Demo, demo, describe_access, prepare_demo};
 pub use loads::{
     LoadRequest, audit_housekeeping, reconcile_state, run_loads, schedules_differ, spawn_schedules,
 };
-pub use serve::{Server, config_files_state, reload, reload_recorded, serve_until_stopped};
+pub use serve::{Server, config_files_state, reload, reload_recorded, serve, serve_until_stopped};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

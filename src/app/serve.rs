@@ -178,6 +178,21 @@ pub fn config_files_state(config: &Config) -> Vec<(PathBuf, Option<(std::time::S
         .collect()
 }
 
+/// `udstil serve`: reads the config (refusing one with errors), reconciles
+/// the state database with the tree, binds and serves until stopped. SFTP
+/// does not depend on DFDG: its columns are checked in the background, and a
+/// source that is down only delays loads.
+pub async fn serve(config_path: &Path) -> Result<(), AppError> {
+    let config = config::load(config_path)?;
+    super::reconcile_state(&config).await;
+    let listen = config.sftp.listen;
+    let config = Arc::new(config);
+    let server = Server::bind(config.clone(), listen).await?;
+    tracing::info!(addr = %server.addr, "serving SFTP");
+    check_columns_in_background(config);
+    serve_until_stopped(server).await
+}
+
 /// Serves SFTP and runs the configured schedules until SIGINT or SIGTERM;
 /// a load in progress is allowed to finish. The config is reloaded on
 /// SIGHUP and when its files change; an invalid edit is refused and the

@@ -310,19 +310,6 @@ impl Validator<'_> {
         // A missing or unreadable section is reported already; what stands
         // in for it here is never accepted, only read past.
         let sftp = raw.sftp.unwrap_or_else(RawSftp::absent);
-        let listen = match sftp.listen.get_ref().parse::<SocketAddr>() {
-            Ok(a) => a,
-            Err(_) => {
-                self.err(
-                    sftp.listen.span(),
-                    format!(
-                        "[sftp] listen = \"{}\" is not an address and port such as 127.0.0.1:2222",
-                        sftp.listen.get_ref()
-                    ),
-                );
-                SocketAddr::from(([127, 0, 0, 1], 0))
-            }
-        };
         let errors_before = self.errors.len();
         let source_url = raw
             .source
@@ -343,6 +330,43 @@ impl Validator<'_> {
         ) as usize;
         let suppliers = self.suppliers(&raw.suppliers);
         let agreements = self.agreements(&raw.agreements, &suppliers, &area_ids);
+        let config = Config {
+            file: self.file.clone(),
+            sftp: self.sftp_settings(&sftp, &suppliers),
+            storage_root: raw
+                .storage
+                .as_ref()
+                .map_or_else(PathBuf::new, |s| self.path(s.root.get_ref())),
+            source_url: source_url.unwrap_or_default(),
+            state_url,
+            audit: self.audit_settings(raw.audit.as_ref()),
+            suppliers,
+            agreements,
+            areas,
+            key_files: std::mem::take(&mut self.key_files),
+        };
+        source_usable.then_some(config)
+    }
+
+    /// The `[sftp]` settings; supplier networks are never banned either.
+    fn sftp_settings(
+        &mut self,
+        sftp: &RawSftp,
+        suppliers: &BTreeMap<String, Supplier>,
+    ) -> SftpSettings {
+        let listen = match sftp.listen.get_ref().parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.err(
+                    sftp.listen.span(),
+                    format!(
+                        "[sftp] listen = \"{}\" is not an address and port such as 127.0.0.1:2222",
+                        sftp.listen.get_ref()
+                    ),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        };
         let mut ban_exempt = Vec::new();
         for cidr in &sftp.ban_exempt {
             match parse_cidr(cidr.get_ref()) {
@@ -362,87 +386,76 @@ impl Validator<'_> {
                 .flat_map(|s| s.allow_from.iter().copied()),
         );
 
-        let config = Config {
-            file: self.file.clone(),
-            sftp: SftpSettings {
-                listen,
-                host_key: self.path(sftp.host_key.get_ref()),
-                login_grace: Duration::from_secs(self.count(
-                    "[sftp] login_grace_seconds",
-                    &sftp.login_grace_seconds,
-                    defaults::LOGIN_GRACE_SECONDS,
-                )),
-                idle_timeout: Duration::from_secs(self.count(
-                    "[sftp] idle_timeout_seconds",
-                    &sftp.idle_timeout_seconds,
-                    defaults::IDLE_TIMEOUT_SECONDS,
-                )),
-                max_unauthenticated: self.count(
-                    "[sftp] max_unauthenticated",
-                    &sftp.max_unauthenticated,
-                    defaults::MAX_UNAUTHENTICATED,
-                ) as usize,
-                max_sessions_per_supplier: self.default_sessions,
-                ban_after_failures: self.count(
-                    "[sftp] ban_after_failures",
-                    &sftp.ban_after_failures,
-                    defaults::BAN_AFTER_FAILURES,
-                ) as u32,
-                ban: Duration::from_secs(self.count(
-                    "[sftp] ban_seconds",
-                    &sftp.ban_seconds,
-                    defaults::BAN_SECONDS,
-                )),
-                max_unauthenticated_per_address: self.count(
-                    "[sftp] max_unauthenticated_per_address",
-                    &sftp.max_unauthenticated_per_address,
-                    defaults::MAX_UNAUTHENTICATED_PER_ADDRESS,
-                ) as usize,
-                handshake: Duration::from_secs(self.count(
-                    "[sftp] handshake_seconds",
-                    &sftp.handshake_seconds,
-                    defaults::HANDSHAKE_SECONDS,
-                )),
-                ban_exempt,
-                stop_timeout: Duration::from_secs(self.count(
-                    "[sftp] stop_timeout_seconds",
-                    &sftp.stop_timeout_seconds,
-                    defaults::STOP_TIMEOUT_SECONDS,
-                )),
-                legacy_host_key: sftp
-                    .legacy_profile
-                    .as_ref()
-                    .map_or(defaults::LEGACY_PROFILE, |on| *on.get_ref())
-                    .then(|| self.path(&format!("{}_ecdsa", sftp.host_key.get_ref()))),
-            },
-            storage_root: raw
-                .storage
+        SftpSettings {
+            listen,
+            host_key: self.path(sftp.host_key.get_ref()),
+            login_grace: Duration::from_secs(self.count(
+                "[sftp] login_grace_seconds",
+                &sftp.login_grace_seconds,
+                defaults::LOGIN_GRACE_SECONDS,
+            )),
+            idle_timeout: Duration::from_secs(self.count(
+                "[sftp] idle_timeout_seconds",
+                &sftp.idle_timeout_seconds,
+                defaults::IDLE_TIMEOUT_SECONDS,
+            )),
+            max_unauthenticated: self.count(
+                "[sftp] max_unauthenticated",
+                &sftp.max_unauthenticated,
+                defaults::MAX_UNAUTHENTICATED,
+            ) as usize,
+            max_sessions_per_supplier: self.default_sessions,
+            ban_after_failures: self.count(
+                "[sftp] ban_after_failures",
+                &sftp.ban_after_failures,
+                defaults::BAN_AFTER_FAILURES,
+            ) as u32,
+            ban: Duration::from_secs(self.count(
+                "[sftp] ban_seconds",
+                &sftp.ban_seconds,
+                defaults::BAN_SECONDS,
+            )),
+            max_unauthenticated_per_address: self.count(
+                "[sftp] max_unauthenticated_per_address",
+                &sftp.max_unauthenticated_per_address,
+                defaults::MAX_UNAUTHENTICATED_PER_ADDRESS,
+            ) as usize,
+            handshake: Duration::from_secs(self.count(
+                "[sftp] handshake_seconds",
+                &sftp.handshake_seconds,
+                defaults::HANDSHAKE_SECONDS,
+            )),
+            ban_exempt,
+            stop_timeout: Duration::from_secs(self.count(
+                "[sftp] stop_timeout_seconds",
+                &sftp.stop_timeout_seconds,
+                defaults::STOP_TIMEOUT_SECONDS,
+            )),
+            legacy_host_key: sftp
+                .legacy_profile
                 .as_ref()
-                .map_or_else(PathBuf::new, |s| self.path(s.root.get_ref())),
-            source_url: source_url.unwrap_or_default(),
-            state_url,
-            audit: AuditSettings {
-                retention: Duration::from_secs(
-                    self.count(
-                        "[audit] retention_days",
-                        &raw.audit.as_ref().and_then(|a| a.retention_days.clone()),
-                        defaults::RETENTION_DAYS,
-                    )
-                    .saturating_mul(86_400),
-                ),
-                key_file: self.path(
-                    raw.audit
-                        .as_ref()
-                        .and_then(|a| a.key_file.as_ref())
-                        .map_or(defaults::AUDIT_KEY_FILE, |k| k.get_ref()),
-                ),
-            },
-            suppliers,
-            agreements,
-            areas,
-            key_files: std::mem::take(&mut self.key_files),
-        };
-        source_usable.then_some(config)
+                .map_or(defaults::LEGACY_PROFILE, |on| *on.get_ref())
+                .then(|| self.path(&format!("{}_ecdsa", sftp.host_key.get_ref()))),
+        }
+    }
+
+    /// The `[audit]` settings.
+    fn audit_settings(&mut self, audit: Option<&RawAudit>) -> AuditSettings {
+        AuditSettings {
+            retention: Duration::from_secs(
+                self.count(
+                    "[audit] retention_days",
+                    &audit.and_then(|a| a.retention_days.clone()),
+                    defaults::RETENTION_DAYS,
+                )
+                .saturating_mul(86_400),
+            ),
+            key_file: self.path(
+                audit
+                    .and_then(|a| a.key_file.as_ref())
+                    .map_or(defaults::AUDIT_KEY_FILE, |k| k.get_ref()),
+            ),
+        }
     }
 
     /// Accepts sqlite and postgres URLs; a relative SQLite path is made absolute.
@@ -606,28 +619,33 @@ impl Validator<'_> {
                 id,
                 version,
             };
-            // A published column must never be one the operator excluded.
-            for (what, col) in area
-                .key
-                .iter()
-                .map(|k| ("key", k))
-                .chain(area.route_kommune.iter().map(|c| ("route.kommune", c)))
-                .chain(area.route_akasse.iter().map(|c| ("route.akasse", c)))
-                .chain([("person_column", &area.person_column)])
-            {
-                if area.exclude_columns.contains(col) {
-                    self.err(
-                        spanned.span(),
-                        format!(
-                            "area {}: {what} column \"{col}\" is also in exclude_columns",
-                            area.id
-                        ),
-                    );
-                }
-            }
+            self.not_excluded(&area, spanned.span());
             out.push(area);
         }
         out
+    }
+
+    /// A column the load needs (key, routes, person) must never be one the
+    /// operator excluded.
+    fn not_excluded(&mut self, area: &Area, span: Range<usize>) {
+        for (what, col) in area
+            .key
+            .iter()
+            .map(|k| ("key", k))
+            .chain(area.route_kommune.iter().map(|c| ("route.kommune", c)))
+            .chain(area.route_akasse.iter().map(|c| ("route.akasse", c)))
+            .chain([("person_column", &area.person_column)])
+        {
+            if area.exclude_columns.contains(col) {
+                self.err(
+                    span.clone(),
+                    format!(
+                        "area {}: {what} column \"{col}\" is also in exclude_columns",
+                        area.id
+                    ),
+                );
+            }
+        }
     }
 
     fn legacy(&mut self, area: &str, l: &RawLegacy) -> (String, String) {

@@ -671,9 +671,8 @@ fn publish_all(
     // Everything staged is made durable before the first rename, as recovery
     // completes a load that any authority already has (`recover`). One sync
     // of the file system here and one after the renames replace an fsync per
-    // file and folder (joblog at 1M citizens: about 600, and publication took
-    // 250-370 ms; the encoders have already started writing the data out,
-    // `writer::start_writeback`).
+    // file and folder, hundreds in a load (and the encoders have already
+    // started writing the data out, `writer::start_writeback`).
     sync_fs(staging).map_err(ioerr(staging))?;
     for (authority, dir) in ready {
         let target = tree::load_dir(

@@ -601,8 +601,8 @@ fn mostly_distinct_text(
 }
 
 /// Text columns, written without min/max statistics: parquet compares every
-/// value twice to keep them (9% of the instructions of a joblog bench round,
-/// by callgrind), and a reader has little use for them here: each file is
+/// value twice to keep them (a large share of a load's instructions), and a
+/// reader has little use for them here: each file is
 /// one authority's, and the text is names, codes and identifiers, not ranges.
 /// Numbers, dates and times keep theirs.
 fn text_columns(schema: &SchemaRef) -> impl Iterator<Item = &str> {

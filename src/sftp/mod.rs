@@ -334,9 +334,9 @@ impl Drop for SessionSlot {
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Hands memory freed by ended downloads back to the system. glibc keeps it
-/// in its arenas: after 32 concurrent 128 MiB downloads the resident size
-/// stayed at 150 MiB with no session open, and 38 MiB after a trim; across
-/// benchmark rounds it kept creeping up (BENCHMARKS.md).
+/// in its arenas, so after many concurrent downloads the resident size
+/// stayed high with no session open, and crept up from one busy hour to the
+/// next.
 fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory; it takes the allocator's

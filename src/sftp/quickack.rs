@@ -6,8 +6,7 @@
 //! acknowledged, and Linux delays that acknowledgement by 40 ms when the
 //! server has nothing to send back: a stall in every login. Quick-ack mode is
 //! not sticky, so it is set again after each read, for the first
-//! [`HANDSHAKE_READS`]. Measured on the benchmark machine (login + `ls` +
-//! exit, p50 of 60): 60 ms with `TCP_NODELAY` alone, 18 ms with this too.
+//! [`HANDSHAKE_READS`]. BENCHMARKS.md has the login times it gives.
 
 use std::io;
 use std::pin::Pin;
