@@ -73,6 +73,31 @@ async fn copy_full_extract(
     Ok(bytes)
 }
 
+/// Applies `delta_changes` changes and times one delta load of joblog.
+async fn bench_delta(config: &Config, src: &Source, delta_changes: u64) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
+    let m = udstil::fixtures::mutate(src, delta_changes, 7).await?;
+    let applied = t.elapsed().as_secs_f64();
+    let joblog = config
+        .area("joblog")
+        .context("the bench config has joblog")?;
+    let hwm = src.high_water_mark(joblog).await?;
+    let _ = std::process::Command::new("sync").status();
+    // Like the full loads: no state recording and no person indexing (which
+    // would first index every full load above).
+    let held = udstil::load::lock_area(&config.storage_root, joblog)?;
+    let r = udstil::load::delta_load(config, src, joblog, &held, None).await?;
+    println!(
+        "delta of joblog after {delta_changes} changes ({} journal rows in all areas, applied in {applied:.0}s): {} journal rows read, {} rows written, {:.3}s (watermark {} -> {hwm})",
+        m.journal_rows,
+        r.rows_read,
+        r.rows_written,
+        r.elapsed.as_secs_f64(),
+        r.watermark_from.unwrap_or_default()
+    );
+    Ok(())
+}
+
 /// CPU seconds: udstil, PostgreSQL, the idle cores.
 type Cpu = (f64, f64, f64);
 
@@ -289,26 +314,7 @@ async fn bench_load(opts: Options) -> anyhow::Result<()> {
         base as f64 / (1 << 20) as f64
     );
     if delta_changes > 0 {
-        let t = std::time::Instant::now();
-        let m = udstil::fixtures::mutate(&src, delta_changes, 7).await?;
-        let applied = t.elapsed().as_secs_f64();
-        let joblog = config
-            .area("joblog")
-            .context("the bench config has joblog")?;
-        let hwm = src.high_water_mark(joblog).await?;
-        let _ = std::process::Command::new("sync").status();
-        // Like the full loads: no state recording and no person indexing (which
-        // would first index every full load above).
-        let held = udstil::load::lock_area(&config.storage_root, joblog)?;
-        let r = udstil::load::delta_load(&config, &src, joblog, &held, None).await?;
-        println!(
-            "delta of joblog after {delta_changes} changes ({} journal rows in all areas, applied in {applied:.0}s): {} journal rows read, {} rows written, {:.3}s (watermark {} -> {hwm})",
-            m.journal_rows,
-            r.rows_read,
-            r.rows_written,
-            r.elapsed.as_secs_f64(),
-            r.watermark_from.unwrap_or_default()
-        );
+        bench_delta(&config, &src, delta_changes).await?;
     }
     src.close().await;
     if let Some(conn) = copy_conn {

@@ -520,109 +520,112 @@ impl Validator<'_> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for spanned in raw {
-            let r = spanned.get_ref();
-            self.unique(&mut seen, "area", &r.id);
-            let id = r.id.get_ref().clone();
-            if !is_name(&id) {
-                self.err(
-                    r.id.span(),
-                    format!("area id \"{id}\" must be lower-case letters, digits and -"),
-                );
-            }
-            let version = match u32::try_from(*r.version.get_ref()) {
-                Ok(v) if v >= 1 => v,
-                _ => {
-                    self.err(
-                        r.version.span(),
-                        format!(
-                            "area {id}: version {} must be a whole number from 1",
-                            r.version.get_ref()
-                        ),
-                    );
-                    1
-                }
-            };
-            if r.key.is_empty() {
-                self.err(spanned.span(), format!("area {id}: key names no column"));
-            }
-            if r.route.kommune.is_none() && r.route.akasse.is_none() {
-                self.err(
-                    spanned.span(),
-                    format!("area {id}: [route] names neither a kommune nor an akasse column, so no row could be delivered"),
-                );
-            }
-            let retention = match u32::try_from(*r.retention.full_loads.get_ref()) {
-                Ok(n) if n >= 1 => n,
-                _ => {
-                    self.err(
-                        r.retention.full_loads.span(),
-                        format!(
-                            "area {id}: retention full_loads = {} must be at least 1",
-                            r.retention.full_loads.get_ref()
-                        ),
-                    );
-                    1
-                }
-            };
-            let area = Area {
-                table: self.ident(&format!("area {id}: table"), &r.table),
-                journal: self.ident(&format!("area {id}: journal"), &r.journal),
-                key: r
-                    .key
-                    .iter()
-                    .map(|k| self.ident(&format!("area {id}: key column"), k))
-                    .collect(),
-                sequence_column: self
-                    .ident(&format!("area {id}: sequence_column"), &r.sequence_column),
-                operation_column: self
-                    .ident(&format!("area {id}: operation_column"), &r.operation_column),
-                changed_at_column: self.ident(
-                    &format!("area {id}: changed_at_column"),
-                    &r.changed_at_column,
-                ),
-                route_kommune: r
-                    .route
-                    .kommune
-                    .as_ref()
-                    .map(|c| self.ident(&format!("area {id}: route.kommune"), c)),
-                route_akasse: r
-                    .route
-                    .akasse
-                    .as_ref()
-                    .map(|c| self.ident(&format!("area {id}: route.akasse"), c)),
-                draft_column: r
-                    .draft_column
-                    .as_ref()
-                    .map(|c| self.ident(&format!("area {id}: draft_column"), c)),
-                person_column: r.person_column.as_ref().map_or_else(
-                    || defaults::PERSON_COLUMN.to_string(),
-                    |c| self.ident(&format!("area {id}: person_column"), c),
-                ),
-                exclude_columns: r
-                    .exclude_columns
-                    .iter()
-                    .map(|c| self.ident(&format!("area {id}: exclude_columns"), c))
-                    .collect(),
-                schedule_delta: r
-                    .schedule
-                    .delta
-                    .as_ref()
-                    .and_then(|c| self.cron(&id, "delta", c)),
-                schedule_full: r
-                    .schedule
-                    .full
-                    .as_ref()
-                    .and_then(|c| self.cron(&id, "full", c)),
-                retention_full_loads: retention,
-                legacy: r.legacy.as_ref().map(|l| self.legacy(&id, l)),
-                line: line_of(self.text, spanned.span().start),
-                id,
-                version,
-            };
+            self.unique(&mut seen, "area", &spanned.get_ref().id);
+            let area = self.area(spanned);
             self.not_excluded(&area, spanned.span());
             out.push(area);
         }
         out
+    }
+
+    fn area(&mut self, spanned: &Spanned<RawArea>) -> Area {
+        let r = spanned.get_ref();
+        let id = r.id.get_ref().clone();
+        if !is_name(&id) {
+            self.err(
+                r.id.span(),
+                format!("area id \"{id}\" must be lower-case letters, digits and -"),
+            );
+        }
+        let version = match u32::try_from(*r.version.get_ref()) {
+            Ok(v) if v >= 1 => v,
+            _ => {
+                self.err(
+                    r.version.span(),
+                    format!(
+                        "area {id}: version {} must be a whole number from 1",
+                        r.version.get_ref()
+                    ),
+                );
+                1
+            }
+        };
+        if r.key.is_empty() {
+            self.err(spanned.span(), format!("area {id}: key names no column"));
+        }
+        if r.route.kommune.is_none() && r.route.akasse.is_none() {
+            self.err(
+                spanned.span(),
+                format!("area {id}: [route] names neither a kommune nor an akasse column, so no row could be delivered"),
+            );
+        }
+        let retention = match u32::try_from(*r.retention.full_loads.get_ref()) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                self.err(
+                    r.retention.full_loads.span(),
+                    format!(
+                        "area {id}: retention full_loads = {} must be at least 1",
+                        r.retention.full_loads.get_ref()
+                    ),
+                );
+                1
+            }
+        };
+        Area {
+            table: self.ident(&format!("area {id}: table"), &r.table),
+            journal: self.ident(&format!("area {id}: journal"), &r.journal),
+            key: r
+                .key
+                .iter()
+                .map(|k| self.ident(&format!("area {id}: key column"), k))
+                .collect(),
+            sequence_column: self.ident(&format!("area {id}: sequence_column"), &r.sequence_column),
+            operation_column: self
+                .ident(&format!("area {id}: operation_column"), &r.operation_column),
+            changed_at_column: self.ident(
+                &format!("area {id}: changed_at_column"),
+                &r.changed_at_column,
+            ),
+            route_kommune: r
+                .route
+                .kommune
+                .as_ref()
+                .map(|c| self.ident(&format!("area {id}: route.kommune"), c)),
+            route_akasse: r
+                .route
+                .akasse
+                .as_ref()
+                .map(|c| self.ident(&format!("area {id}: route.akasse"), c)),
+            draft_column: r
+                .draft_column
+                .as_ref()
+                .map(|c| self.ident(&format!("area {id}: draft_column"), c)),
+            person_column: r.person_column.as_ref().map_or_else(
+                || defaults::PERSON_COLUMN.to_string(),
+                |c| self.ident(&format!("area {id}: person_column"), c),
+            ),
+            exclude_columns: r
+                .exclude_columns
+                .iter()
+                .map(|c| self.ident(&format!("area {id}: exclude_columns"), c))
+                .collect(),
+            schedule_delta: r
+                .schedule
+                .delta
+                .as_ref()
+                .and_then(|c| self.cron(&id, "delta", c)),
+            schedule_full: r
+                .schedule
+                .full
+                .as_ref()
+                .and_then(|c| self.cron(&id, "full", c)),
+            retention_full_loads: retention,
+            legacy: r.legacy.as_ref().map(|l| self.legacy(&id, l)),
+            line: line_of(self.text, spanned.span().start),
+            id,
+            version,
+        }
     }
 
     /// A column the load needs (key, routes, person) must never be one the

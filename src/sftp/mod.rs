@@ -349,6 +349,60 @@ fn trim_heap() {
 /// How often the front door's drops are summarised in the log.
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
+/// Whether a new connection from `peer` may wait for its login: not from a
+/// banned address, and a place among the connections not logged in (an
+/// older one may give way, see `gate`). Its place, or `None` when dropped.
+fn admit(
+    shared: &Shared,
+    peer: SocketAddr,
+    cancel: &CancellationToken,
+    spoke: &Arc<AtomicBool>,
+) -> Option<u64> {
+    let config = shared.config.get();
+    let settings = &config.sftp;
+    let ip = peer.ip();
+    let (verdict, exempt) = {
+        let mut d = shared.defender.lock().expect("defender lock");
+        d.configure(
+            settings.ban_after_failures,
+            settings.ban,
+            &settings.ban_exempt,
+        );
+        (d.check(ip, Instant::now()), d.is_exempt(ip))
+    };
+    if let Verdict::Banned { remaining } = verdict {
+        shared.drops.banned.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer = %peer, remaining_s = remaining.as_secs(), "connection from a banned address dropped");
+        return None;
+    }
+    let caps = Caps {
+        total: settings.max_unauthenticated,
+        per_address: settings.max_unauthenticated_per_address,
+    };
+    let admitted = shared.gate.lock().expect("gate lock").admit(
+        ip,
+        exempt,
+        Instant::now(),
+        caps,
+        (cancel.clone(), spoke.clone()),
+        |(_, spoke)| spoke.load(Ordering::Acquire),
+    );
+    match admitted {
+        Admission::PerAddressCap => {
+            shared.drops.per_address.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %peer, "connection dropped: its address holds its share of connections not logged in");
+            None
+        }
+        Admission::Admitted { place, evicted } => {
+            if let Some((older, _)) = evicted {
+                shared.drops.evicted.fetch_add(1, Ordering::Relaxed);
+                older.cancel();
+            }
+            Some(place)
+        }
+    }
+}
+
 /// Serves SFTP on `listener` until the shared stop handle is cancelled, then
 /// closes every connection and waits (at most the stop timeout) until their
 /// sessions have ended and recorded their last audit events.
@@ -388,50 +442,10 @@ pub async fn serve(
                 continue;
             }
         };
-        let config = shared.config.get();
-        let settings = &config.sftp;
-        let ip = peer.ip();
-        let (verdict, exempt) = {
-            let mut d = shared.defender.lock().expect("defender lock");
-            d.configure(
-                settings.ban_after_failures,
-                settings.ban,
-                &settings.ban_exempt,
-            );
-            (d.check(ip, Instant::now()), d.is_exempt(ip))
-        };
-        if let Verdict::Banned { remaining } = verdict {
-            shared.drops.banned.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(peer = %peer, remaining_s = remaining.as_secs(), "connection from a banned address dropped");
-            continue;
-        }
         let cancel = shared.stop.child_token();
         let spoke = Arc::new(AtomicBool::new(false));
-        let caps = Caps {
-            total: settings.max_unauthenticated,
-            per_address: settings.max_unauthenticated_per_address,
-        };
-        let admitted = shared.gate.lock().expect("gate lock").admit(
-            ip,
-            exempt,
-            Instant::now(),
-            caps,
-            (cancel.clone(), spoke.clone()),
-            |(_, spoke)| spoke.load(Ordering::Acquire),
-        );
-        let place = match admitted {
-            Admission::PerAddressCap => {
-                shared.drops.per_address.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(peer = %peer, "connection dropped: its address holds its share of connections not logged in");
-                continue;
-            }
-            Admission::Admitted { place, evicted } => {
-                if let Some((older, _)) = evicted {
-                    shared.drops.evicted.fetch_add(1, Ordering::Relaxed);
-                    older.cancel();
-                }
-                place
-            }
+        let Some(place) = admit(&shared, peer, &cancel, &spoke) else {
+            continue;
         };
         shared.tracker.spawn(connection(
             shared.clone(),
@@ -541,9 +555,15 @@ async fn connection(
         Some(Ok(Ok(session))) => watch(&shared, session, &state, started, &cancel).await,
     };
     shared.ended.fetch_add(1, Ordering::AcqRel);
-    let logged_in = state.supplier.get();
-    let spoke = state.spoke.load(Ordering::Acquire);
-    match (&outcome, logged_in) {
+    log_close(&shared, peer, &outcome, state.supplier.get());
+    if state.supplier.get().is_none() {
+        left_without_login(&shared, peer, place, state.spoke.load(Ordering::Acquire));
+    }
+}
+
+/// One log line for how a connection ended, at the level it deserves.
+fn log_close(shared: &Shared, peer: SocketAddr, outcome: &Closed, logged_in: Option<&String>) {
+    match (outcome, logged_in) {
         (Closed::Cancelled, _) if shared.stop.is_cancelled() => {}
         (Closed::Cancelled, None) => {}
         (Closed::Cancelled, Some(s)) => {
@@ -567,9 +587,12 @@ async fn connection(
         }
         (Closed::Ended, _) => {}
     }
-    if logged_in.is_some() {
-        return;
-    }
+}
+
+/// A connection that ended without a login: counted for the drop summary,
+/// and a failure against its address (a ban after enough), unless it gave
+/// way to a newer one, never spoke (a health check), or the server stops.
+fn left_without_login(shared: &Shared, peer: SocketAddr, place: gate::Place, spoke: bool) {
     let left = shared.gate.lock().expect("gate lock").leave(place);
     if left.is_none() && !shared.stop.is_cancelled() {
         // It gave way to a newer connection: that is the flood's doing, not this address's.
