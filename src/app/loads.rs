@@ -237,10 +237,18 @@ async fn index_persons(config: &Config, areas: &[&config::Area], state: &State) 
 
 /// The audit trail's upkeep while serving: at start the person index of
 /// anything published while the daemon was down, then hourly retention.
-pub async fn audit_housekeeping(live: Arc<Live>, state: State) {
+pub async fn audit_housekeeping(
+    live: Arc<Live>,
+    state: State,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
-        tick.tick().await;
+        // A stop waits for a round under way (its writes are short and whole).
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
         let config = live.get();
         let areas: Vec<&config::Area> = config.areas.iter().collect();
         index_persons(&config, &areas, &state).await;

@@ -88,13 +88,19 @@ impl Server {
     }
 
     pub async fn run(self) -> Result<(), AppError> {
-        let upkeep = self
-            .state
-            .clone()
-            .map(|s| tokio::spawn(audit_housekeeping(self.shared.config.clone(), s)));
+        let stop = self.shared.stopper();
+        let upkeep = self.state.clone().map(|s| {
+            tokio::spawn(audit_housekeeping(
+                self.shared.config.clone(),
+                s,
+                stop.clone(),
+            ))
+        });
         let served = sftp::serve(self.listener, self.shared, self.keys, self.legacy).await;
+        // The upkeep ends with the server (the same stop), after its round.
+        stop.cancel();
         if let Some(task) = upkeep {
-            task.abort();
+            let _ = task.await;
         }
         served?;
         Ok(())
