@@ -1,9 +1,11 @@
-//! The command line, as clap reads it; `main` runs what it names.
+//! The command line, as clap reads it, its flags' values, and the progress
+//! display of a load; `main` runs what it names.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use udstil::tree::LoadKind;
 
 #[derive(Parser)]
 #[command(
@@ -187,4 +189,43 @@ pub enum FixturesCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+}
+
+/// A date (a Danish day) or an RFC 3339 time given as `flag`.
+pub fn parse_time(flag: &str, text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    udstil::config::parse_instant(text, false).ok_or_else(|| {
+        anyhow::anyhow!("{flag} {text} is not a date (2026-01-31) or an RFC 3339 time")
+    })
+}
+
+pub fn parse_at(at: Option<&str>) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    at.map_or_else(|| Ok(chrono::Utc::now()), |t| parse_time("--at", t))
+}
+
+/// A spinner with the rows read and their rate, when stderr is a terminal.
+pub fn progress_bar(
+    progress: udstil::load::Progress,
+    kind: LoadKind,
+) -> Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg}: {human_pos} rows read in {elapsed}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(format!("{} load", kind.as_str()));
+    let b = bar.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            b.set_position(progress.load(std::sync::atomic::Ordering::Relaxed));
+            b.tick();
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    Some((bar, ticker))
 }

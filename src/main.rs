@@ -185,34 +185,6 @@ async fn fixtures(command: FixturesCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A spinner with the rows read and their rate, when stderr is a terminal.
-fn progress_bar(
-    progress: udstil::load::Progress,
-    kind: LoadKind,
-) -> Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)> {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {msg}: {human_pos} rows read in {elapsed}",
-        )
-        .expect("valid template"),
-    );
-    bar.set_message(format!("{} load", kind.as_str()));
-    let b = bar.clone();
-    let ticker = tokio::spawn(async move {
-        loop {
-            b.set_position(progress.load(std::sync::atomic::Ordering::Relaxed));
-            b.tick();
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    });
-    Some((bar, ticker))
-}
-
 /// Loads a config and refuses to go on with any error, printing them all.
 async fn checked(path: &Path) -> anyhow::Result<udstil::config::Config> {
     app::check_config(path)
@@ -223,17 +195,6 @@ async fn checked(path: &Path) -> anyhow::Result<udstil::config::Config> {
 /// A config file for the commands that do not load (no column check).
 fn config_file(path: &Path) -> anyhow::Result<udstil::config::Config> {
     udstil::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// A date (a Danish day) or an RFC 3339 time given as `flag`.
-fn parse_time(flag: &str, text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
-    udstil::config::parse_instant(text, false).ok_or_else(|| {
-        anyhow::anyhow!("{flag} {text} is not a date (2026-01-31) or an RFC 3339 time")
-    })
-}
-
-fn parse_at(at: Option<&str>) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
-    at.map_or_else(|| Ok(chrono::Utc::now()), |t| parse_time("--at", t))
 }
 
 fn access(command: AccessCommand) -> anyhow::Result<ExitCode> {
@@ -287,14 +248,8 @@ async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify { config } => {
             let c = config_file(&config)?;
             match app::audit_verify(&c).await {
-                Ok(s) => {
-                    out!(
-                        "audit chain intact: {} rows ({}..{}), head hash {}",
-                        s.rows,
-                        s.first_id.map_or("-".into(), |i| i.to_string()),
-                        s.last_id,
-                        s.head_hash
-                    );
+                Ok(summary) => {
+                    out!("{summary}");
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(app::AppError::AuditBroken(b)) => {

@@ -366,6 +366,19 @@ pub struct Summary {
     pub head_hash: String,
 }
 
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "audit chain intact: {} rows ({}..{}), head hash {}",
+            self.rows,
+            self.first_id.map_or("-".into(), |i| i.to_string()),
+            self.last_id,
+            self.head_hash
+        )
+    }
+}
+
 /// Links events onto a chain whose last row is (`last_id`, `last_hash`).
 pub fn link(last_id: i64, last_hash: &str, events: &[Event]) -> Vec<Record> {
     let mut prev = last_hash.to_string();
