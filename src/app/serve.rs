@@ -265,8 +265,24 @@ pub async fn serve_until_stopped(server: Server) -> Result<(), AppError> {
         None => run.await,
     };
     stop.cancel();
-    for task in schedules {
-        let _ = task.await;
+    // A scheduled load under way may finish within the stop timeout; after
+    // it, the load is abandoned (the next start finishes or discards what it
+    // staged, as after a kill), so a stop stays bounded.
+    let timeout = live.get().sftp.stop_timeout;
+    let finished = tokio::time::timeout(timeout, async {
+        for task in &mut schedules {
+            let _ = task.await;
+        }
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            timeout_s = timeout.as_secs(),
+            "a load under way was abandoned at the stop; the next start finishes or discards it"
+        );
+        for task in &schedules {
+            task.abort();
+        }
     }
     // Events of the last requests are written before the process ends.
     if tokio::time::timeout(std::time::Duration::from_secs(10), audit.flush())

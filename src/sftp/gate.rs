@@ -6,8 +6,10 @@
 //! - when all `total` places are taken, the newcomer is still admitted and
 //!   an older connection gives way: one that has sent nothing yet before
 //!   one that has (a client sends its SSH identification at once), then one
-//!   from the address holding the most places, then the oldest; exempt
-//!   addresses give way last. A login that
+//!   from an address whose connections have given way most often (a flood
+//!   reconnects as fast as it is closed; a supplier's login does not come
+//!   back), then one from the address holding the most places, then the
+//!   oldest; exempt addresses give way last. A login that
 //!   completes in milliseconds therefore never waits behind idle sockets,
 //!   unlike OpenSSH's random early drop (`MaxStartups`), which turns some
 //!   suppliers away under the same flood.
@@ -49,7 +51,14 @@ pub struct Gate<T> {
     next: Place,
     waiting: BTreeMap<Place, Waiting<T>>,
     per_address: HashMap<IpAddr, usize>,
+    /// How often each address's connections gave way (forgotten in bulk
+    /// when it grows past `GAVE_WAY_ADDRESSES`).
+    gave_way: HashMap<IpAddr, u32>,
 }
+
+/// Addresses whose evictions are remembered at most; a larger flood starts
+/// the count afresh.
+const GAVE_WAY_ADDRESSES: usize = 65_536;
 
 impl<T> Default for Gate<T> {
     fn default() -> Self {
@@ -57,6 +66,7 @@ impl<T> Default for Gate<T> {
             next: 0,
             waiting: BTreeMap::new(),
             per_address: HashMap::new(),
+            gave_way: HashMap::new(),
         }
     }
 }
@@ -87,7 +97,14 @@ impl<T> Gate<T> {
             return Admission::PerAddressCap;
         }
         let evicted = if self.waiting.len() >= caps.total.max(1) {
-            self.victim(spoke).and_then(|p| self.leave(p))
+            self.victim(spoke).and_then(|p| {
+                let addr = self.waiting.get(&p)?.addr;
+                if self.gave_way.len() >= GAVE_WAY_ADDRESSES {
+                    self.gave_way.clear();
+                }
+                *self.gave_way.entry(addr).or_default() += 1;
+                self.leave(p)
+            })
         } else {
             None
         };
@@ -120,15 +137,18 @@ impl<T> Gate<T> {
     }
 
     /// Who gives way: not exempt before exempt, silent before spoken, then
-    /// the address holding the most places, then the oldest connection.
+    /// the address that gave way most often, then the address holding the
+    /// most places, then the oldest connection.
     fn victim(&self, spoke: impl Fn(&T) -> bool) -> Option<Place> {
         self.waiting
             .iter()
             .min_by_key(|(place, w)| {
                 let held = self.per_address.get(&w.addr).copied().unwrap_or(0);
+                let gave_way = self.gave_way.get(&w.addr).copied().unwrap_or(0);
                 (
                     w.exempt,
                     spoke(&w.payload),
+                    std::cmp::Reverse(gave_way),
                     std::cmp::Reverse(held),
                     w.since,
                     **place,
@@ -182,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn when_full_the_newcomer_gets_in_and_the_oldest_of_the_busiest_address_gives_way() {
+    fn when_full_the_newcomer_gets_in_and_the_busiest_then_the_oldest_gives_way() {
         let t = Instant::now();
         let s = Duration::from_secs(1);
         let mut g = Gate::default();
@@ -192,8 +212,42 @@ mod tests {
         let (_, evicted) = place(g.admit(ip(3), false, t + 3 * s, CAPS, "3", silent));
         assert_eq!(evicted, Some("2-old"), "ip 2 holds the most places");
         let (_, evicted) = place(g.admit(ip(4), false, t + 4 * s, CAPS, "4", silent));
+        assert_eq!(evicted, Some("2-new"), "ip 2 has given way before");
+        let (_, evicted) = place(g.admit(ip(5), false, t + 5 * s, CAPS, "5", silent));
         assert_eq!(evicted, Some("1-old"), "then the oldest");
         assert_eq!(g.len(), 3);
+    }
+
+    /// Regression: under a flood of reconnecting sockets a supplier's
+    /// connection, not yet read from, was once the oldest silent one and gave
+    /// way ("Connection reset by peer" before the SSH banner).
+    #[test]
+    fn a_flood_that_keeps_coming_back_gives_way_before_a_newcomer_address() {
+        let t = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut g = Gate::default();
+        // A flood from five addresses churns: each newcomer evicts one,
+        // which comes back (or is refused while its address holds two).
+        let flood = |g: &mut Gate<&'static str>, i: u32| -> Option<&'static str> {
+            let from = ip(10 + (i % 5) as u8);
+            match g.admit(from, false, t + ms * i, CAPS, "flood", silent) {
+                Admission::Admitted { evicted, .. } => evicted,
+                Admission::PerAddressCap => None,
+            }
+        };
+        for i in 0..30 {
+            flood(&mut g, i);
+        }
+        // The supplier arrives; the flood goes on, and it is soon the oldest.
+        place(g.admit(ip(1), false, t + ms * 30, CAPS, "supplier", silent));
+        let mut evictions = 0;
+        for i in 31..61 {
+            let evicted = flood(&mut g, i);
+            assert_ne!(evicted, Some("supplier"), "round {i}");
+            evictions += usize::from(evicted.is_some());
+        }
+        assert!(evictions >= 10, "the flood kept evicting: {evictions}");
+        assert!(g.waiting.values().any(|w| w.payload == "supplier"));
     }
 
     #[test]
