@@ -278,7 +278,7 @@ pub async fn serve_until_stopped(server: Server) -> Result<(), AppError> {
     if finished.is_err() {
         tracing::warn!(
             timeout_s = timeout.as_secs(),
-            "a load under way was abandoned at the stop; the next start finishes or discards it"
+            "a scheduled run under way was abandoned at the stop: a load is finished or discarded at the next start, a person index caught up by the next run"
         );
         for task in &schedules {
             task.abort();
