@@ -417,3 +417,90 @@ async fn a_late_commit_of_a_lower_sequence_is_not_skipped() {
     drop((slow, fast));
     source.close().await;
 }
+
+/// A stop while a scheduled load is under way, its extract held up by a lock
+/// on DFDG's table, ends within the stop timeout: the run is abandoned and
+/// nothing of it is published (the next start discards what it staged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_abandons_a_scheduled_load_that_does_not_finish_in_time() {
+    use std::time::{Duration, Instant};
+    let db = TempDb::create("stopload").await;
+    let source = Source::create(&db.url).await.unwrap();
+    udstil::fixtures::generate(&source, 100, 2).await.unwrap();
+    source.close().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, config) = common::demo_config_for(dir.path(), &db.url).await;
+    let every_second = "schedule = { full = \"* * * * * *\" }";
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replacen("[sftp]\n", "[sftp]\nstop_timeout_seconds = 2\n", 1)
+        .replacen(
+            "schedule = { delta = \"0 0 * * * *\", full = \"0 30 2 * * Sun\" }",
+            every_second,
+            1,
+        );
+    assert!(text.contains(every_second), "demo config moved");
+    std::fs::write(&cfg, text).unwrap();
+
+    // Another session holds joblog: the scheduled extract waits for it.
+    let mut holder = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE joblog IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let log = dir.path().join("serve.log");
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_udstil"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "udstil=info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut watcher = PgConnection::connect(&db.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scheduled load never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // SAFETY: a signal to the child this test started.
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGTERM);
+    }
+    let t = Instant::now();
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break Some(status);
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = server.kill();
+            let _ = server.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = t.elapsed();
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let status = status.unwrap_or_else(|| panic!("still running 30 s after SIGTERM:\n{text}"));
+    assert!(status.success(), "{status}\n{text}");
+    assert!(
+        took < Duration::from_secs(12),
+        "the stop took {took:?}\n{text}"
+    );
+    assert!(text.contains("abandoned at the stop"), "{text}");
+    // Nothing of the abandoned load reached the tree.
+    let joblog = config.storage_root.join("kommune/101/joblog");
+    assert!(!joblog.exists(), "{} exists", joblog.display());
+}
