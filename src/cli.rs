@@ -123,25 +123,8 @@ pub enum AuditCommand {
     Query {
         #[arg(long)]
         config: PathBuf,
-        #[arg(long)]
-        supplier: Option<String>,
-        /// `kommune/101` or `akasse/901`.
-        #[arg(long)]
-        authority: Option<String>,
-        #[arg(long)]
-        area: Option<String>,
-        /// login, login_refused, listing, file_open, download, load_published,
-        /// config_reload, config_refused, audit_read, audit_pruned.
-        #[arg(long)]
-        action: Option<String>,
-        /// From this date (Danish day) or RFC 3339 time, inclusive.
-        #[arg(long)]
-        from: Option<String>,
-        /// Up to this date or time, exclusive.
-        #[arg(long)]
-        to: Option<String>,
-        #[arg(long, default_value_t = 10_000)]
-        limit: i64,
+        #[command(flatten)]
+        filter: QueryFilter,
         #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
         format: AuditFormat,
     },
@@ -154,6 +137,50 @@ pub enum AuditCommand {
         #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
         format: AuditFormat,
     },
+}
+
+/// What `audit query` selects.
+#[derive(clap::Args)]
+pub struct QueryFilter {
+    #[arg(long)]
+    supplier: Option<String>,
+    /// `kommune/101` or `akasse/901`.
+    #[arg(long)]
+    authority: Option<String>,
+    #[arg(long)]
+    area: Option<String>,
+    /// The kind of event.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(
+        udstil::audit::Action::ALL.map(|a| a.as_str())
+    ))]
+    action: Option<String>,
+    /// From this date (Danish day) or RFC 3339 time, inclusive.
+    #[arg(long)]
+    from: Option<String>,
+    /// Up to this date or time, exclusive.
+    #[arg(long)]
+    to: Option<String>,
+    #[arg(long, default_value_t = 10_000)]
+    limit: i64,
+}
+
+impl QueryFilter {
+    /// The filter, with its times checked (clap checks the action).
+    pub fn filter(self) -> anyhow::Result<udstil::state::AuditFilter> {
+        let bound = |flag, v: Option<String>| {
+            v.map(|v| parse_time(flag, &v).map(udstil::audit::timestamp))
+                .transpose()
+        };
+        Ok(udstil::state::AuditFilter {
+            supplier: self.supplier,
+            authority: self.authority,
+            area: self.area,
+            action: self.action,
+            from: bound("--from", self.from)?,
+            to: bound("--to", self.to)?,
+            limit: self.limit,
+        })
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

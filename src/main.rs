@@ -261,35 +261,11 @@ async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
         }
         AuditCommand::Query {
             config,
-            supplier,
-            authority,
-            area,
-            action,
-            from,
-            to,
-            limit,
+            filter,
             format,
         } => {
             let c = config_file(&config)?;
-            if let Some(a) = &action
-                && udstil::audit::Action::parse(a).is_none()
-            {
-                anyhow::bail!("--action {a}: not an audit action (see --help)");
-            }
-            let bound = |flag, v: Option<String>| {
-                v.map(|v| parse_time(flag, &v).map(udstil::audit::timestamp))
-                    .transpose()
-            };
-            let filter = udstil::state::AuditFilter {
-                supplier,
-                authority,
-                area,
-                action,
-                from: bound("--from", from)?,
-                to: bound("--to", to)?,
-                limit,
-            };
-            let rows = app::audit_query(&c, &filter).await?;
+            let rows = app::audit_query(&c, &filter.filter()?).await?;
             print_records(&rows, format)?;
             Ok(ExitCode::SUCCESS)
         }
