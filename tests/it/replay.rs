@@ -193,6 +193,25 @@ fn replay(area_dir: &Path) -> Rows {
     rows
 }
 
+/// For every authority in the tree, its joblog replayed (latest full load,
+/// then the later deltas) equals a fresh full load's rows for it.
+async fn assert_joblog_replays_to_a_fresh_full_load(config: &Config) {
+    let (_fresh, want) = fresh_full(config).await;
+    for (kind, code) in authorities(&config.storage_root) {
+        let name = format!("{kind}/{code}");
+        let area = config
+            .storage_root
+            .join(&kind)
+            .join(&code)
+            .join("joblog/v1");
+        assert_eq!(
+            &replay(&area),
+            want.get(&name).unwrap_or(&Rows::new()),
+            "{name}"
+        );
+    }
+}
+
 /// What a fresh full load at the source's current state gives each authority.
 async fn fresh_full(config: &Config) -> (tempfile::TempDir, BTreeMap<String, Rows>) {
     let dir = tempfile::tempdir().unwrap();
@@ -470,18 +489,7 @@ async fn loads_killed_at_any_point_leave_the_tree_whole_and_replayable() {
     // The next run recovers whatever was left, and the promise holds.
     assert!(cli("--delta").wait().unwrap().success());
     assert_tree_whole(&config.storage_root);
-    let (_fresh, want) = fresh_full(&config).await;
-    for (kind, code) in authorities(&config.storage_root) {
-        let name = format!("{kind}/{code}");
-        let got = replay(
-            &config
-                .storage_root
-                .join(&kind)
-                .join(&code)
-                .join("joblog/v1"),
-        );
-        assert_eq!(&got, want.get(&name).unwrap_or(&Rows::new()), "{name}");
-    }
+    assert_joblog_replays_to_a_fresh_full_load(&config).await;
     source.close().await;
 }
 
@@ -534,18 +542,7 @@ async fn an_interrupted_publish_is_rolled_forward() {
             .join(format!("joblog-{id}"))
             .exists()
     );
-    let (_fresh, want) = fresh_full(&config).await;
-    for (kind, code) in authorities(&config.storage_root) {
-        let name = format!("{kind}/{code}");
-        let got = replay(
-            &config
-                .storage_root
-                .join(&kind)
-                .join(&code)
-                .join("joblog/v1"),
-        );
-        assert_eq!(&got, want.get(&name).unwrap_or(&Rows::new()), "{name}");
-    }
+    assert_joblog_replays_to_a_fresh_full_load(&config).await;
     source.close().await;
 }
 
