@@ -68,13 +68,8 @@ pub async fn run_loads(
     config: &Config,
     request: LoadRequest<'_>,
 ) -> Result<Vec<LoadReport>, AppError> {
-    let LoadRequest {
-        area,
-        kind,
-        trigger,
-        progress,
-    } = request;
-    let areas: Vec<&config::Area> = match area {
+    let (kind, trigger) = (request.kind, request.trigger);
+    let areas: Vec<&config::Area> = match request.area {
         Some(id) => vec![
             config
                 .area(id)
@@ -92,17 +87,7 @@ pub async fn run_loads(
         Err(e) => failure = Some(AppError::Source(e)),
         Ok(source) => {
             for area in &areas {
-                match run_one(
-                    config,
-                    &source,
-                    area,
-                    kind,
-                    trigger,
-                    progress.as_ref(),
-                    state.as_ref(),
-                )
-                .await
-                {
+                match run_one(config, &source, state.as_ref(), area, &request).await {
                     Ok(r) => reports.push(r),
                     Err(e) => {
                         failure = Some(e.into());
@@ -142,12 +127,11 @@ pub async fn run_loads(
 async fn run_one(
     config: &Config,
     source: &Source,
-    area: &config::Area,
-    kind: LoadKind,
-    trigger: &str,
-    progress: Option<&load::Progress>,
     state: Option<&State>,
+    area: &config::Area,
+    request: &LoadRequest<'_>,
 ) -> Result<LoadReport, LoadError> {
+    let (kind, trigger, progress) = (request.kind, request.trigger, request.progress.as_ref());
     let run = match state {
         Some(s) => s
             .load_started(&area.id, area.version, kind, trigger)
@@ -156,7 +140,7 @@ async fn run_one(
             .ok(),
         None => None,
     };
-    let result = match load::lock_area(&config.storage_root, area) {
+    let result = match load::lock_area(&config.store(), area) {
         Err(e) => Err(e),
         Ok(held) => {
             let r = match kind {
@@ -277,7 +261,7 @@ fn log_state(e: crate::state::StateError) -> crate::state::StateError {
 async fn record_unrecorded_loads(config: &Config, areas: &[&config::Area], state: &State) {
     for area in areas {
         // A load that is running now is recorded by its own run.
-        let _held = match load::lock_area(&config.storage_root, area) {
+        let _held = match load::lock_area(&config.store(), area) {
             Ok(held) => held,
             Err(load::LoadError::Busy { .. }) => continue,
             Err(e) => {
@@ -286,7 +270,7 @@ async fn record_unrecorded_loads(config: &Config, areas: &[&config::Area], state
             }
         };
         let (folders, recorded) = match (
-            load::published_loads(&config.storage_root, &area.id),
+            config.store().loads(&area.id),
             state.recorded_loads(&area.id).await,
         ) {
             (Ok(p), Ok(r)) => (p, r),
@@ -374,25 +358,12 @@ fn last_load_at(
     area: &crate::config::Area,
     kind: LoadKind,
 ) -> Option<chrono::DateTime<Utc>> {
-    let root = &config.storage_root;
-    let mut latest = None;
-    for a in crate::authority::AuthorityId::all() {
-        for k in [LoadKind::Full, LoadKind::Delta] {
-            if kind == LoadKind::Full && k == LoadKind::Delta {
-                continue;
-            }
-            let dir = crate::tree::kind_dir(root, a, &area.id, area.version, k);
-            let Ok(rd) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                if let Some(id) = crate::tree::LoadId::parse(&e.file_name().to_string_lossy()) {
-                    latest = latest.max(Some(id.at));
-                }
-            }
-        }
-    }
-    latest
+    let loads = config.store().loads(&area.id).ok()?;
+    loads
+        .iter()
+        .filter(|l| l.version == area.version && (kind == LoadKind::Delta || l.kind == kind))
+        .map(|l| l.id.at)
+        .max()
 }
 
 /// Starts one task per configured schedule. All schedules of an area share a

@@ -5,7 +5,6 @@
 //! grow with the load.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 
 use arrow_array::{Array, StringArray};
 use parquet::arrow::ProjectionMask;
@@ -15,6 +14,7 @@ use tokio::sync::mpsc;
 use super::{PersonId, PersonKey};
 use crate::config::{Area, Config};
 use crate::state::{State, StateError};
+use crate::tree::store::{Load, Store};
 
 /// Persons handed to the database at a time.
 const CHUNK: usize = 8192;
@@ -23,8 +23,8 @@ const CHUNK: usize = 8192;
 pub enum IndexError {
     #[error("reading the published tree: {0}")]
     Tree(#[from] std::io::Error),
-    #[error("{path}: {message}")]
-    File { path: PathBuf, message: String },
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -42,16 +42,16 @@ pub async fn index_tree(
         state.audit_indexed().await?.into_iter().collect();
     let mut present = BTreeSet::new();
     let mut indexed = 0;
+    let store = config.store();
     for area in areas {
-        let loads = crate::load::published_loads(&config.storage_root, &area.id)?;
-        for l in loads {
+        for l in store.loads(&area.id)? {
             let k = (l.authority.to_string(), area.id.clone(), l.id.to_string());
             present.insert(k.clone());
             if done.contains(&k) {
                 continue;
             }
             let load_ref = state.audit_index_begin(&k.0, &k.1, &k.2).await?;
-            index_folder(state, key, load_ref, &l.dir, &area.person_column).await?;
+            index_load(state, key, load_ref, &store, &l, &area.person_column).await?;
             state.audit_index_complete(load_ref).await?;
             indexed += 1;
         }
@@ -67,30 +67,31 @@ pub async fn index_tree(
     Ok(indexed)
 }
 
-/// Streams the person column of every Parquet file in `dir` into the index.
-async fn index_folder(
+/// Streams the person column of every Parquet file of a load into the index.
+async fn index_load(
     state: &State,
     key: &PersonKey,
     load_ref: i64,
-    dir: &Path,
+    store: &Store,
+    load: &Load,
     column: &str,
 ) -> Result<(), IndexError> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
-        .collect();
-    files.sort();
-    for path in files {
+    for name in store.files(load)? {
+        if !name.ends_with(".parquet") {
+            continue;
+        }
+        let what = format!("{load}/{name}");
+        let file = store.open(load, &name)?;
         let (tx, mut rx) = mpsc::channel::<Vec<PersonId>>(2);
         let reader = {
-            let (path, column, key) = (path.clone(), column.to_string(), key.clone());
-            tokio::task::spawn_blocking(move || read_persons(&path, &column, &key, tx))
+            let (what, column, key) = (what.clone(), column.to_string(), key.clone());
+            tokio::task::spawn_blocking(move || read_persons(file, &what, &column, &key, tx))
         };
         while let Some(chunk) = rx.recv().await {
             state.audit_index_persons(load_ref, &chunk).await?;
         }
         reader.await.map_err(|e| IndexError::File {
-            path: path.clone(),
+            file: what,
             message: e.to_string(),
         })??;
     }
@@ -98,16 +99,16 @@ async fn index_folder(
 }
 
 fn read_persons(
-    path: &Path,
+    file: std::fs::File,
+    what: &str,
     column: &str,
     key: &PersonKey,
     tx: mpsc::Sender<Vec<PersonId>>,
 ) -> Result<(), IndexError> {
     let err = |message: String| IndexError::File {
-        path: path.to_path_buf(),
+        file: what.to_string(),
         message,
     };
-    let file = std::fs::File::open(path)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(e.to_string()))?;
     let Some(index) = builder
         .schema()

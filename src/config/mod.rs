@@ -185,6 +185,11 @@ impl Config {
     pub fn area(&self, id: &str) -> Option<&Area> {
         self.areas.iter().find(|a| a.id == id)
     }
+
+    /// The published tree, at `[storage] root`.
+    pub fn store(&self) -> crate::tree::Store {
+        crate::tree::Store::new(&self.storage_root)
+    }
 }
 
 /// A config file is read only up to this size (a 100 MB file took 6.8 GB).

@@ -18,10 +18,11 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::authority::{AuthorityId, AuthorityKind};
+use crate::authority::AuthorityId;
 use crate::config::{Area, Config};
 use crate::source::{Column, Extracted, Source, SourceError};
-use crate::tree::{self, LoadId, LoadKind};
+use crate::tree::store::Staged;
+use crate::tree::{self, LoadId, LoadKind, Store};
 pub use writer::LEGACY_OMITTED;
 use writer::{AuthorityOutput, Fanout, Written};
 
@@ -242,10 +243,9 @@ fn schema_fields(schema: &arrow_schema::Schema) -> Vec<SchemaField> {
         .collect()
 }
 
-/// Held for the whole of one load of an area: an exclusive lock on
-/// `.staging/<area>.lock` (released by the kernel if the process dies).
+/// Held for the whole of one load of an area (see `Store::lock`).
 pub struct AreaLock {
-    _file: std::fs::File,
+    _lock: tree::store::AreaLock,
     area: String,
 }
 
@@ -255,127 +255,78 @@ pub struct AreaLock {
 /// published), any other is removed. A load is run, and recorded in the
 /// state database, while its caller holds this lock, so no one else records
 /// it as one published before a crash.
-pub fn lock_area(root: &Path, area: &Area) -> Result<AreaLock, LoadError> {
-    use std::os::fd::AsRawFd;
-    let staging_root = root.join(".staging");
-    let io = |path: &Path| {
-        let (area, path) = (area.id.clone(), path.to_path_buf());
-        move |source| LoadError::Io { area, path, source }
+pub fn lock_area(store: &Store, area: &Area) -> Result<AreaLock, LoadError> {
+    let io = |source| LoadError::Io {
+        area: area.id.clone(),
+        path: store.root().to_path_buf(),
+        source,
     };
-    std::fs::create_dir_all(&staging_root).map_err(io(&staging_root))?;
-    let lock_path = staging_root.join(format!("{}.lock", area.id));
-    let file = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let Some(lock) = store.lock(&area.id).map_err(io)? else {
         return Err(LoadError::Busy {
             area: area.id.clone(),
         });
+    };
+    for staged in store.staged(&area.id).map_err(io)? {
+        let (completed, discarded) = recover(store, area, &staged).map_err(io)?;
+        tracing::warn!(area = %area.id, load = %staged.id, completed, discarded, "recovered an interrupted load");
+        store.discard(&staged).map_err(io)?;
     }
-    let prefix = format!("{}-", area.id);
-    for name in read_dir_names(&staging_root).map_err(io(&staging_root))? {
-        let Some(id) = name.strip_prefix(&prefix).and_then(LoadId::parse) else {
-            continue;
-        };
-        let dir = staging_root.join(&name);
-        let (completed, discarded) = recover(root, area, id, &dir).map_err(io(&dir))?;
-        tracing::warn!(area = %area.id, load = %id, completed, discarded, "recovered an interrupted load");
-        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
-    }
-    remove_leftovers(root, area).map_err(io(root))?;
+    // Folders a crash inside retention left behind, already hidden by their name.
+    store.remove_leftovers(&area.id).map_err(io)?;
     Ok(AreaLock {
-        _file: file,
+        _lock: lock,
         area: area.id.clone(),
     })
 }
 
-/// Deletes `.removed-*` folders that a crash inside retention left behind
-/// (already hidden from clients by their name).
-fn remove_leftovers(root: &Path, area: &Area) -> std::io::Result<()> {
-    for kind in AuthorityKind::ALL {
-        for code in read_dir_names(&root.join(kind.as_str()))? {
-            let Some(authority) = AuthorityId::known(kind, &code) else {
-                continue;
-            };
-            let area_dir = tree::area_dir(root, authority, &area.id);
-            for v in read_dir_names(&area_dir)? {
-                if !v.starts_with('v') {
-                    continue;
-                }
-                for load_kind in [LoadKind::Full, LoadKind::Delta] {
-                    let dir = area_dir.join(&v).join(load_kind.as_str());
-                    for name in read_dir_names(&dir)? {
-                        if name.starts_with(".removed-") {
-                            std::fs::remove_dir_all(dir.join(name))?;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Staged authority folders of an interrupted load: renamed into the tree if
+/// Staged authority folders of an interrupted load: moved into the tree if
 /// any authority already has the load, else left to be discarded.
-fn recover(root: &Path, area: &Area, id: LoadId, dir: &Path) -> std::io::Result<(usize, usize)> {
-    let mut staged = Vec::new();
-    for kind in AuthorityKind::ALL {
-        for code in read_dir_names(&dir.join(kind.as_str()))? {
-            let Some(authority) = AuthorityId::known(kind, &code) else {
-                continue;
-            };
-            let folder = dir.join(kind.as_str()).join(&code);
-            let Ok(bytes) = std::fs::read(folder.join("MANIFEST.json")) else {
-                continue;
-            };
-            let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else {
-                continue;
-            };
-            staged.push((authority, folder, manifest));
-        }
+fn recover(store: &Store, area: &Area, staged: &Staged) -> std::io::Result<(usize, usize)> {
+    let mut ready = Vec::new();
+    for authority in staged.authorities()? {
+        let Ok(bytes) = staged.read(authority, "MANIFEST.json") else {
+            continue;
+        };
+        let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else {
+            continue;
+        };
+        ready.push(tree::store::Load {
+            authority,
+            area: area.id.clone(),
+            version: manifest.version,
+            kind: manifest.kind,
+            id: staged.id,
+        });
     }
-    let published = AuthorityId::all().into_iter().any(|a| {
-        [LoadKind::Full, LoadKind::Delta]
-            .into_iter()
-            .any(|k| tree::load_dir(root, a, &area.id, area.version, k, id).exists())
-    });
+    let published = store
+        .loads(&area.id)?
+        .iter()
+        .any(|l| l.id == staged.id && l.version == area.version);
     if !published {
-        return Ok((0, staged.len()));
+        return Ok((0, ready.len()));
     }
     let mut done = 0;
-    for (authority, folder, manifest) in staged {
-        let target = tree::load_dir(
-            root,
-            authority,
-            &area.id,
-            manifest.version,
-            manifest.kind,
-            id,
-        );
-        if target.exists() {
-            continue;
+    for load in ready {
+        if !store.exists(&load) {
+            store.publish(staged, &load)?;
+            done += 1;
         }
-        let parent = target.parent().expect("load dir has a parent");
-        std::fs::create_dir_all(parent)?;
-        std::fs::rename(&folder, &target)?;
-        sync_dir(parent)?;
-        done += 1;
     }
+    store.sync()?;
     Ok((done, 0))
 }
 
-fn new_load(root: &Path, area: &Area) -> Result<(LoadId, PathBuf), LoadError> {
-    let io = |path: &Path| {
-        let (area, path) = (area.id.clone(), path.to_path_buf());
-        move |source| LoadError::Io { area, path, source }
+fn new_load(store: &Store, area: &Area) -> Result<Staged, LoadError> {
+    let io = |source| LoadError::Io {
+        area: area.id.clone(),
+        path: store.root().to_path_buf(),
+        source,
     };
-    let load_id = LoadId {
-        seq: next_seq(root, &area.id).map_err(io(root))?,
+    let id = LoadId {
+        seq: next_seq(store, &area.id).map_err(io)?,
         at: Utc::now().trunc_subsecs(0),
     };
-    let staging = root.join(".staging").join(format!("{}-{load_id}", area.id));
-    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    Ok((load_id, staging))
+    store.stage(&area.id, id).map_err(io)
 }
 
 /// Runs one full load of `area` now and publishes it.
@@ -388,17 +339,18 @@ pub async fn full_load(
 ) -> Result<LoadReport, LoadError> {
     assert_eq!(held.area, area.id, "a load runs under its own area's lock");
     let started = Instant::now();
-    let root = &config.storage_root;
+    let store = config.store();
     let columns = checked_columns(source, area).await?;
     let arrow = crate::source::arrow_schema(&columns);
     let schema = schema_fields(&arrow);
-    check_schema(root, area, &schema)?;
-    let first_of_version = matches!(current_schema(root, area), Ok(None));
-    let (load_id, staging) = new_load(root, area)?;
-    let fanout = Fanout::new(staging.clone(), area, &columns)
+    check_schema(&store, area, &schema)?;
+    let first_of_version = matches!(current_schema(&store, area), Ok(None));
+    let staging = new_load(&store, area)?;
+    let load_id = staging.id;
+    let fanout = Fanout::new(staging.dir().to_path_buf(), area, &columns)
         .with_legacy(legacy_spec(area, 'F', load_id.at, load_id.at));
     let mut router = fanout.router();
-    let result = pipeline(area, &staging, fanout, progress, |tx| {
+    let result = pipeline(&store, area, &staging, fanout, progress, |tx| {
         source.full_extract(area, &columns, &mut router, tx)
     })
     .await;
@@ -426,9 +378,9 @@ pub async fn full_load(
         watermark_to: snapshot.watermark,
         previous: BTreeMap::new(),
     };
-    let report = finish(root, &staging, plan, rows, outputs, withheld, started)?;
+    let report = finish(&store, &staging, plan, rows, outputs, withheld, started)?;
     if first_of_version
-        && let Err(e) = record_version_change(root, area, load_id, &schema_for_changes)
+        && let Err(e) = record_version_change(&store, area, load_id, &schema_for_changes)
     {
         tracing::warn!(area = %area.id, error = %e, "could not write CHANGES.json");
     }
@@ -446,14 +398,14 @@ pub async fn delta_load(
 ) -> Result<LoadReport, LoadError> {
     assert_eq!(held.area, area.id, "a load runs under its own area's lock");
     let started = Instant::now();
-    let root = &config.storage_root;
+    let store = config.store();
     let serr = |source| LoadError::Source {
         area: area.id.clone(),
         source: Box::new(source),
     };
-    let previous = latest_loads(root, area).map_err(|source| LoadError::Io {
+    let previous = latest_loads(&store, area).map_err(|source| LoadError::Io {
         area: area.id.clone(),
-        path: root.clone(),
+        path: store.root().to_path_buf(),
         source,
     })?;
     let Some(from) = previous.values().map(|(_, wm)| *wm).max() else {
@@ -473,18 +425,19 @@ pub async fn delta_load(
             (p.key, delta::published_to(op, p.draft, &targets))
         })
         .collect();
-    let (load_id, staging) = new_load(root, area)?;
+    let staging = new_load(&store, area)?;
+    let load_id = staging.id;
     let since = previous
         .values()
         .map(|(id, _)| id.at)
         .max()
         .unwrap_or(load_id.at);
-    let fanout = Fanout::delta(staging.clone(), area, &columns, state)
+    let fanout = Fanout::delta(staging.dir().to_path_buf(), area, &columns, state)
         .with_legacy(legacy_spec(area, 'D', since, load_id.at));
     let arrow = writer::delta_schema(&columns);
     let schema = schema_fields(&arrow);
-    check_schema(root, area, &schema)?;
-    let result = pipeline(area, &staging, fanout, progress, |tx| {
+    check_schema(&store, area, &schema)?;
+    let result = pipeline(&store, area, &staging, fanout, progress, |tx| {
         source.delta_extract(area, &columns, from, to, tx)
     })
     .await;
@@ -504,14 +457,15 @@ pub async fn delta_load(
         watermark_to: to,
         previous: previous.into_iter().map(|(a, (id, _))| (a, id)).collect(),
     };
-    finish(root, &staging, plan, rows, outputs, withheld, started)
+    finish(&store, &staging, plan, rows, outputs, withheld, started)
 }
 
 /// Extract and write concurrently: the extract sends batches over a small
 /// bounded channel, so memory stays flat, to the writer on a blocking thread.
 async fn pipeline<T, F, Fut>(
+    store: &Store,
     area: &Area,
-    staging: &Path,
+    staging: &Staged,
     mut fanout: Fanout,
     progress: Option<&Progress>,
     extract: F,
@@ -552,14 +506,14 @@ where
     };
     if result.is_err() {
         // Nothing of a failed load is kept.
-        let _ = std::fs::remove_dir_all(staging);
+        let _ = store.discard(staging);
     }
     result
 }
 
 fn finish(
-    root: &Path,
-    staging: &Path,
+    store: &Store,
+    staging: &Staged,
     plan: Publication<'_>,
     rows_read: u64,
     outputs: BTreeMap<AuthorityId, AuthorityOutput>,
@@ -582,13 +536,13 @@ fn finish(
         elapsed: Duration::ZERO,
     };
     let written = started.elapsed();
-    let published = publish_all(root, staging, &plan, outputs, &mut report);
-    let _ = std::fs::remove_dir_all(staging);
+    let published = publish_all(store, staging, &plan, outputs, &mut report);
+    let _ = store.discard(staging);
     published?;
     let published_at = started.elapsed();
     // Retention runs after the new load is in place; a failure here leaves
     // extra loads behind, never fewer, so it is logged and not fatal.
-    match apply_retention(root, plan.area) {
+    match apply_retention(store, plan.area) {
         Ok(n) => report.removed = n,
         Err(e) => tracing::warn!(area = %plan.area.id, error = %e, "retention failed"),
     }
@@ -604,8 +558,8 @@ fn finish(
 }
 
 fn publish_all(
-    root: &Path,
-    staging: &Path,
+    store: &Store,
+    staging: &Staged,
     plan: &Publication<'_>,
     outputs: BTreeMap<AuthorityId, AuthorityOutput>,
     report: &mut LoadReport,
@@ -620,28 +574,64 @@ fn publish_all(
     // failure before the renames publishes nothing at all.
     let mut ready = Vec::with_capacity(outputs.len());
     for (authority, mut out) in outputs {
-        let dir = staging
-            .join(authority.kind.as_str())
-            .join(authority.code_str());
-        std::fs::create_dir_all(&dir).map_err(ioerr(&dir))?;
         // A load without rows still has a data file, so every load has a
         // checksum line (`sha256sum -c` fails on an empty SHA256SUMS) and a
         // schema a loader can read.
         if !out.files.iter().any(|f| f.name.ends_with(".parquet")) {
+            let dir = tree::store::staged_authority_dir(staging.dir(), authority);
+            std::fs::create_dir_all(&dir).map_err(ioerr(&dir))?;
             out.files
                 .insert(0, writer::empty_file(&dir, &plan.arrow, &area.id)?);
         }
-        let manifest = Manifest {
-            load_id: plan.load_id.to_string(),
+        let manifest = plan.manifest(authority, out);
+        let sums: String = manifest
+            .files
+            .iter()
+            .map(|f| format!("{}  {}\n", f.sha256, f.name))
+            .collect();
+        let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        staging
+            .write(authority, "SHA256SUMS", sums.as_bytes())
+            .and_then(|()| staging.write(authority, "MANIFEST.json", &json))
+            .map_err(ioerr(staging.dir()))?;
+        report.rows_written += manifest.rows;
+        report.files += manifest.files.len();
+        report.bytes += manifest.files.iter().map(|f| f.bytes).sum::<u64>();
+        ready.push(tree::store::Load {
+            authority,
             area: area.id.clone(),
             version: area.version,
             kind: plan.kind,
+            id: plan.load_id,
+        });
+    }
+    // Everything staged is made durable before the first rename, as recovery
+    // completes a load that any authority already has (`recover`). One sync
+    // of the file system here and one after the renames replace an fsync per
+    // file and folder (and the encoders have already started writing the
+    // data out, `writer::start_writeback`).
+    store.sync().map_err(ioerr(staging.dir()))?;
+    for load in &ready {
+        store.publish(staging, load).map_err(ioerr(store.root()))?;
+    }
+    store.sync().map_err(ioerr(store.root()))
+}
+
+impl Publication<'_> {
+    /// One authority's MANIFEST.json, given what was written for it.
+    fn manifest(&self, authority: AuthorityId, out: AuthorityOutput) -> Manifest {
+        let area = self.area;
+        Manifest {
+            load_id: self.load_id.to_string(),
+            area: area.id.clone(),
+            version: area.version,
+            kind: self.kind,
             authority: authority.to_string(),
             key: area.key.clone(),
-            watermark_from: plan.watermark_from,
-            watermark_to: plan.watermark_to,
-            previous_load_id: plan.previous.get(&authority).map(|id| id.to_string()),
-            created_at: plan.created_at.to_rfc3339(),
+            watermark_from: self.watermark_from,
+            watermark_to: self.watermark_to,
+            previous_load_id: self.previous.get(&authority).map(|id| id.to_string()),
+            created_at: self.created_at.to_rfc3339(),
             // Rows of the data: the legacy text file repeats them.
             rows: out
                 .files
@@ -649,103 +639,38 @@ fn publish_all(
                 .filter(|f| f.name.ends_with(".parquet"))
                 .map(|f| f.rows)
                 .sum(),
-            schema: plan.schema.clone(),
+            schema: self.schema.clone(),
             files: out.files,
             legacy_omitted: out.legacy_omitted,
-        };
-        let sums: String = manifest
-            .files
-            .iter()
-            .map(|f| format!("{}  {}\n", f.sha256, f.name))
-            .collect();
-        let path = dir.join("SHA256SUMS");
-        std::fs::write(&path, sums.as_bytes()).map_err(ioerr(&path))?;
-        let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-        let path = dir.join("MANIFEST.json");
-        std::fs::write(&path, &json).map_err(ioerr(&path))?;
-        report.rows_written += manifest.rows;
-        report.files += manifest.files.len();
-        report.bytes += manifest.files.iter().map(|f| f.bytes).sum::<u64>();
-        ready.push((authority, dir));
+        }
     }
-    // Everything staged is made durable before the first rename, as recovery
-    // completes a load that any authority already has (`recover`). One sync
-    // of the file system here and one after the renames replace an fsync per
-    // file and folder, hundreds in a load (and the encoders have already
-    // started writing the data out, `writer::start_writeback`).
-    sync_fs(staging).map_err(ioerr(staging))?;
-    for (authority, dir) in ready {
-        let target = tree::load_dir(
-            root,
-            authority,
-            &area.id,
-            area.version,
-            plan.kind,
-            plan.load_id,
-        );
-        let parent = target.parent().expect("load dir has a parent");
-        std::fs::create_dir_all(parent).map_err(ioerr(parent))?;
-        std::fs::rename(&dir, &target).map_err(ioerr(&target))?;
-    }
-    sync_fs(root).map_err(ioerr(root))
 }
 
 /// Removes, for every authority, the loads of `area` that retention no longer
-/// keeps (see `retention`). A folder is first renamed to a hidden name, so it
-/// leaves the view at once, then deleted; a client already reading one of its
-/// files keeps its open file and finishes.
-pub fn apply_retention(root: &Path, area: &Area) -> std::io::Result<usize> {
+/// keeps (see `retention`). A client already reading one of their files
+/// keeps its open file and finishes (see `Store::remove`).
+pub fn apply_retention(store: &Store, area: &Area) -> std::io::Result<usize> {
     let mut removed = 0;
-    for kind in AuthorityKind::ALL {
-        for code in read_dir_names(&root.join(kind.as_str()))? {
-            let Some(authority) = AuthorityId::known(kind, &code) else {
-                continue;
-            };
-            let area_dir = tree::area_dir(root, authority, &area.id);
-            let mut loads = Vec::new();
-            for v in read_dir_names(&area_dir)? {
-                let Some(version) = v.strip_prefix('v').and_then(|n| n.parse::<u32>().ok()) else {
-                    continue;
-                };
-                for load_kind in [LoadKind::Full, LoadKind::Delta] {
-                    for name in read_dir_names(&tree::kind_dir(
-                        root, authority, &area.id, version, load_kind,
-                    ))? {
-                        if let Some(id) = LoadId::parse(&name) {
-                            loads.push(retention::Published {
-                                id,
-                                kind: load_kind,
-                                version,
-                            });
-                        }
-                    }
-                }
-            }
-            for old in retention::to_remove(&loads, area.retention_full_loads) {
-                let dir = tree::load_dir(root, authority, &area.id, old.version, old.kind, old.id);
-                let hidden = dir.with_file_name(format!(".removed-{}", old.id));
-                std::fs::rename(&dir, &hidden)?;
-                std::fs::remove_dir_all(&hidden)?;
-                removed += 1;
-            }
-            // A version folder with no loads left goes too.
-            for v in read_dir_names(&area_dir)? {
-                if v.strip_prefix('v')
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .is_none()
-                {
-                    continue;
-                }
-                let vdir = area_dir.join(&v);
-                let empty = [LoadKind::Full, LoadKind::Delta].iter().all(|k| {
-                    read_dir_names(&vdir.join(k.as_str()))
-                        .map(|n| n.is_empty())
-                        .unwrap_or(true)
-                });
-                if empty {
-                    std::fs::remove_dir_all(&vdir)?;
-                }
-            }
+    for authority in store.authorities()? {
+        let mut loads = Vec::new();
+        for version in store.versions(authority, &area.id)? {
+            loads.extend(store.loads_of(authority, &area.id, version)?);
+        }
+        let published: Vec<_> = loads
+            .iter()
+            .map(|l| retention::Published {
+                id: l.id,
+                kind: l.kind,
+                version: l.version,
+            })
+            .collect();
+        for old in retention::to_remove(&published, area.retention_full_loads) {
+            let load = loads
+                .iter()
+                .find(|l| l.id == old.id && l.version == old.version && l.kind == old.kind)
+                .expect("retention picks among the loads it was given");
+            store.remove(load)?;
+            removed += 1;
         }
     }
     Ok(removed)
@@ -753,15 +678,10 @@ pub fn apply_retention(root: &Path, area: &Area) -> std::io::Result<usize> {
 
 /// The schema of the area's current version as published (any authority's
 /// latest load; all loads of a version share it), or `None` before its first load.
-fn current_schema(root: &Path, area: &Area) -> std::io::Result<Option<Vec<SchemaField>>> {
-    for kind in AuthorityKind::ALL {
-        for code in read_dir_names(&root.join(kind.as_str()))? {
-            let Some(authority) = AuthorityId::known(kind, &code) else {
-                continue;
-            };
-            if let Some((_, manifest)) = latest_manifest(root, authority, &area.id, area.version)? {
-                return Ok(Some(manifest.schema));
-            }
+fn current_schema(store: &Store, area: &Area) -> std::io::Result<Option<Vec<SchemaField>>> {
+    for authority in store.authorities()? {
+        if let Some((_, manifest)) = latest_manifest(store, authority, &area.id, area.version)? {
+            return Ok(Some(manifest.schema));
         }
     }
     Ok(None)
@@ -769,40 +689,34 @@ fn current_schema(root: &Path, area: &Area) -> std::io::Result<Option<Vec<Schema
 
 /// An authority's newest load in one version of an area, with its manifest.
 fn latest_manifest(
-    root: &Path,
+    store: &Store,
     authority: AuthorityId,
     area: &str,
     version: u32,
 ) -> std::io::Result<Option<(LoadId, Manifest)>> {
-    let mut latest: Option<(LoadId, LoadKind)> = None;
-    for load_kind in [LoadKind::Full, LoadKind::Delta] {
-        for name in read_dir_names(&tree::kind_dir(root, authority, area, version, load_kind))? {
-            if let Some(id) = LoadId::parse(&name)
-                && latest.is_none_or(|(l, _)| id > l)
-            {
-                latest = Some((id, load_kind));
-            }
-        }
-    }
-    let Some((id, load_kind)) = latest else {
+    let Some(latest) = store.loads_of(authority, area, version)?.pop() else {
         return Ok(None);
     };
-    let path = tree::load_dir(root, authority, area, version, load_kind, id).join("MANIFEST.json");
-    let manifest: Manifest = serde_json::from_slice(&std::fs::read(&path)?).map_err(|e| {
+    let manifest = read_manifest(store, &latest)?;
+    Ok(Some((latest.id, manifest)))
+}
+
+/// A published load's MANIFEST.json.
+pub fn read_manifest(store: &Store, load: &tree::store::Load) -> std::io::Result<Manifest> {
+    serde_json::from_slice(&store.read(load, "MANIFEST.json")?).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("{}: {e}", path.display()),
+            format!("{load}/MANIFEST.json: {e}"),
         )
-    })?;
-    Ok(Some((id, manifest)))
+    })
 }
 
 /// Refuses a load whose columns differ from what this version already
 /// published: clients of a version rely on one schema.
-fn check_schema(root: &Path, area: &Area, schema: &[SchemaField]) -> Result<(), LoadError> {
-    let current = current_schema(root, area).map_err(|source| LoadError::Io {
+fn check_schema(store: &Store, area: &Area, schema: &[SchemaField]) -> Result<(), LoadError> {
+    let current = current_schema(store, area).map_err(|source| LoadError::Io {
         area: area.id.clone(),
-        path: root.to_path_buf(),
+        path: store.root().to_path_buf(),
         source,
     })?;
     if let Some(old) = current {
@@ -833,47 +747,37 @@ fn check_schema(root: &Path, area: &Area, schema: &[SchemaField]) -> Result<(), 
 /// After the first full load of a new version: per authority, appends what
 /// changed since its previous version to `<area>/CHANGES.json`.
 fn record_version_change(
-    root: &Path,
+    store: &Store,
     area: &Area,
     load_id: LoadId,
     schema: &[SchemaField],
 ) -> std::io::Result<()> {
-    for kind in AuthorityKind::ALL {
-        for code in read_dir_names(&root.join(kind.as_str()))? {
-            let Some(authority) = AuthorityId::known(kind, &code) else {
-                continue;
-            };
-            let area_dir = tree::area_dir(root, authority, &area.id);
-            let older = read_dir_names(&area_dir)?
-                .into_iter()
-                .filter_map(|v| v.strip_prefix('v').and_then(|n| n.parse::<u32>().ok()))
-                .filter(|v| *v < area.version)
-                .max();
-            let Some(from_version) = older else { continue };
-            let Some((_, old)) = latest_manifest(root, authority, &area.id, from_version)? else {
-                continue;
-            };
-            let (added, removed, retyped) = version::diff(&old.schema, schema);
-            let path = area_dir.join("CHANGES.json");
-            let mut changes: Vec<version::SchemaChange> = match std::fs::read(&path) {
-                Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
-                Err(_) => Vec::new(),
-            };
-            changes.push(version::SchemaChange {
-                from_version,
-                to_version: area.version,
-                load_id: load_id.to_string(),
-                added,
-                removed,
-                retyped,
-            });
-            let tmp = area_dir.join(".CHANGES.json.tmp");
-            write_synced(
-                &tmp,
-                &serde_json::to_vec_pretty(&changes).expect("serialises"),
-            )?;
-            std::fs::rename(&tmp, &path)?;
-        }
+    const CHANGES: &str = "CHANGES.json";
+    for authority in store.authorities()? {
+        let older = store
+            .versions(authority, &area.id)?
+            .into_iter()
+            .filter(|v| *v < area.version)
+            .max();
+        let Some(from_version) = older else { continue };
+        let Some((_, old)) = latest_manifest(store, authority, &area.id, from_version)? else {
+            continue;
+        };
+        let (added, removed, retyped) = version::diff(&old.schema, schema);
+        let mut changes: Vec<version::SchemaChange> = store
+            .read_area_file(authority, &area.id, CHANGES)?
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        changes.push(version::SchemaChange {
+            from_version,
+            to_version: area.version,
+            load_id: load_id.to_string(),
+            added,
+            removed,
+            retyped,
+        });
+        let json = serde_json::to_vec_pretty(&changes).expect("serialises");
+        store.write_area_file(authority, &area.id, CHANGES, &json)?;
     }
     Ok(())
 }
@@ -881,103 +785,26 @@ fn record_version_change(
 /// Per authority holding the area's current version: its latest load and
 /// that load's watermark, read from the published tree.
 pub fn latest_loads(
-    root: &Path,
+    store: &Store,
     area: &Area,
 ) -> std::io::Result<BTreeMap<AuthorityId, (LoadId, i64)>> {
     let mut out = BTreeMap::new();
-    for kind in AuthorityKind::ALL {
-        for code in read_dir_names(&root.join(kind.as_str()))? {
-            let Some(authority) = AuthorityId::known(kind, &code) else {
-                continue;
-            };
-            if let Some((id, manifest)) = latest_manifest(root, authority, &area.id, area.version)?
-            {
-                out.insert(authority, (id, manifest.watermark_to));
-            }
+    for authority in store.authorities()? {
+        if let Some((id, manifest)) = latest_manifest(store, authority, &area.id, area.version)? {
+            out.insert(authority, (id, manifest.watermark_to));
         }
     }
     Ok(out)
 }
 
-fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(data)?;
-    f.sync_all()
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Syncs the whole file system holding `dir`: all of a load's files and
-/// folders at once. (It also waits for other writes to that file system,
-/// which on a volume given to the tree are few.) Linux reports writeback
-/// errors here from 5.8 on; older kernels do not, so an I/O error there
-/// would go unnoticed.
-fn sync_fs(dir: &Path) -> std::io::Result<()> {
-    rustix::fs::syncfs(std::fs::File::open(dir)?)?;
-    Ok(())
-}
-
 /// The next load sequence number of an area: one more than any in the tree.
 /// The tree is the truth for what was published.
-pub fn next_seq(root: &Path, area: &str) -> std::io::Result<u64> {
-    let max = published_loads(root, area)?
+pub fn next_seq(store: &Store, area: &str) -> std::io::Result<u64> {
+    let max = store
+        .loads(area)?
         .iter()
         .map(|l| l.id.seq)
         .max()
         .unwrap_or(0);
     Ok(max + 1)
-}
-
-/// One authority's folder of a published load.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishedLoad {
-    pub authority: AuthorityId,
-    pub id: LoadId,
-    pub kind: LoadKind,
-    pub dir: PathBuf,
-}
-
-/// Every published load folder of `area`, all versions and kinds, read from the tree.
-pub fn published_loads(root: &Path, area: &str) -> std::io::Result<Vec<PublishedLoad>> {
-    let mut out = Vec::new();
-    for kind in AuthorityKind::ALL {
-        for code in read_dir_names(&root.join(kind.as_str()))? {
-            let Some(authority) = AuthorityId::known(kind, &code) else {
-                continue;
-            };
-            let area_dir = tree::area_dir(root, authority, area);
-            for version in read_dir_names(&area_dir)? {
-                if !version.starts_with('v') {
-                    continue;
-                }
-                for load_kind in [LoadKind::Full, LoadKind::Delta] {
-                    let dir = area_dir.join(&version).join(load_kind.as_str());
-                    for name in read_dir_names(&dir)? {
-                        if let Some(id) = LoadId::parse(&name) {
-                            out.push(PublishedLoad {
-                                authority,
-                                id,
-                                kind: load_kind,
-                                dir: dir.join(name),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn read_dir_names(dir: &Path) -> std::io::Result<Vec<String>> {
-    match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
 }

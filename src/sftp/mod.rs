@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{Action, Event, Trail};
 use crate::config::Live;
+use crate::tree::Store;
 pub use defender::{Defender, Verdict};
 pub use gate::{Admission, Caps, Gate};
 pub use session::{MAX_READ, SftpSession};
@@ -220,8 +221,8 @@ impl Activity {
 /// The state every connection shares.
 pub struct Shared {
     pub config: Arc<Live>,
-    /// The storage root with symlinks resolved.
-    pub root: PathBuf,
+    /// The published tree.
+    pub store: Store,
     defender: Mutex<Defender>,
     /// Connections not logged in yet; each place holds its connection's
     /// cancel handle and whether it has sent anything.
@@ -266,18 +267,14 @@ impl Drops {
 impl Shared {
     pub fn new(config: Arc<Live>, audit: Trail) -> Result<Arc<Shared>, SftpError> {
         let c = config.get();
-        std::fs::create_dir_all(&c.storage_root).map_err(|source| SftpError::Root {
-            path: c.storage_root.clone(),
-            source,
-        })?;
-        let root = std::fs::canonicalize(&c.storage_root).map_err(|source| SftpError::Root {
+        let store = Store::prepare(&c.storage_root).map_err(|source| SftpError::Root {
             path: c.storage_root.clone(),
             source,
         })?;
         let defender = Defender::new(c.sftp.ban_after_failures, c.sftp.ban);
         Ok(Arc::new(Shared {
             config,
-            root,
+            store,
             defender: Mutex::new(defender),
             gate: Mutex::new(Gate::default()),
             sessions: Mutex::new(HashMap::new()),
@@ -1042,7 +1039,7 @@ impl Connection {
         SftpSession::new(
             supplier,
             self.shared.config.clone(),
-            self.shared.root.clone(),
+            self.shared.store.clone(),
             self.shared.audit.clone(),
             self.ip(),
             self.shared.tracker.token(),

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -18,7 +17,7 @@ use russh_sftp::server::StatusReply;
 use crate::audit::{Action, Event, Trail};
 use crate::authority::AuthorityKind;
 use crate::config::Live;
-use crate::tree::{self, Location};
+use crate::tree::{self, Location, Store};
 
 /// How long an open handle trusts its last access check; a revoked
 /// agreement or a config edit stops its reads within this time.
@@ -32,8 +31,8 @@ const MAX_HANDLES: usize = 256;
 pub struct SftpSession {
     supplier: String,
     config: Arc<Live>,
-    /// The storage root with symlinks resolved; every real path must stay under it.
-    root: PathBuf,
+    /// The published tree (its root with symlinks resolved).
+    store: Store,
     handles: HashMap<String, OpenHandle>,
     next_handle: u64,
     version_seen: bool,
@@ -123,6 +122,8 @@ fn not_found() -> StatusReply {
 fn failure(e: std::io::Error) -> StatusReply {
     if e.kind() == std::io::ErrorKind::NotFound {
         not_found()
+    } else if e.kind() == std::io::ErrorKind::IsADirectory {
+        StatusCode::Failure.with_message("not a regular file")
     } else {
         tracing::warn!(error = %e, "sftp file-system error");
         StatusCode::Failure.with_message("internal error")
@@ -181,7 +182,7 @@ impl SftpSession {
     pub fn new(
         supplier: String,
         config: Arc<Live>,
-        root: PathBuf,
+        store: Store,
         audit: Trail,
         address: std::net::IpAddr,
         guard: tokio_util::task::task_tracker::TaskTrackerToken,
@@ -189,7 +190,7 @@ impl SftpSession {
         SftpSession {
             supplier,
             config,
-            root,
+            store,
             handles: HashMap::new(),
             next_handle: 0,
             version_seen: false,
@@ -212,17 +213,10 @@ impl SftpSession {
             .locate_audited(path, Action::FileOpen)
             .await
             .map_err(|_| no_such())?;
-        let real = self.real(&loc).await.map_err(|_| no_such())?;
+        let (store, at) = (self.store.clone(), loc.clone());
         let hex = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
             use std::io::Read;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&real)?;
-            if !f.metadata()?.is_file() {
-                return Err(std::io::Error::other("is a folder"));
-            }
+            let (mut f, _) = store.open_file(&at)?;
             let mut hasher = algorithm.hasher();
             let mut buf = vec![0u8; 256 << 10];
             loop {
@@ -312,43 +306,40 @@ impl SftpSession {
         Err(not_found())
     }
 
-    /// The real path of an area location, refused if a symlink anywhere in it
-    /// would lead elsewhere.
-    async fn real(&self, loc: &Location) -> Reply<PathBuf> {
-        let real = loc.real_path(&self.root).ok_or_else(not_found)?;
-        let canonical = tokio::fs::canonicalize(&real).await.map_err(failure)?;
-        if canonical != real {
-            tracing::warn!(path = %loc.virtual_path(), "refused a path that goes through a symlink");
-            return Err(not_found());
-        }
-        Ok(real)
+    /// Runs a call on the store on a blocking thread (file-system calls block).
+    async fn on_store<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Store) -> std::io::Result<T> + Send + 'static,
+    ) -> Reply<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || call(&store))
+            .await
+            .map_err(|_| StatusReply::from(StatusCode::Failure))?
+            .map_err(failure)
     }
 
     async fn root_mtime(&self) -> u32 {
-        tokio::fs::metadata(&self.root)
+        self.on_store(|s| s.stat(&Location::Root))
             .await
             .map(|m| m.mtime().clamp(0, u32::MAX as i64) as u32)
             .unwrap_or(0)
     }
 
     async fn attrs(&self, loc: &Location) -> Reply<FileAttributes> {
-        match loc {
-            Location::Area { .. } => {
-                let real = self.real(loc).await?;
-                let meta = tokio::fs::symlink_metadata(&real).await.map_err(failure)?;
-                Ok(attrs_of(&meta))
-            }
-            _ => {
-                // A visible authority or area folder exists only once something is published.
-                if let Location::Authority(a) = loc {
-                    let dir = crate::tree::authority_dir(&self.root, *a);
-                    if tokio::fs::metadata(&dir).await.is_err() {
-                        return Err(not_found());
-                    }
+        let at = loc.clone();
+        let meta = self
+            .on_store(move |s| {
+                // A visible authority folder exists only once something is published.
+                if matches!(at, Location::Authority(_)) && !s.holds(&at) {
+                    return Err(std::io::ErrorKind::NotFound.into());
                 }
-                Ok(dir_attrs(self.root_mtime().await))
-            }
-        }
+                s.stat(&at)
+            })
+            .await?;
+        Ok(match loc {
+            Location::Area { .. } => attrs_of(&meta),
+            _ => dir_attrs(meta.mtime().clamp(0, u32::MAX as i64) as u32),
+        })
     }
 
     async fn list(&self, loc: &Location) -> Reply<Vec<File>> {
@@ -359,7 +350,6 @@ impl SftpSession {
             File::new(".", dir_attrs(mtime)),
             File::new("..", dir_attrs(mtime)),
         ];
-        let exists = |p: PathBuf| async move { tokio::fs::metadata(p).await.is_ok() };
         match loc {
             Location::Root => {
                 for kind in AuthorityKind::ALL {
@@ -368,40 +358,53 @@ impl SftpSession {
                     }
                 }
             }
+            // The synthetic levels list what is visible and has something published.
             Location::Kind(kind) => {
-                for a in visible.keys().filter(|a| a.kind == *kind) {
-                    if exists(crate::tree::authority_dir(&self.root, *a)).await {
+                let candidates: Vec<Location> = visible
+                    .keys()
+                    .filter(|a| a.kind == *kind)
+                    .map(|a| Location::Authority(*a))
+                    .collect();
+                for at in self.published(candidates).await? {
+                    if let Location::Authority(a) = at {
                         out.push(File::new(a.code_str(), dir_attrs(mtime)));
                     }
                 }
             }
             Location::Authority(a) => {
-                for area in visible.get(a).into_iter().flatten() {
-                    if exists(tree::area_dir(&self.root, *a, area)).await {
-                        out.push(File::new(area.clone(), dir_attrs(mtime)));
+                let candidates: Vec<Location> = visible
+                    .get(a)
+                    .into_iter()
+                    .flatten()
+                    .map(|area| Location::Area {
+                        authority: *a,
+                        area: area.clone(),
+                        rest: Vec::new(),
+                    })
+                    .collect();
+                for at in self.published(candidates).await? {
+                    if let Location::Area { area, .. } = at {
+                        out.push(File::new(area, dir_attrs(mtime)));
                     }
                 }
             }
             Location::Area { .. } => {
-                let real = self.real(loc).await?;
-                let mut rd = tokio::fs::read_dir(&real).await.map_err(failure)?;
-                let mut files = Vec::new();
-                while let Some(e) = rd.next_entry().await.map_err(failure)? {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let Ok(meta) = e.metadata().await else {
-                        continue;
-                    };
-                    // Staging and temporary names and symlinks are not part of the view.
-                    if name.starts_with('.') || meta.file_type().is_symlink() {
-                        continue;
-                    }
-                    files.push(File::new(name, attrs_of(&meta)));
-                }
-                files.sort_by(|a, b| a.filename.cmp(&b.filename));
-                out.extend(files);
+                let at = loc.clone();
+                let entries = self.on_store(move |s| s.list(&at)).await?;
+                out.extend(
+                    entries
+                        .into_iter()
+                        .map(|(name, meta)| File::new(name, attrs_of(&meta))),
+                );
             }
         }
         Ok(out)
+    }
+
+    /// The locations among `candidates` that have something published.
+    async fn published(&self, candidates: Vec<Location>) -> Reply<Vec<Location>> {
+        self.on_store(move |s| Ok(candidates.into_iter().filter(|l| s.holds(l)).collect()))
+            .await
     }
 
     fn new_handle(&mut self, h: OpenHandle) -> Reply<String> {
@@ -448,23 +451,8 @@ impl russh_sftp::server::Handler for SftpSession {
             return Err(denied("open for writing"));
         }
         let loc = self.locate_audited(&filename, Action::FileOpen).await?;
-        let real = self.real(&loc).await?;
-        let file = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            use std::os::unix::fs::OpenOptionsExt;
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&real)?;
-            let meta = f.metadata()?;
-            Ok((f, meta))
-        })
-        .await
-        .map_err(|_| StatusReply::from(StatusCode::Failure))?
-        .map_err(failure)?;
-        let (file, meta) = file;
-        if !meta.is_file() {
-            return Err(StatusCode::Failure.with_message("not a regular file"));
-        }
+        let at = loc.clone();
+        let (file, meta) = self.on_store(move |s| s.open_file(&at)).await?;
         let handle = self.new_handle(OpenHandle::File {
             location: loc.clone(),
             file: Arc::new(file),

@@ -253,7 +253,7 @@ impl State {
         let interrupted =
             on!(self, p => sqlx::query(sql).bind(now()).execute(p).await?.rows_affected());
         for area in &config.areas {
-            let latest = crate::load::latest_loads(&config.storage_root, area)?;
+            let latest = crate::load::latest_loads(&config.store(), area)?;
             if let Some((id, wm)) = latest.values().max_by_key(|(id, _)| *id) {
                 self.set_watermark(&area.id, area.version, *wm, &id.to_string())
                     .await?;

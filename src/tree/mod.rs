@@ -1,7 +1,7 @@
-//! The published tree: where a load lives on disk, and the virtual view a
+//! The published tree: where a load lives, and the virtual view a
 //! supplier's SFTP session sees. [`resolve`] is the only place a client path
-//! becomes a location; [`Location::real_path`] the only place a location
-//! becomes a real path. Pure: no file-system access here.
+//! becomes a location. This module is pure; [`store`] is its file-system
+//! half, and the only place a location becomes a real path.
 //!
 //! Layout: `<root>/<kommune|akasse>/<code>/<area>/v<version>/<full|delta>/<load-id>/`
 //! holding the data files, `MANIFEST.json` and `SHA256SUMS`.
@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use crate::authority::{AuthorityId, AuthorityKind};
+
+pub mod store;
+pub use store::Store;
 
 /// Longest client path accepted (OpenSSH's PATH_MAX).
 pub const MAX_PATH_BYTES: usize = 4096;
@@ -65,18 +68,18 @@ impl fmt::Display for LoadId {
 }
 
 /// `<root>/<kind>/<code>/<area>`
-pub fn area_dir(root: &Path, authority: AuthorityId, area: &str) -> PathBuf {
+fn area_dir(root: &Path, authority: AuthorityId, area: &str) -> PathBuf {
     authority_dir(root, authority).join(area)
 }
 
 /// `<root>/<kind>/<code>`
-pub fn authority_dir(root: &Path, authority: AuthorityId) -> PathBuf {
+fn authority_dir(root: &Path, authority: AuthorityId) -> PathBuf {
     root.join(authority.kind.as_str())
         .join(authority.code_str())
 }
 
 /// `<root>/<kind>/<code>/<area>/v<version>/<full|delta>`
-pub fn kind_dir(
+fn kind_dir(
     root: &Path,
     authority: AuthorityId,
     area: &str,
@@ -89,7 +92,7 @@ pub fn kind_dir(
 }
 
 /// Where a published load lives.
-pub fn load_dir(
+fn load_dir(
     root: &Path,
     authority: AuthorityId,
     area: &str,
@@ -214,8 +217,9 @@ impl Location {
         }
     }
 
-    /// The real path for an area location; `None` for the synthetic levels above.
-    pub fn real_path(&self, root: &Path) -> Option<PathBuf> {
+    /// The real path for an area location; `None` for the synthetic levels
+    /// above. Only [`store`] calls it.
+    fn real_path(&self, root: &Path) -> Option<PathBuf> {
         match self {
             Location::Area {
                 authority,

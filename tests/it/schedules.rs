@@ -52,8 +52,7 @@ async fn scheduled_deltas_publish_changes() {
     let mut reached = false;
     for _ in 0..50 {
         let latest =
-            udstil::load::latest_loads(&config.storage_root, config.area("joblog").unwrap())
-                .unwrap();
+            udstil::load::latest_loads(&config.store(), config.area("joblog").unwrap()).unwrap();
         if latest.values().all(|(_, wm)| *wm >= hwm) {
             reached = true;
             break;

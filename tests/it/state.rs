@@ -100,8 +100,7 @@ async fn check_state(state_url: &str) {
         "interrupted"
     );
     // The tree is the truth for watermarks.
-    let tree =
-        udstil::load::latest_loads(&config.storage_root, config.area("joblog").unwrap()).unwrap();
+    let tree = udstil::load::latest_loads(&config.store(), config.area("joblog").unwrap()).unwrap();
     let (id, wm) = tree.values().max_by_key(|(id, _)| *id).unwrap();
     assert_eq!(
         state.watermark("joblog", 1).await.unwrap(),
@@ -139,12 +138,22 @@ async fn check_audit(config: &udstil::config::Config) {
 
     // Every person in one authority's full-load file is in the index of that load.
     let key = udstil::audit::load_or_create_key(&config.audit.key_file).unwrap();
-    let loads = udstil::load::published_loads(&config.storage_root, "joblog").unwrap();
+    let loads = config.store().loads("joblog").unwrap();
     let full = loads
         .iter()
-        .find(|l| l.dir.to_string_lossy().contains("/full/"))
+        .find(|l| l.kind == udstil::tree::LoadKind::Full)
         .unwrap();
-    let persons = common::persons_in(&full.dir);
+    let dir_of = |l: &udstil::tree::store::Load| {
+        config.storage_root.join(format!(
+            "{}/{}/v{}/{}/{}",
+            l.authority,
+            l.area,
+            l.version,
+            l.kind.as_str(),
+            l.id
+        ))
+    };
+    let persons = common::persons_in(&dir_of(full));
     assert!(!persons.is_empty());
     for cpr in &persons {
         assert!(
@@ -162,7 +171,7 @@ async fn check_audit(config: &udstil::config::Config) {
     let other = loads
         .iter()
         .filter(|l| l.authority != full.authority && l.id == full.id)
-        .flat_map(|l| common::persons_in(&l.dir))
+        .flat_map(|l| common::persons_in(&dir_of(l)))
         .find(|c| !persons.contains(c))
         .expect("another authority has other persons");
     assert!(
@@ -282,7 +291,7 @@ async fn a_load_published_but_not_recorded_is_recorded_once_afterwards() {
     // While a load of the area holds its lock (a run that has published and
     // is about to record), the load is that run's to record, not adopted.
     let joblog = config.area("joblog").unwrap();
-    let held = udstil::load::lock_area(&config.storage_root, joblog).unwrap();
+    let held = udstil::load::lock_area(&config.store(), joblog).unwrap();
     udstil::app::reconcile_state(&config).await;
     let runs = state.loads("joblog").await.unwrap();
     assert_eq!(runs.len(), 1, "{runs:?}");
