@@ -85,7 +85,7 @@ async fn bench_delta(config: &Config, src: &Source, delta_changes: u64) -> anyho
     let _ = std::process::Command::new("sync").status();
     // Like the full loads: no state recording and no person indexing (which
     // would first index every full load above).
-    let held = udstil::load::lock_area(&config.storage_root, joblog)?;
+    let held = udstil::load::lock_area(&config.store(), joblog)?;
     let r = udstil::load::delta_load(config, src, joblog, &held, None).await?;
     println!(
         "delta of joblog after {delta_changes} changes ({} journal rows in all areas, applied in {applied:.0}s): {} journal rows read, {} rows written, {:.3}s (watermark {} -> {hwm})",
@@ -130,7 +130,7 @@ async fn bench_area(
         // flushed first, so their writeback does not slow this load's sync.
         let _ = std::process::Command::new("sync").status();
         let c0 = cpu_seconds();
-        let held = udstil::load::lock_area(&config.storage_root, area)?;
+        let held = udstil::load::lock_area(&config.store(), area)?;
         let r = udstil::load::full_load(config, src, area, &held, None).await?;
         let c1 = cpu_seconds();
         let columns = match &columns {
@@ -219,17 +219,9 @@ fn cpu_seconds() -> (f64, f64, f64) {
     (own as f64 / 100.0, pg as f64 / 100.0, idle as f64 / 100.0)
 }
 
-async fn bench_load(opts: Options) -> anyhow::Result<()> {
-    let Options {
-        ref source,
-        citizens,
-        ref work_dir,
-        no_generate,
-        delta_changes,
-        ..
-    } = opts;
-    let source = source.as_str();
-    let work = work_dir.as_path();
+/// A fresh work folder holding the demo config pointed at `source`, with
+/// placeholder supplier keys; returns the config's path.
+fn work_folder(work: &std::path::Path, source: &str) -> anyhow::Result<std::path::PathBuf> {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
     let work = std::fs::canonicalize(work)?;
@@ -246,6 +238,20 @@ async fn bench_load(opts: Options) -> anyhow::Result<()> {
     }
     let cfg_path = work.join("udstil.toml");
     std::fs::write(&cfg_path, cfg_text)?;
+    Ok(cfg_path)
+}
+
+async fn bench_load(opts: Options) -> anyhow::Result<()> {
+    let Options {
+        ref source,
+        citizens,
+        ref work_dir,
+        no_generate,
+        delta_changes,
+        ..
+    } = opts;
+    let source = source.as_str();
+    let cfg_path = work_folder(work_dir, source)?;
     if !no_generate {
         let t = std::time::Instant::now();
         let s = Source::create(source).await?;

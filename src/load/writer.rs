@@ -39,6 +39,7 @@ use super::{FileEntry, LoadError, Omitted, delta, legacy, plan};
 use crate::authority::AuthorityId;
 use crate::config::Area;
 use crate::source::{Column, Extracted, Partition, arrow_schema};
+use crate::tree::store::staged_authority_dir;
 
 /// A file is closed and a new one started after this many rows.
 const MAX_ROWS_PER_FILE: u64 = 2_000_000;
@@ -298,6 +299,38 @@ impl Fanout {
     /// Routes one batch: each part joins its authority's pending rows, and
     /// full or oversized pending rows go to the encoders.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), LoadError> {
+        for (authority, (rows, ops)) in self.route_batch(batch)? {
+            let part = match &self.delta {
+                None if rows.len() == batch.num_rows() => batch.clone(),
+                None => arrow_select::take::take_record_batch(batch, &UInt32Array::from(rows))
+                    .map_err(self.arrow())?,
+                Some(d) => self.delta_part(batch, d.published, rows, ops)?,
+            };
+            let bytes = part.get_array_memory_size();
+            let p = self.pending.entry(authority).or_default();
+            p.rows += part.num_rows();
+            p.bytes += bytes;
+            p.batches.push(part);
+            self.pending_bytes += bytes;
+            if p.rows >= self.limits.job_rows {
+                self.send(authority)?;
+            }
+        }
+        while self.pending_bytes > self.limits.pending_bytes {
+            let largest = self
+                .pending
+                .iter()
+                .max_by_key(|(_, p)| p.bytes)
+                .map(|(a, _)| *a)
+                .expect("pending bytes are counted from pending rows");
+            self.send(largest)?;
+        }
+        Ok(())
+    }
+
+    /// Per authority: the rows of `batch` it gets and, for a delta, the
+    /// operation of each (a delta also advances its per-key state).
+    fn route_batch(&mut self, batch: &RecordBatch) -> Result<Routed, LoadError> {
         let col = |i: Option<usize>| {
             i.map(|i| {
                 batch
@@ -326,8 +359,7 @@ impl Fanout {
                 .expect("_op is text");
             (draft, ops)
         });
-        // Per authority: the rows it gets and, for a delta, the operation of each.
-        let mut rows_for: BTreeMap<AuthorityId, (Vec<u32>, Vec<&'static str>)> = BTreeMap::new();
+        let mut rows_for = Routed::new();
         for row in 0..batch.num_rows() {
             let r = plan::route(value(kommune, row), value(akasse, row));
             tally(&mut self.withheld, &r, self.delta.is_none());
@@ -357,60 +389,37 @@ impl Fanout {
                 }
             }
         }
-        for (authority, (rows, ops)) in rows_for {
-            let part = match &self.delta {
-                None if rows.len() == batch.num_rows() => batch.clone(),
-                None => arrow_select::take::take_record_batch(batch, &UInt32Array::from(rows))
-                    .map_err(self.arrow())?,
-                Some(d) => {
-                    let idx = UInt32Array::from(rows);
-                    let n = d.published;
-                    // A `D` row carries its key only: its other values are the
-                    // row's state after the change, which this authority may
-                    // not see (where the citizen moved, a draft's text).
-                    let deleted: BooleanArray = ops.iter().map(|op| Some(*op == "D")).collect();
-                    let mut cols = Vec::with_capacity(n + 3);
-                    for (i, c) in batch.columns()[..n].iter().enumerate() {
-                        let taken =
-                            arrow_select::take::take(c, &idx, None).map_err(self.arrow())?;
-                        cols.push(if self.key_cols.contains(&i) {
-                            taken
-                        } else {
-                            arrow_select::nullif::nullif(&taken, &deleted).map_err(self.arrow())?
-                        });
-                    }
-                    cols.push(Arc::new(StringArray::from(ops)) as arrow_array::ArrayRef);
-                    cols.push(
-                        arrow_select::take::take(batch.column(n + 1), &idx, None)
-                            .map_err(self.arrow())?,
-                    );
-                    cols.push(
-                        arrow_select::take::take(batch.column(n + 3), &idx, None)
-                            .map_err(self.arrow())?,
-                    );
-                    RecordBatch::try_new(self.schema.clone(), cols).map_err(self.arrow())?
-                }
-            };
-            let bytes = part.get_array_memory_size();
-            let p = self.pending.entry(authority).or_default();
-            p.rows += part.num_rows();
-            p.bytes += bytes;
-            p.batches.push(part);
-            self.pending_bytes += bytes;
-            if p.rows >= self.limits.job_rows {
-                self.send(authority)?;
-            }
+        Ok(rows_for)
+    }
+
+    /// One authority's rows of a delta batch (`published` data columns, then
+    /// `_draft`, `_op`, `_seq`), as the delta file's columns.
+    fn delta_part(
+        &self,
+        batch: &RecordBatch,
+        published: usize,
+        rows: Vec<u32>,
+        ops: Vec<&'static str>,
+    ) -> Result<RecordBatch, LoadError> {
+        let idx = UInt32Array::from(rows);
+        let n = published;
+        // A `D` row carries its key only: its other values are the row's
+        // state after the change, which this authority may not see (where
+        // the citizen moved, a draft's text).
+        let deleted: BooleanArray = ops.iter().map(|op| Some(*op == "D")).collect();
+        let mut cols = Vec::with_capacity(n + 3);
+        for (i, c) in batch.columns()[..n].iter().enumerate() {
+            let taken = arrow_select::take::take(c, &idx, None).map_err(self.arrow())?;
+            cols.push(if self.key_cols.contains(&i) {
+                taken
+            } else {
+                arrow_select::nullif::nullif(&taken, &deleted).map_err(self.arrow())?
+            });
         }
-        while self.pending_bytes > self.limits.pending_bytes {
-            let largest = self
-                .pending
-                .iter()
-                .max_by_key(|(_, p)| p.bytes)
-                .map(|(a, _)| *a)
-                .expect("pending bytes are counted from pending rows");
-            self.send(largest)?;
-        }
-        Ok(())
+        cols.push(Arc::new(StringArray::from(ops)) as arrow_array::ArrayRef);
+        cols.push(arrow_select::take::take(batch.column(n + 1), &idx, None).map_err(self.arrow())?);
+        cols.push(arrow_select::take::take(batch.column(n + 3), &idx, None).map_err(self.arrow())?);
+        RecordBatch::try_new(self.schema.clone(), cols).map_err(self.arrow())
     }
 
     /// Hands an authority's pending rows to its encoder.
@@ -697,6 +706,9 @@ impl Encoding {
 
 type Job = (AuthorityId, Vec<RecordBatch>);
 
+/// Per authority, the rows of a batch it gets and (deltas) their operations.
+type Routed = BTreeMap<AuthorityId, (Vec<u32>, Vec<&'static str>)>;
+
 /// An encoder thread and the way to it.
 struct Encoder {
     area: String,
@@ -766,43 +778,12 @@ struct LegacyBody {
 /// An encoder thread: writes each job as one row group of its authority's
 /// current file; when the jobs end, closes every file.
 fn encode(shared: &Encoding, jobs: Receiver<Job>) -> EncoderResult {
-    let io = |path: &Path| shared.io(path);
-    let pq = |source| shared.parquet(source);
     let mut open: BTreeMap<AuthorityId, AuthorityFiles> = BTreeMap::new();
     for (authority, batches) in jobs {
         let files = match open.entry(authority) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(v) => {
-                let dir = shared
-                    .staging
-                    .join(authority.kind.as_str())
-                    .join(authority.code_str());
-                std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-                let legacy = match &shared.legacy {
-                    Some(_) => {
-                        let tmp = shared.staging.join(".legacy");
-                        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-                        let path = tmp.join(format!(
-                            "{}-{}.txt",
-                            authority.kind.as_str(),
-                            authority.code_str()
-                        ));
-                        let file = File::create(&path).map_err(io(&path))?;
-                        Some(LegacyBody {
-                            out: BufWriter::with_capacity(IO_BUFFER, file),
-                            path,
-                            rows: 0,
-                        })
-                    }
-                    None => None,
-                };
-                v.insert(AuthorityFiles {
-                    dir,
-                    files: Vec::new(),
-                    current: None,
-                    legacy,
-                    legacy_omitted: Vec::new(),
-                })
+                v.insert(AuthorityFiles::start(shared, authority)?)
             }
         };
         // One batch per job: routed parts are many and small, and the Parquet
@@ -815,30 +796,84 @@ fn encode(shared: &Encoding, jobs: Receiver<Job>) -> EncoderResult {
                     message: e.to_string(),
                 })?,
         };
-        if let Some(body) = &mut files.legacy {
-            let mut text = String::with_capacity(batch.num_rows() * 128);
-            for row in 0..batch.num_rows() {
-                match legacy::unrepresentable(&batch, row) {
-                    None => {
-                        legacy::push_row(&mut text, &batch, row);
-                        body.rows += 1;
-                    }
-                    Some(col) => files.legacy_omitted.push(Omitted {
-                        key: key_string(&batch, &shared.key_cols, row),
-                        column: shared.schema.field(col).name().clone(),
-                    }),
-                }
+        files.write_legacy(shared, &batch)?;
+        files.write_parquet(shared, &batch)?;
+    }
+    let mut out = BTreeMap::new();
+    for (authority, files) in open {
+        out.insert(authority, files.finish(shared)?);
+    }
+    Ok(out)
+}
+
+impl AuthorityFiles {
+    /// An authority's first job: its staging folder, and the legacy body
+    /// beside it if the area has that output.
+    fn start(shared: &Encoding, authority: AuthorityId) -> Result<AuthorityFiles, LoadError> {
+        let io = |path: &Path| shared.io(path);
+        let dir = staged_authority_dir(&shared.staging, authority);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let legacy = match &shared.legacy {
+            Some(_) => {
+                let tmp = shared.staging.join(".legacy");
+                std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+                let path = tmp.join(format!(
+                    "{}-{}.txt",
+                    authority.kind.as_str(),
+                    authority.code_str()
+                ));
+                let file = File::create(&path).map_err(io(&path))?;
+                Some(LegacyBody {
+                    out: BufWriter::with_capacity(IO_BUFFER, file),
+                    path,
+                    rows: 0,
+                })
             }
-            body.out
-                .write_all(text.as_bytes())
-                .map_err(io(&body.path))?;
+            None => None,
+        };
+        Ok(AuthorityFiles {
+            dir,
+            files: Vec::new(),
+            current: None,
+            legacy,
+            legacy_omitted: Vec::new(),
+        })
+    }
+
+    /// Appends a job's rows to the legacy body; a row the format cannot
+    /// carry is left out and named by its key.
+    fn write_legacy(&mut self, shared: &Encoding, batch: &RecordBatch) -> Result<(), LoadError> {
+        let Some(body) = &mut self.legacy else {
+            return Ok(());
+        };
+        let mut text = String::with_capacity(batch.num_rows() * 128);
+        for row in 0..batch.num_rows() {
+            match legacy::unrepresentable(batch, row) {
+                None => {
+                    legacy::push_row(&mut text, batch, row);
+                    body.rows += 1;
+                }
+                Some(col) => self.legacy_omitted.push(Omitted {
+                    key: key_string(batch, &shared.key_cols, row),
+                    column: shared.schema.field(col).name().clone(),
+                }),
+            }
         }
+        body.out
+            .write_all(text.as_bytes())
+            .map_err(shared.io(&body.path))
+    }
+
+    /// Writes a job as row groups of the current file, starting a new file
+    /// when one is full.
+    fn write_parquet(&mut self, shared: &Encoding, batch: &RecordBatch) -> Result<(), LoadError> {
+        let pq = |source| shared.parquet(source);
         let mut at = 0;
         while at < batch.num_rows() {
-            if files.current.is_none() {
-                files.current = Some(open_file(shared, &files.dir, files.files.len())?);
+            if self.current.is_none() {
+                self.current = Some(open_file(shared, &self.dir, self.files.len())?);
             }
-            let current = files.current.as_mut().expect("opened above");
+            let current = self.current.as_mut().expect("opened above");
             let room = (shared.file_rows - current.rows) as usize;
             let n = room.min(batch.num_rows() - at);
             current.writer.write(&batch.slice(at, n)).map_err(pq)?;
@@ -848,30 +883,27 @@ fn encode(shared: &Encoding, jobs: Receiver<Job>) -> EncoderResult {
             current.rows += n as u64;
             at += n;
             if current.rows >= shared.file_rows {
-                let done = files.current.take().expect("open");
-                files.files.push(close(done, &files.dir, &shared.area)?);
+                let done = self.current.take().expect("open");
+                self.files.push(close(done, &self.dir, &shared.area)?);
             }
         }
+        Ok(())
     }
-    let mut out = BTreeMap::new();
-    for (authority, mut files) in open {
-        if let Some(current) = files.current.take() {
-            files.files.push(close(current, &files.dir, &shared.area)?);
+
+    /// Closes the open file and the legacy file.
+    fn finish(mut self, shared: &Encoding) -> Result<AuthorityOutput, LoadError> {
+        if let Some(current) = self.current.take() {
+            self.files.push(close(current, &self.dir, &shared.area)?);
         }
-        if let (Some(body), Some(spec)) = (files.legacy.take(), &shared.legacy) {
-            files
-                .files
-                .push(close_legacy(shared, &files.dir, spec, body)?);
+        if let (Some(body), Some(spec)) = (self.legacy.take(), &shared.legacy) {
+            self.files
+                .push(close_legacy(shared, &self.dir, spec, body)?);
         }
-        out.insert(
-            authority,
-            AuthorityOutput {
-                files: files.files,
-                legacy_omitted: files.legacy_omitted,
-            },
-        );
+        Ok(AuthorityOutput {
+            files: self.files,
+            legacy_omitted: self.legacy_omitted,
+        })
     }
-    Ok(out)
 }
 
 /// Writes `<name>.zip` holding `<name>.csv`: the header with the row count,
