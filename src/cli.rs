@@ -14,8 +14,18 @@ use udstil::tree::LoadKind;
     about = "DFDG extracts as per-authority Parquet trees, served over SFTP"
 )]
 pub struct Cli {
+    /// How log lines are written to standard error: `text` for people and
+    /// journald, `json` (one object per line) for log shipping.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]

@@ -30,16 +30,20 @@ macro_rules! out {
 
 fn main() -> ExitCode {
     one_malloc_arena();
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "udstil=info,sqlx=error,warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
         // Colour only on a terminal; journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let cli = Cli::parse();
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     // The command runs as a task on the runtime's workers, as the daemon's
     // scheduled loads do, not in `block_on` on this thread: this thread never

@@ -84,7 +84,10 @@ pub async fn run_loads(
     let mut reports = Vec::new();
     let mut failure = None;
     match Source::connect(&config.source_url).await {
-        Err(e) => failure = Some(AppError::Source(e)),
+        Err(e) => {
+            crate::metrics::get().source_up.set(0);
+            failure = Some(AppError::Source(e));
+        }
         Ok(source) => {
             for area in &areas {
                 match run_one(config, &source, state.as_ref(), area, &request).await {
@@ -156,7 +159,37 @@ async fn run_one(
     if let (Some(s), Some(id), Err(e)) = (state, run, &result) {
         let _ = s.load_failed(id, &e.to_string()).await.map_err(log_state);
     }
+    count_load(area, kind, &result);
     result
+}
+
+/// The load's metrics: its outcome, and for a published load its duration,
+/// size and the area's new watermark.
+fn count_load(area: &config::Area, kind: LoadKind, result: &Result<LoadReport, LoadError>) {
+    use crate::metrics::{AreaLabel, LoadLabels};
+    let m = crate::metrics::get();
+    m.load_ended(&area.id, kind.as_str(), result.is_ok());
+    if matches!(result, Err(LoadError::Source { .. })) {
+        m.source_up.set(0);
+    }
+    let Ok(r) = result else { return };
+    m.source_up.set(1);
+    let labels = LoadLabels {
+        area: area.id.clone(),
+        kind: kind.as_str(),
+    };
+    m.load_seconds
+        .get_or_create(&labels)
+        .observe(r.elapsed.as_secs_f64());
+    m.load_rows.get_or_create(&labels).inc_by(r.rows_written);
+    m.load_bytes.get_or_create(&labels).inc_by(r.bytes);
+    let at = AreaLabel {
+        area: area.id.clone(),
+    };
+    m.watermark.get_or_create(&at).set(r.watermark_to);
+    m.last_load
+        .get_or_create(&at)
+        .set(r.load_id.at.timestamp() as f64);
 }
 
 /// Records a published load: its run, its audit event and the log lines.

@@ -32,6 +32,8 @@ pub enum AppError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Sftp(#[from] SftpError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -99,7 +101,11 @@ const COLUMN_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// it: SFTP and reloads must not depend on the source (loads retry on their own).
 pub fn check_columns_in_background(config: Arc<Config>) {
     tokio::spawn(async move {
-        match tokio::time::timeout(COLUMN_CHECK_TIMEOUT, source_columns(&config)).await {
+        let checked = tokio::time::timeout(COLUMN_CHECK_TIMEOUT, source_columns(&config)).await;
+        crate::metrics::get()
+            .source_up
+            .set(matches!(checked, Ok(Ok(_))) as i64);
+        match checked {
             Ok(Ok(columns)) => {
                 for e in config::check_columns(&config, &columns) {
                     tracing::warn!(error = %e, "column check: loads of this area will fail until it is fixed");
@@ -114,6 +120,38 @@ pub fn check_columns_in_background(config: Arc<Config>) {
             ),
         }
     });
+}
+
+/// How often a server with metrics checks that DFDG answers.
+const SOURCE_PROBE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Keeps `udstil_source_up` current between loads: every minute, a
+/// connection to DFDG is opened and closed, until `stop`.
+pub async fn probe_source(live: Arc<config::Live>, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(SOURCE_PROBE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let url = live.get().source_url.clone();
+        let probe = async {
+            match tokio::time::timeout(COLUMN_CHECK_TIMEOUT, Source::connect(&url)).await {
+                Ok(Ok(source)) => {
+                    source.close().await;
+                    true
+                }
+                _ => false,
+            }
+        };
+        // A stop does not wait for a source that does not answer.
+        let up = tokio::select! {
+            _ = stop.cancelled() => return,
+            up = probe => up,
+        };
+        crate::metrics::get().source_up.set(up as i64);
+    }
 }
 
 /// The state database of a config, for the audit commands (which need one).

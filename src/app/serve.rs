@@ -20,7 +20,10 @@ use crate::state::State;
 /// A bound, ready server: the caller decides when to run it.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The HTTP listener's address, with `[http] listen`.
+    pub http_addr: Option<SocketAddr>,
     listener: TcpListener,
+    http: Option<TcpListener>,
     shared: Arc<Shared>,
     keys: Vec<russh::keys::PrivateKey>,
     /// The legacy profile is on (see `sftp::ssh_config`).
@@ -33,6 +36,7 @@ impl Server {
     /// writer: a server that cannot keep its audit trail does not start.
     pub async fn bind(config: Arc<Config>, listen: SocketAddr) -> Result<Server, AppError> {
         let keys = sftp::host_keys(&config.sftp)?;
+        let http_listen = config.http_listen;
         let legacy = config.sftp.legacy_host_key.is_some();
         let (trail, state) = match &config.state_url {
             Some(url) => {
@@ -56,9 +60,16 @@ impl Server {
             what: "listener address".into(),
             source,
         })?;
+        let http = match http_listen {
+            Some(a) => Some(crate::http::bind(a).await?),
+            None => None,
+        };
+        let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
         Ok(Server {
             addr,
+            http_addr,
             listener,
+            http,
             shared,
             keys,
             legacy,
@@ -96,11 +107,33 @@ impl Server {
                 stop.clone(),
             ))
         });
+        let probe = self.http.is_some().then(|| {
+            tokio::spawn(super::probe_source(
+                self.shared.config.clone(),
+                stop.clone(),
+            ))
+        });
+        let http = self.http.map(|listener| {
+            let views = crate::http::Views {
+                config: self.shared.config.clone(),
+                state: self.state.clone(),
+                sftp: self.shared.clone(),
+            };
+            tokio::spawn(crate::http::serve(listener, views, stop.clone()))
+        });
         let served = sftp::serve(self.listener, self.shared, self.keys, self.legacy).await;
-        // The upkeep ends with the server (the same stop), after its round.
+        // The upkeep and the HTTP side end with the server (the same stop).
         stop.cancel();
         if let Some(task) = upkeep {
             let _ = task.await;
+        }
+        if let Some(task) = probe {
+            let _ = task.await;
+        }
+        if let Some(task) = http
+            && let Ok(Err(e)) = task.await
+        {
+            tracing::error!(error = %e, "the HTTP listener failed");
         }
         served?;
         Ok(())
@@ -123,6 +156,7 @@ pub async fn reload(live: &Live, path: &Path) -> Result<Vec<AccessChange>, Confi
         ),
         ("[storage] root", old.storage_root != new.storage_root),
         ("[state] url", old.state_url != new.state_url),
+        ("[http] listen", old.http_listen != new.http_listen),
     ] {
         if changed {
             tracing::warn!(
@@ -152,6 +186,12 @@ pub async fn reload_recorded(
     trigger: &str,
 ) -> Result<Vec<AccessChange>, ConfigErrors> {
     let result = reload(live, path).await;
+    crate::metrics::get()
+        .reloads
+        .get_or_create(&crate::metrics::Outcome {
+            outcome: if result.is_ok() { "ok" } else { "refused" },
+        })
+        .inc();
     let event = match &result {
         Ok(changes) => {
             let list: Vec<String> = changes.iter().map(|c| c.to_string()).collect();

@@ -35,9 +35,11 @@ impl Trail {
 
     /// Records an event; waits while the queue is full.
     pub async fn record(&self, event: Event) {
-        if let Some(tx) = &self.tx
-            && tx.send(Msg::Event(Box::new(event))).await.is_err()
-        {
+        let Some(tx) = &self.tx else { return };
+        let backlog = &crate::metrics::get().audit_backlog;
+        backlog.inc();
+        if tx.send(Msg::Event(Box::new(event))).await.is_err() {
+            backlog.dec();
             tracing::error!("audit writer has stopped; an audit event was lost");
         }
     }
@@ -45,6 +47,8 @@ impl Trail {
     /// Records from a context that cannot wait (a `Drop`).
     pub fn record_detached(&self, event: Event) {
         let Some(tx) = &self.tx else { return };
+        let backlog = &crate::metrics::get().audit_backlog;
+        backlog.inc();
         match tx.try_send(Msg::Event(Box::new(event))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(event)) => {
@@ -56,6 +60,7 @@ impl Trail {
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
+                backlog.dec();
                 tracing::error!("audit writer has stopped; an audit event was lost");
             }
         }
@@ -91,6 +96,9 @@ async fn write_all(state: State, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         append_retrying(&state, &events, u32::MAX).await;
+        crate::metrics::get()
+            .audit_backlog
+            .dec_by(events.len() as i64);
         events.clear();
         for done in flushed {
             let _ = done.send(());

@@ -50,6 +50,7 @@ pub fn read(text: &str) -> Result<(Document, Vec<Problem>), Vec<Problem>> {
             "source" => r.doc.raw.source = r.item(value, "[source]"),
             "state" => r.doc.raw.state = r.item(value, "[state]"),
             "audit" => r.doc.raw.audit = r.item(value, "[audit]"),
+            "http" => r.doc.raw.http = r.item(value, "[http]"),
             "supplier" => {
                 let (read, unreadable) = r.elements(value, "supplier", "supplier");
                 r.doc.raw.suppliers = read;

@@ -75,6 +75,8 @@ pub struct Config {
     pub storage_root: PathBuf,
     pub source_url: String,
     pub state_url: Option<String>,
+    /// `[http] listen`: the health, readiness and metrics listener, if any.
+    pub http_listen: Option<SocketAddr>,
     pub audit: AuditSettings,
     pub suppliers: BTreeMap<String, Supplier>,
     pub agreements: Agreements,
@@ -344,6 +346,7 @@ impl Validator<'_> {
                 .map_or_else(PathBuf::new, |s| self.path(s.root.get_ref())),
             source_url: source_url.unwrap_or_default(),
             state_url,
+            http_listen: self.http_listen(raw.http.as_ref()),
             audit: self.audit_settings(raw.audit.as_ref()),
             suppliers,
             agreements,
@@ -351,6 +354,24 @@ impl Validator<'_> {
             key_files: std::mem::take(&mut self.key_files),
         };
         source_usable.then_some(config)
+    }
+
+    /// `[http] listen`, if set.
+    fn http_listen(&mut self, http: Option<&RawHttp>) -> Option<SocketAddr> {
+        let listen = http?.listen.as_ref()?;
+        match listen.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    listen.span(),
+                    format!(
+                        "[http] listen = \"{}\" is not an address and port such as 127.0.0.1:9100",
+                        listen.get_ref()
+                    ),
+                );
+                None
+            }
+        }
     }
 
     /// The `[sftp]` settings; supplier networks are never banned either.

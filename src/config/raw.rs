@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub state: Option<RawState>,
     /// `[audit]`
     pub audit: Option<RawAudit>,
+    /// `[http]`
+    pub http: Option<RawHttp>,
     /// `[[supplier]]`: BI suppliers that log in over SFTP.
     pub suppliers: Vec<Spanned<RawSupplier>>,
     /// `[agreements]`
@@ -99,6 +101,13 @@ pub struct RawSource {
 pub struct RawState {
     /// The platform's own state database (loads, watermarks, audit).
     pub url: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawHttp {
+    /// Address and port of the read-only HTTP listener, e.g. `127.0.0.1:9100`:
+    /// `/healthz`, `/readyz` and `/metrics` (Prometheus). No listener without it.
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

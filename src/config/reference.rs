@@ -16,6 +16,7 @@ const SECTIONS: &[(&str, &str, &str)] = &[
     ("RawSource", "[source]", "source"),
     ("RawState", "[state]", "state"),
     ("RawAudit", "[audit]", "audit"),
+    ("RawHttp", "[http]", "http"),
     ("RawSupplier", "[[supplier]]", "supplier"),
     ("RawKey", "[[supplier.key]]", "supplier.key"),
     (

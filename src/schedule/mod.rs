@@ -50,6 +50,29 @@ pub fn last_tick(schedule: &cron::Schedule, now: DateTime<Utc>) -> Option<DateTi
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// The longest wait between two runs of any of `schedules` (together) in
+/// the eight days after `from`: how old an area's data may get before a
+/// run is late (a weekday schedule waits over the weekend).
+pub fn longest_gap(schedules: &[&cron::Schedule], from: DateTime<Utc>) -> Option<Duration> {
+    let until = from + chrono::Duration::days(8);
+    let mut ticks: Vec<DateTime<Utc>> = Vec::new();
+    for s in schedules {
+        // Bounded: a schedule every second would otherwise list 700,000 ticks.
+        ticks.extend(
+            s.after(&from.with_timezone(&Copenhagen))
+                .take(20_000)
+                .map(|t| t.with_timezone(&Utc))
+                .take_while(|t| *t <= until),
+        );
+    }
+    ticks.sort();
+    ticks.dedup();
+    ticks
+        .windows(2)
+        .filter_map(|w| (w[1] - w[0]).to_std().ok())
+        .max()
+}
+
 /// After downtime: is a run owed because a tick passed since the last run?
 pub fn catch_up_due(
     schedule: &cron::Schedule,

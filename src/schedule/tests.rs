@@ -196,3 +196,21 @@ async fn a_failed_run_is_retried_with_backoff() {
         .collect();
     assert_eq!(at, ["13:00:00", "13:00:30", "13:02:30"]);
 }
+
+#[test]
+fn the_longest_gap_spans_a_weekend_and_joins_schedules() {
+    let from = t("2026-12-02T12:00:00Z"); // a Wednesday
+    let weekdays = every("0 0 2 * * Mon-Fri");
+    let hourly = every("0 0 * * * *");
+    let weekly = every("0 0 3 * * Sun");
+    let day = Duration::from_secs(86_400);
+    assert_eq!(longest_gap(&[&weekdays], from), Some(3 * day));
+    assert_eq!(
+        longest_gap(&[&hourly], from),
+        Some(Duration::from_secs(3600))
+    );
+    // A weekly full on Sunday shortens the weekend gap of the weekday deltas.
+    let joined = longest_gap(&[&weekdays, &weekly], from).unwrap();
+    assert!(joined < 3 * day && joined > day, "{joined:?}");
+    assert_eq!(longest_gap(&[], from), None);
+}

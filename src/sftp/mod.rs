@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{Action, Event, Trail};
 use crate::config::Live;
+use crate::metrics::{Outcome, Reason};
 use crate::tree::Store;
 pub use defender::{Defender, Verdict};
 pub use gate::{Admission, Caps, Gate};
@@ -295,6 +296,11 @@ impl Shared {
     /// Connections that have not logged in yet.
     pub fn unauthenticated(&self) -> usize {
         self.gate.lock().expect("gate lock").len()
+    }
+
+    /// Logged-in connections holding a session slot.
+    pub fn sessions_open(&self) -> usize {
+        self.sessions.lock().expect("sessions lock").values().sum()
     }
 
     /// Takes one of the supplier's session slots, if one is free.
@@ -623,6 +629,7 @@ fn left_without_login(shared: &Shared, peer: SocketAddr, place: gate::Place, spo
         tracing::warn!(peer = %peer, suppliers = %exempt_of.join(","), "a connection from a supplier's network ended without a login");
     } else if let Some(length) = ban {
         tracing::warn!(peer = %peer.ip(), ban_s = length.as_secs(), "address banned after repeated failed logins");
+        crate::metrics::get().bans.inc();
     }
 }
 
@@ -697,22 +704,59 @@ struct Connection {
 }
 
 /// Why a key offered by `user` is not accepted now, if it is not.
+/// Why a login is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    UnknownUser,
+    AddressNotAllowed,
+    Sha1Signature,
+    KeyNotValidNow,
+    UnknownKey,
+    Password,
+}
+
+impl Refusal {
+    /// For the log and the audit trail.
+    fn message(self) -> &'static str {
+        match self {
+            Refusal::UnknownUser => "unknown user",
+            Refusal::AddressNotAllowed => "address not allowed for this supplier",
+            Refusal::Sha1Signature => "ssh-rsa (SHA-1) signature refused",
+            Refusal::KeyNotValidNow => "key not valid now",
+            Refusal::UnknownKey => "unknown key",
+            Refusal::Password => "password authentication is not offered",
+        }
+    }
+
+    /// The `reason` label of `udstil_refusals_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::UnknownUser => "unknown_user",
+            Refusal::AddressNotAllowed => "address_not_allowed",
+            Refusal::Sha1Signature => "sha1_signature",
+            Refusal::KeyNotValidNow => "key_not_valid_now",
+            Refusal::UnknownKey => "unknown_key",
+            Refusal::Password => "password",
+        }
+    }
+}
+
 fn login_refusal(
     config: &crate::config::Config,
     user: &str,
     key: &PublicKey,
     algorithm: &Algorithm,
     ip: IpAddr,
-) -> Option<&'static str> {
+) -> Option<Refusal> {
     let Some(supplier) = config.suppliers.get(user) else {
-        return Some("unknown user");
+        return Some(Refusal::UnknownUser);
     };
     if !supplier.allows_address(ip) {
-        return Some("address not allowed for this supplier");
+        return Some(Refusal::AddressNotAllowed);
     }
     // The same RSA key may sign with SHA-1 (`ssh-rsa`); only SHA-2 is accepted.
     if matches!(algorithm, Algorithm::Rsa { hash: None }) {
-        return Some("ssh-rsa (SHA-1) signature refused");
+        return Some(Refusal::Sha1Signature);
     }
     if supplier.key_valid_at(key, Utc::now()).is_none() {
         return Some(
@@ -721,9 +765,9 @@ fn login_refusal(
                 .iter()
                 .any(|k| k.key.key_data() == key.key_data())
             {
-                "key not valid now"
+                Refusal::KeyNotValidNow
             } else {
-                "unknown key"
+                Refusal::UnknownKey
             },
         );
     }
@@ -735,11 +779,23 @@ impl Connection {
         self.peer.ip()
     }
 
-    /// Records a refused login attempt in the audit trail.
-    async fn audit_refusal(&self, user: &str, fingerprint: Option<String>, reason: &str) {
-        let mut e = Event::new(Action::LoginRefused, &format!("refused: {reason}"))
-            .supplier(user)
-            .address(self.ip());
+    /// Records a refused login attempt in the audit trail and the metrics.
+    async fn audit_refusal(&self, user: &str, fingerprint: Option<String>, reason: Refusal) {
+        let m = crate::metrics::get();
+        m.logins
+            .get_or_create(&Outcome { outcome: "refused" })
+            .inc();
+        m.refusals
+            .get_or_create(&Reason {
+                reason: reason.label(),
+            })
+            .inc();
+        let mut e = Event::new(
+            Action::LoginRefused,
+            &format!("refused: {}", reason.message()),
+        )
+        .supplier(user)
+        .address(self.ip());
         e.key_fingerprint = fingerprint;
         self.shared.audit.record(e).await;
     }
@@ -771,7 +827,7 @@ impl russh::server::Handler for Connection {
             None => Ok(Auth::Accept),
             Some(reason) => {
                 let fingerprint = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
-                tracing::info!(user, %fingerprint, peer = %self.peer, reason, "login refused");
+                tracing::info!(user, %fingerprint, peer = %self.peer, reason = reason.message(), "login refused");
                 self.audit_refusal(user, Some(fingerprint), reason).await;
                 self.penalty().await;
                 Ok(Auth::reject())
@@ -788,7 +844,7 @@ impl russh::server::Handler for Connection {
         let config = self.shared.config.get();
         if let Some(reason) = login_refusal(&config, user, key.public_key, key.algorithm, self.ip())
         {
-            tracing::info!(user, %fingerprint, peer = %self.peer, reason, "login refused");
+            tracing::info!(user, %fingerprint, peer = %self.peer, reason = reason.message(), "login refused");
             self.audit_refusal(user, Some(fingerprint.to_string()), reason)
                 .await;
             self.penalty().await;
@@ -798,13 +854,20 @@ impl russh::server::Handler for Connection {
         // Over the cap, the login itself succeeds (it is no attack) but no
         // session channel opens; see `channel_open_session`.
         self.slot = self.shared.session_slot(user, cap);
-        let outcome = if self.slot.is_none() {
+        let (outcome, label) = if self.slot.is_none() {
             tracing::warn!(supplier = user, cap, peer = %self.peer, "session refused: the supplier has reached its session cap");
-            "ok; no session: the supplier's session cap is reached"
+            (
+                "ok; no session: the supplier's session cap is reached",
+                "no_session",
+            )
         } else {
             tracing::info!(supplier = user, %fingerprint, peer = %self.peer, "login accepted");
-            "ok"
+            ("ok", "accepted")
         };
+        crate::metrics::get()
+            .logins
+            .get_or_create(&Outcome { outcome: label })
+            .inc();
         self.shared
             .audit
             .record(
@@ -831,8 +894,7 @@ impl russh::server::Handler for Connection {
 
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
         tracing::info!(user, peer = %self.peer, "login refused: password authentication is not offered");
-        self.audit_refusal(user, None, "password authentication is not offered")
-            .await;
+        self.audit_refusal(user, None, Refusal::Password).await;
         self.penalty().await;
         Ok(Auth::reject())
     }

@@ -17,6 +17,7 @@ use russh_sftp::server::StatusReply;
 use crate::audit::{Action, Event, Trail};
 use crate::authority::AuthorityKind;
 use crate::config::Live;
+use crate::metrics;
 use crate::tree::{self, Location, Store};
 
 /// How long an open handle trusts its last access check; a revoked
@@ -75,6 +76,19 @@ impl SftpSession {
             return None;
         };
         let complete = *reached >= *size && *served >= *size;
+        if let Location::Area { area, .. } = location {
+            let m = crate::metrics::get();
+            let area = area.clone();
+            m.bytes_served
+                .get_or_create(&metrics::AreaLabel { area: area.clone() })
+                .inc_by(*served);
+            m.downloads
+                .get_or_create(&metrics::Download {
+                    area,
+                    outcome: if complete { "complete" } else { "partial" },
+                })
+                .inc();
+        }
         Some(
             Event::new(
                 Action::Download,
@@ -112,7 +126,16 @@ struct Checked {
 type Reply<T> = Result<T, StatusReply>;
 
 fn denied(what: &str) -> StatusReply {
+    refused("read_only");
     StatusCode::PermissionDenied.with_message(format!("{what}: the platform is read-only"))
+}
+
+/// Counts a refused request by reason (a fixed set).
+fn refused(reason: &'static str) {
+    crate::metrics::get()
+        .refusals
+        .get_or_create(&metrics::Reason { reason })
+        .inc();
 }
 
 fn not_found() -> StatusReply {
@@ -255,6 +278,7 @@ impl SftpSession {
         if self.allowed(&loc) {
             return Ok(loc);
         }
+        refused("no_agreement");
         self.audit
             .record(self.event(action, "refused: no agreement in force", &loc))
             .await;

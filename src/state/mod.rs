@@ -97,6 +97,12 @@ impl State {
         on!(self, p => p.close().await)
     }
 
+    /// Whether the database answers (a readiness probe).
+    pub async fn ping(&self) -> Result<(), StateError> {
+        on!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
     /// Records that a load started; returns its row id.
     pub async fn load_started(
         &self,

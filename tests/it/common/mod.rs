@@ -19,6 +19,8 @@ pub struct Env {
     pub config_path: PathBuf,
     pub config: Arc<Config>,
     pub addr: SocketAddr,
+    /// The HTTP listener, when the config has `[http] listen`.
+    pub http_addr: Option<SocketAddr>,
     /// The config in force in the running server (reloads replace it).
     pub live: Arc<udstil::config::Live>,
 }
@@ -128,7 +130,7 @@ pub async fn start_with(citizens: u64, edit: impl FnOnce(&Path, &mut String)) ->
     let server = app::Server::bind(config.clone(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let addr = server.addr;
+    let (addr, http_addr) = (server.addr, server.http_addr);
     let live = server.live();
     tokio::spawn(server.run());
     Env {
@@ -136,6 +138,7 @@ pub async fn start_with(citizens: u64, edit: impl FnOnce(&Path, &mut String)) ->
         config_path,
         config,
         addr,
+        http_addr,
         live,
     }
 }
