@@ -75,6 +75,22 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The delivery ledger: per supplier, authority and data area, the newest
+    /// load published and the newest one the supplier fetched completely, the
+    /// loads it never fetched completely, and what it needs to be current.
+    Ledger {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        supplier: Option<String>,
+        /// `kommune/101` or `akasse/901`.
+        #[arg(long)]
+        authority: Option<String>,
+        #[arg(long)]
+        area: Option<String>,
+        #[arg(long, value_enum, default_value_t = LedgerFormat::Text)]
+        format: LedgerFormat,
+    },
     /// Synthetic DFDG commands.
     Fixtures {
         #[command(subcommand)]
@@ -197,6 +213,13 @@ impl QueryFilter {
 pub enum AuditFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum LedgerFormat {
+    Text,
+    Json,
+    Csv,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

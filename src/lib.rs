@@ -8,6 +8,7 @@ pub mod authority;
 pub mod config;
 pub mod fixtures;
 pub mod http;
+pub mod ledger;
 pub mod load;
 pub mod metrics;
 pub mod schedule;

@@ -90,6 +90,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Access { command } => access(command),
+        Command::Ledger {
+            config,
+            supplier,
+            authority,
+            area,
+            format,
+        } => {
+            let c = config_file(&config)?;
+            let authority = match authority {
+                Some(a) => Some(
+                    a.parse()
+                        .map_err(|e| anyhow::anyhow!("--authority {a}: {e}"))?,
+                ),
+                None => None,
+            };
+            let filter = app::LedgerFilter {
+                supplier,
+                authority,
+                area,
+            };
+            let entries = app::ledger(&c, &filter).await?;
+            match format {
+                LedgerFormat::Text => out!("{}", udstil::ledger::text(&entries)),
+                LedgerFormat::Json => out!("{}", serde_json::to_string_pretty(&entries)?),
+                LedgerFormat::Csv => out!("{}", udstil::ledger::csv(&entries)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit { command } => audit(command).await,
         Command::Serve { config } => match app::serve(&config).await {
             Ok(()) => Ok(ExitCode::SUCCESS),

@@ -33,6 +33,12 @@ pub struct AreaLabel {
     pub area: String,
 }
 
+/// A supplier of the config (so bounded by it); never a name a client sent.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SupplierLabel {
+    pub supplier: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Download {
     pub area: String,
@@ -83,6 +89,9 @@ pub struct Metrics {
     /// The longest wait between two scheduled loads of the area: the age
     /// its data may reach before a load is late.
     pub schedule_gap: Family<AreaLabel, FloatGauge>,
+    /// Per supplier, kept loads its replay lacks (the delivery ledger's
+    /// `not_fetched`, summed over its authorities and areas).
+    pub loads_behind: Family<SupplierLabel, Gauge>,
     /// 1 if the last attempt to reach DFDG succeeded.
     pub source_up: Gauge,
     pub reloads: Family<Outcome, Counter>,
@@ -111,6 +120,7 @@ impl Metrics {
             last_load: Family::default(),
             data_age: Family::default(),
             schedule_gap: Family::default(),
+            loads_behind: Family::default(),
             source_up: Gauge::default(),
             reloads: Family::default(),
             audit_backlog: Gauge::default(),
@@ -177,6 +187,11 @@ impl Metrics {
             "area_schedule_gap_seconds",
             "Longest wait between two scheduled loads of the data area",
             m.schedule_gap.clone(),
+        );
+        r.register(
+            "supplier_loads_behind",
+            "Kept loads a supplier's replay lacks, over its authorities and areas",
+            m.loads_behind.clone(),
         );
         r.register(
             "source_up",

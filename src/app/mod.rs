@@ -2,6 +2,7 @@
 //! operator runs. Policy, planning and layout live in their own modules.
 
 mod demo;
+mod ledger;
 mod loads;
 mod serve;
 
@@ -17,6 +18,7 @@ use crate::source::{Source, SourceError};
 use crate::state::State;
 
 pub use demo::{Demo, demo, describe_access, prepare_demo};
+pub use ledger::{LedgerFilter, ledger, ledger_on};
 pub use loads::{
     LoadRequest, audit_housekeeping, reconcile_state, run_loads, schedules_differ, spawn_schedules,
 };

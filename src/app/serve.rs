@@ -118,6 +118,7 @@ impl Server {
                 config: self.shared.config.clone(),
                 state: self.state.clone(),
                 sftp: self.shared.clone(),
+                ledger_at: Default::default(),
             };
             tokio::spawn(crate::http::serve(listener, views, stop.clone()))
         });

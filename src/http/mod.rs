@@ -30,12 +30,18 @@ pub enum HttpError {
     Serve(std::io::Error),
 }
 
+/// How often the per-supplier ledger gauge is recomputed: it reads every
+/// kept manifest of the areas suppliers may read.
+const LEDGER_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What the endpoints look at.
 #[derive(Clone)]
 pub struct Views {
     pub config: Arc<Live>,
     pub state: Option<State>,
     pub sftp: Arc<Shared>,
+    /// When the ledger gauge was last computed.
+    pub ledger_at: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 pub fn router(views: Views) -> Router {
@@ -110,6 +116,7 @@ async fn refresh(views: &Views) {
     let m = metrics::get();
     m.sessions.set(views.sftp.sessions_open() as i64);
     let config = views.config.get();
+    refresh_ledger(views, &config).await;
     let now = chrono::Utc::now();
     for area in &config.areas {
         let schedules: Vec<&cron::Schedule> = [&area.schedule_delta, &area.schedule_full]
@@ -156,5 +163,39 @@ async fn refresh(views: &Views) {
         m.data_age
             .get_or_create(&label)
             .set((now - id.at).num_milliseconds() as f64 / 1000.0);
+    }
+}
+
+/// Sets `udstil_supplier_loads_behind` from the delivery ledger, at most
+/// once a minute (concurrent scrapes wait for the one computing it).
+async fn refresh_ledger(views: &Views, config: &crate::config::Config) {
+    let Some(state) = &views.state else { return };
+    let mut at = views.ledger_at.lock().await;
+    if at.is_some_and(|t| t.elapsed() < LEDGER_EVERY) {
+        return;
+    }
+    *at = Some(std::time::Instant::now());
+    let filter = crate::app::LedgerFilter::default();
+    let entries = match crate::app::ledger_on(config, state, &filter).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot build the delivery ledger");
+            return;
+        }
+    };
+    let mut behind: std::collections::BTreeMap<&str, i64> =
+        config.suppliers.keys().map(|s| (s.as_str(), 0)).collect();
+    for e in &entries {
+        if let Some(n) = behind.get_mut(e.supplier.as_str()) {
+            *n += e.not_fetched.len() as i64;
+        }
+    }
+    let m = metrics::get();
+    for (supplier, n) in behind {
+        m.loads_behind
+            .get_or_create(&metrics::SupplierLabel {
+                supplier: supplier.to_string(),
+            })
+            .set(n);
     }
 }

@@ -186,6 +186,25 @@ impl State {
         Ok(rows.into_iter().map(record).collect())
     }
 
+    /// Complete downloads, `(supplier, authority, area, load id, file)`,
+    /// of one supplier and authority or of all, for the delivery ledger.
+    #[allow(clippy::type_complexity)]
+    pub async fn complete_downloads(
+        &self,
+        supplier: Option<&str>,
+        authority: Option<&str>,
+    ) -> Result<Vec<(String, String, String, String, String)>, StateError> {
+        let sql = "SELECT DISTINCT supplier, authority, area, load_id, file FROM audit \
+                   WHERE action = 'download' AND outcome = 'complete' AND supplier IS NOT NULL \
+                   AND authority IS NOT NULL AND area IS NOT NULL AND load_id IS NOT NULL \
+                   AND file IS NOT NULL AND ($1 IS NULL OR supplier = $1) AND ($2 IS NULL OR authority = $2)";
+        Ok(on!(self, p => sqlx::query_as(sql)
+            .bind(supplier)
+            .bind(authority)
+            .fetch_all(p)
+            .await?))
+    }
+
     /// Downloads (bytes served) of data files from loads whose index holds
     /// `person`, oldest first.
     pub async fn audit_person(&self, person: &PersonId) -> Result<Vec<PersonDownload>, StateError> {

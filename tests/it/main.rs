@@ -9,6 +9,7 @@ mod access_cli;
 mod audit;
 mod config_check;
 mod front_door;
+mod ledger;
 mod operations;
 mod postgres_source;
 mod reload;

@@ -111,7 +111,7 @@ async fn prometheus_scrapes_the_load_counter_and_the_watermark_age() {
     );
     assert!(out.status.success(), "{}", common::stderr(&out));
     let stranger = common::keygen(env.path(), "stranger", &["-t", "ed25519"]);
-    let refused = common::sftp_with_key(env.addr, "bi-alpha", &stranger, "ls\n", &[]);
+    let refused = common::sftp_with_key(env.addr, "mallory", &stranger, "ls\n", &[]);
     assert!(!refused.status.success());
 
     let (code, exposition) = get(http, "/metrics");
@@ -119,13 +119,15 @@ async fn prometheus_scrapes_the_load_counter_and_the_watermark_age() {
     for line in [
         "udstil_loads_total{area=\"joblog\",kind=\"full\",outcome=\"published\"}",
         "udstil_sftp_logins_total{outcome=\"accepted\"}",
-        "udstil_refusals_total{reason=\"unknown_key\"}",
         "udstil_sftp_downloads_total{area=\"joblog\",outcome=\"complete\"}",
         "udstil_area_data_age_seconds{area=\"joblog\"}",
+        "udstil_refusals_total{reason=\"unknown_user\"}",
+        "udstil_supplier_loads_behind{supplier=\"bi-gamma\"} 0",
     ] {
         assert!(exposition.contains(line), "{line} missing:\n{exposition}");
     }
-    // Labels hold no person numbers (no long digit runs) and no user names.
+    // Labels hold no person numbers (no long digit runs) and no user name a
+    // client sent.
     for line in exposition.lines().filter(|l| !l.starts_with('#')) {
         let labels = line
             .split_once('{')
@@ -137,7 +139,7 @@ async fn prometheus_scrapes_the_load_counter_and_the_watermark_age() {
             .max()
             .unwrap_or(0);
         assert!(longest_digits < 6, "{line}");
-        assert!(!labels.contains("bi-alpha"), "{line}");
+        assert!(!labels.contains("mallory"), "{line}");
     }
 
     // promtool lints the exposition as Prometheus reads it.
@@ -176,6 +178,9 @@ async fn prometheus_scrapes_the_load_counter_and_the_watermark_age() {
     assert!(watermark > 0.0, "{watermark}");
     let up = prometheus.value("up{job=\"udstil\"}");
     assert_eq!(up, 1.0);
+    // bi-alpha fetched kommune 101's joblog only: its other areas are behind.
+    let behind = prometheus.value("udstil_supplier_loads_behind{supplier=\"bi-alpha\"}");
+    assert!(behind >= 1.0, "{behind}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

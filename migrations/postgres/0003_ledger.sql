@@ -1,0 +1,2 @@
+-- The delivery ledger reads a supplier's complete downloads.
+CREATE INDEX audit_downloads ON audit (action, supplier);
