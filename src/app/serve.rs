@@ -49,7 +49,11 @@ impl Server {
                 (Trail::disabled(), None)
             }
         };
-        let shared = Shared::new(Live::new(config), trail)?;
+        let live = Live::new(config);
+        let ledger = state
+            .clone()
+            .map(|state| ledger_source(live.clone(), state));
+        let shared = Shared::new(live, trail, ledger)?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| AppError::Io {
@@ -139,6 +143,58 @@ impl Server {
         served?;
         Ok(())
     }
+}
+
+/// How long a supplier's `LEDGER.json` is reused: a listing of the root and
+/// the download that follows see the same file, and a client listing in a
+/// loop does not rebuild the ledger each time.
+const LEDGER_REUSE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Makes a supplier's `LEDGER.json` for its SFTP root: its own rows of
+/// the delivery ledger for what it may read now (the operator's `udstil
+/// ledger` also shows what it fetched before an agreement ended). A
+/// supplier that may read nothing has no ledger file, as its view is empty.
+fn ledger_source(live: Arc<Live>, state: State) -> sftp::LedgerSource {
+    type Made = std::collections::HashMap<String, (std::time::Instant, Vec<u8>)>;
+    let made: Arc<tokio::sync::Mutex<Made>> = Default::default();
+    Arc::new(move |supplier: String| {
+        let (live, state, made) = (live.clone(), state.clone(), made.clone());
+        Box::pin(async move {
+            let mut made = made.lock().await;
+            if let Some((at, json)) = made.get(&supplier)
+                && at.elapsed() < LEDGER_REUSE
+            {
+                return Some(json.clone());
+            }
+            let filter = super::LedgerFilter {
+                supplier: Some(supplier.clone()),
+                ..Default::default()
+            };
+            let config = live.get();
+            match super::ledger_on(&config, &state, &filter).await {
+                Ok(mut entries) => {
+                    let visible = config.agreements.visible(&supplier, chrono::Utc::now());
+                    entries.retain(|e| {
+                        e.authority
+                            .parse()
+                            .ok()
+                            .and_then(|a| visible.get(&a))
+                            .is_some_and(|areas| areas.contains(&e.area))
+                    });
+                    if entries.is_empty() {
+                        return None;
+                    }
+                    let json = serde_json::to_vec_pretty(&entries).expect("serialises");
+                    made.insert(supplier, (std::time::Instant::now(), json.clone()));
+                    Some(json)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot make a supplier's LEDGER.json");
+                    None
+                }
+            }
+        })
+    })
 }
 
 /// Re-reads the config file and, if it is valid, puts it in force. An

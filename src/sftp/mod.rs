@@ -18,6 +18,8 @@ mod pipe;
 mod quickack;
 mod session;
 
+pub use session::LedgerSource;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -232,6 +234,8 @@ pub struct Shared {
     /// Connections ended so far (the heap is trimmed after some end).
     ended: AtomicU64,
     pub audit: Trail,
+    /// Makes a supplier's `LEDGER.json` (with a state database).
+    ledger: Option<session::LedgerSource>,
     /// Cancelled when the server stops: every connection closes.
     stop: CancellationToken,
     /// Every connection and SFTP session: a stop waits for them to end, so
@@ -266,7 +270,11 @@ impl Drops {
 }
 
 impl Shared {
-    pub fn new(config: Arc<Live>, audit: Trail) -> Result<Arc<Shared>, SftpError> {
+    pub fn new(
+        config: Arc<Live>,
+        audit: Trail,
+        ledger: Option<session::LedgerSource>,
+    ) -> Result<Arc<Shared>, SftpError> {
         let c = config.get();
         let store = Store::prepare(&c.storage_root).map_err(|source| SftpError::Root {
             path: c.storage_root.clone(),
@@ -281,6 +289,7 @@ impl Shared {
             sessions: Mutex::new(HashMap::new()),
             ended: AtomicU64::new(0),
             audit,
+            ledger,
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
             drops: Drops::default(),
@@ -1104,6 +1113,7 @@ impl Connection {
             self.shared.store.clone(),
             self.shared.audit.clone(),
             self.ip(),
+            self.shared.ledger.clone(),
             self.shared.tracker.token(),
         )
     }

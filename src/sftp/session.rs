@@ -39,8 +39,26 @@ pub struct SftpSession {
     version_seen: bool,
     audit: Trail,
     address: std::net::IpAddr,
+    /// Makes the supplier's `LEDGER.json`; none without a state database.
+    ledger: Option<LedgerSource>,
     /// Held until the session's last audit events are recorded: a stop waits for it.
     _guard: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+/// Makes a supplier's delivery ledger (JSON), given its id; `None` when it
+/// has none (nothing it may read) or it cannot be made now (the state
+/// database is away): then the file is not there.
+pub type LedgerSource = Arc<
+    dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What an open file handle reads from.
+enum Content {
+    Disk(Arc<std::fs::File>),
+    /// A file made for the session (`LEDGER.json`).
+    Memory(Arc<Vec<u8>>),
 }
 
 enum OpenHandle {
@@ -51,7 +69,7 @@ enum OpenHandle {
     },
     File {
         location: Location,
-        file: Arc<std::fs::File>,
+        content: Content,
         size: u64,
         mtime: u32,
         checked: Checked,
@@ -182,6 +200,24 @@ fn attrs_of(meta: &std::fs::Metadata) -> FileAttributes {
     }
 }
 
+/// A read-only file made for the session.
+fn memory_attrs(size: u64) -> FileAttributes {
+    let mtime = now_mtime();
+    FileAttributes {
+        size: Some(size),
+        uid: Some(0),
+        gid: Some(0),
+        permissions: Some(0o100_444),
+        atime: Some(mtime),
+        mtime: Some(mtime),
+        ..FileAttributes::empty()
+    }
+}
+
+fn now_mtime() -> u32 {
+    Utc::now().timestamp().clamp(0, u32::MAX as i64) as u32
+}
+
 fn ok(id: u32) -> Status {
     Status {
         id,
@@ -208,6 +244,7 @@ impl SftpSession {
         store: Store,
         audit: Trail,
         address: std::net::IpAddr,
+        ledger: Option<LedgerSource>,
         guard: tokio_util::task::task_tracker::TaskTrackerToken,
     ) -> Self {
         SftpSession {
@@ -219,6 +256,7 @@ impl SftpSession {
             version_seen: false,
             audit,
             address,
+            ledger,
             _guard: guard,
         }
     }
@@ -349,7 +387,17 @@ impl SftpSession {
             .unwrap_or(0)
     }
 
+    /// The supplier's `LEDGER.json` as of now.
+    async fn ledger(&self) -> Reply<Vec<u8>> {
+        let make = self.ledger.as_ref().ok_or_else(not_found)?;
+        make(self.supplier.clone()).await.ok_or_else(not_found)
+    }
+
     async fn attrs(&self, loc: &Location) -> Reply<FileAttributes> {
+        if *loc == Location::Ledger {
+            let size = self.ledger().await?.len() as u64;
+            return Ok(memory_attrs(size));
+        }
         let at = loc.clone();
         let meta = self
             .on_store(move |s| {
@@ -381,7 +429,11 @@ impl SftpSession {
                         out.push(File::new(kind.as_str(), dir_attrs(mtime)));
                     }
                 }
+                if let Ok(ledger) = self.ledger().await {
+                    out.push(File::new(tree::LEDGER, memory_attrs(ledger.len() as u64)));
+                }
             }
+            Location::Ledger => return Err(StatusCode::Failure.with_message("not a folder")),
             // The synthetic levels list what is visible and has something published.
             Location::Kind(kind) => {
                 let candidates: Vec<Location> = visible
@@ -475,13 +527,21 @@ impl russh_sftp::server::Handler for SftpSession {
             return Err(denied("open for writing"));
         }
         let loc = self.locate_audited(&filename, Action::FileOpen).await?;
-        let at = loc.clone();
-        let (file, meta) = self.on_store(move |s| s.open_file(&at)).await?;
+        let (content, size, mtime) = if loc == Location::Ledger {
+            let data = self.ledger().await?;
+            let size = data.len() as u64;
+            (Content::Memory(Arc::new(data)), size, now_mtime())
+        } else {
+            let at = loc.clone();
+            let (file, meta) = self.on_store(move |s| s.open_file(&at)).await?;
+            let mtime = meta.mtime().clamp(0, u32::MAX as i64) as u32;
+            (Content::Disk(Arc::new(file)), meta.len(), mtime)
+        };
         let handle = self.new_handle(OpenHandle::File {
             location: loc.clone(),
-            file: Arc::new(file),
-            size: meta.len(),
-            mtime: meta.mtime().clamp(0, u32::MAX as i64) as u32,
+            content,
+            size,
+            mtime,
             checked: self.checked_now(),
             served: 0,
             reached: 0,
@@ -490,7 +550,7 @@ impl russh_sftp::server::Handler for SftpSession {
         self.audit
             .record(
                 self.event(Action::FileOpen, "ok", &loc)
-                    .detail(&format!("file size {}", meta.len())),
+                    .detail(&format!("file size {size}")),
             )
             .await;
         Ok(Handle { id, handle })
@@ -509,24 +569,32 @@ impl russh_sftp::server::Handler for SftpSession {
 
     async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Reply<Data> {
         self.recheck(&handle)?;
-        let Some(OpenHandle::File { file, size, .. }) = self.handles.get(&handle) else {
+        let Some(OpenHandle::File { content, size, .. }) = self.handles.get(&handle) else {
             return Err(StatusCode::Failure.with_message("not an open file handle"));
         };
         if offset >= *size {
             return Err(StatusCode::Eof.into());
         }
         let len = len.min(MAX_READ) as usize;
-        let file = file.clone();
-        let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            // Read into the fresh buffer's spare capacity: zeroing it first
-            // was a visible share of the server's CPU in a download.
-            let mut buf = Vec::with_capacity(len);
-            rustix::io::pread(&*file, rustix::buffer::spare_capacity(&mut buf), offset)?;
-            Ok(buf)
-        })
-        .await
-        .map_err(|_| StatusReply::from(StatusCode::Failure))?
-        .map_err(failure)?;
+        let data = match content {
+            Content::Memory(data) => {
+                let end = (offset as usize).saturating_add(len).min(data.len());
+                data[offset as usize..end].to_vec()
+            }
+            Content::Disk(file) => {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                    // Read into the fresh buffer's spare capacity: zeroing it first
+                    // was a visible share of the server's CPU in a download.
+                    let mut buf = Vec::with_capacity(len);
+                    rustix::io::pread(&*file, rustix::buffer::spare_capacity(&mut buf), offset)?;
+                    Ok(buf)
+                })
+                .await
+                .map_err(|_| StatusReply::from(StatusCode::Failure))?
+                .map_err(failure)?
+            }
+        };
         if data.is_empty() {
             return Err(StatusCode::Eof.into());
         }

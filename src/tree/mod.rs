@@ -17,6 +17,9 @@ use crate::authority::{AuthorityId, AuthorityKind};
 pub mod store;
 pub use store::Store;
 
+/// The file in each supplier's root holding its delivery ledger.
+pub const LEDGER: &str = "LEDGER.json";
+
 /// Longest client path accepted (OpenSSH's PATH_MAX).
 pub const MAX_PATH_BYTES: usize = 4096;
 /// Deepest client path accepted; the tree itself is 7 levels deep.
@@ -106,8 +109,10 @@ fn load_dir(
 /// A place in a supplier's view of the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    /// `/`: lists `kommune` and `akasse`.
+    /// `/`: lists `kommune` and `akasse` (and `LEDGER.json`).
     Root,
+    /// `/LEDGER.json`: the supplier's own delivery ledger, made when read.
+    Ledger,
     /// `/kommune`: lists the visible municipalities.
     Kind(AuthorityKind),
     /// `/kommune/101`: lists the visible data areas.
@@ -158,6 +163,9 @@ pub fn resolve(path: &str) -> Result<Location, PathError> {
             }
         }
     }
+    if parts == [LEDGER] {
+        return Ok(Location::Ledger);
+    }
     let mut it = parts.into_iter();
     let Some(kind) = it.next() else {
         return Ok(Location::Root);
@@ -186,6 +194,7 @@ impl Location {
     pub fn virtual_path(&self) -> String {
         match self {
             Location::Root => "/".into(),
+            Location::Ledger => format!("/{LEDGER}"),
             Location::Kind(k) => format!("/{k}"),
             Location::Authority(a) => format!("/{a}"),
             Location::Area {
@@ -206,7 +215,7 @@ impl Location {
     /// Whether a supplier whose visible set is `visible` may see this location.
     pub fn is_visible(&self, visible: &BTreeMap<AuthorityId, BTreeSet<String>>) -> bool {
         match self {
-            Location::Root => true,
+            Location::Root | Location::Ledger => true,
             Location::Kind(k) => visible.keys().any(|a| a.kind == *k),
             Location::Authority(a) => visible.contains_key(a),
             Location::Area {
@@ -283,6 +292,11 @@ mod tests {
             ("/kommune/999", Err(PathError::NotFound)),
             ("/kommune/0101", Err(PathError::NotFound)),
             ("/region", Err(PathError::NotFound)),
+            ("/LEDGER.json", Ok(Location::Ledger)),
+            ("LEDGER.json", Ok(Location::Ledger)),
+            ("/kommune/../LEDGER.json", Ok(Location::Ledger)),
+            ("/LEDGER.json/x", Err(PathError::NotFound)),
+            ("/ledger.json", Err(PathError::NotFound)),
             ("/kommune/101/.staging", Err(PathError::NotFound)),
             (
                 "/kommune/101/joblog/v1/full/.tmp-1/x",
@@ -410,7 +424,7 @@ mod resolve_props {
                 }
                 if loc.is_visible(&visible) {
                     match &loc {
-                        Location::Root => {}
+                        Location::Root | Location::Ledger => {}
                         Location::Kind(k) => prop_assert_eq!(*k, AuthorityKind::Kommune),
                         Location::Authority(a) => prop_assert_eq!(a.to_string(), "kommune/101"),
                         Location::Area { authority, area, .. } => {

@@ -234,6 +234,8 @@ impl Store {
     pub fn holds(&self, loc: &Location) -> bool {
         match loc {
             Location::Root | Location::Kind(_) => true,
+            // Made by the session, not kept in the tree.
+            Location::Ledger => false,
             Location::Authority(a) => super::authority_dir(&self.root, *a).is_dir(),
             Location::Area { .. } => self.checked(loc).is_ok(),
         }

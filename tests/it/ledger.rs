@@ -1,6 +1,7 @@
 //! The delivery ledger as second-line support uses it: a supplier fetches
 //! some loads with OpenSSH's sftp and skips one, and `udstil ledger` names
-//! the load it has not fetched completely.
+//! the load it has not fetched completely; each supplier reads its own rows
+//! as `LEDGER.json` in its SFTP root.
 
 use crate::common;
 
@@ -92,4 +93,31 @@ async fn the_ledger_names_the_delta_a_supplier_did_not_fetch_completely() {
             .any(|l| l.contains("kommune/147") && l.contains(" full ")),
         "{text}"
     );
+
+    // The same rows, and only its own, in each supplier's SFTP root.
+    for supplier in ["bi-alpha", "bi-beta"] {
+        let got = env.path().join(format!("{supplier}-LEDGER.json"));
+        let out = env.sftp(
+            supplier,
+            &format!("ls -l /\nget /LEDGER.json {}\n", got.display()),
+            &[],
+        );
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        assert!(common::stdout(&out).contains("LEDGER.json"), "listed in /");
+        let rows: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&got).unwrap()).unwrap();
+        let rows = rows.as_array().unwrap();
+        assert!(!rows.is_empty());
+        assert!(rows.iter().all(|r| r["supplier"] == supplier), "{rows:?}");
+        if supplier == "bi-alpha" {
+            let row = rows
+                .iter()
+                .find(|r| r["authority"] == "kommune/101" && r["area"] == "joblog")
+                .unwrap();
+            assert_eq!(row, &entry, "the file and `udstil ledger` agree");
+        }
+    }
+    // It is read-only like the rest of the view.
+    let out = env.sftp("bi-alpha", "rm /LEDGER.json\n", &[]);
+    assert!(!out.status.success());
 }
