@@ -188,21 +188,12 @@ fn attrs_of(meta: &std::fs::Metadata) -> FileAttributes {
     if meta.is_dir() {
         dir_attrs(mtime)
     } else {
-        FileAttributes {
-            size: Some(meta.len()),
-            uid: Some(0),
-            gid: Some(0),
-            permissions: Some(0o100_444),
-            atime: Some(mtime),
-            mtime: Some(mtime),
-            ..FileAttributes::empty()
-        }
+        file_attrs(meta.len(), mtime)
     }
 }
 
-/// A read-only file made for the session.
-fn memory_attrs(size: u64) -> FileAttributes {
-    let mtime = now_mtime();
+/// A read-only file's attributes.
+fn file_attrs(size: u64, mtime: u32) -> FileAttributes {
     FileAttributes {
         size: Some(size),
         uid: Some(0),
@@ -212,6 +203,11 @@ fn memory_attrs(size: u64) -> FileAttributes {
         mtime: Some(mtime),
         ..FileAttributes::empty()
     }
+}
+
+/// A read-only file made for the session.
+fn memory_attrs(size: u64) -> FileAttributes {
+    file_attrs(size, now_mtime())
 }
 
 fn now_mtime() -> u32 {
@@ -629,15 +625,7 @@ impl russh_sftp::server::Handler for SftpSession {
         match self.handles.get(&handle) {
             Some(OpenHandle::File { size, mtime, .. }) => Ok(Attrs {
                 id,
-                attrs: FileAttributes {
-                    size: Some(*size),
-                    uid: Some(0),
-                    gid: Some(0),
-                    permissions: Some(0o100_444),
-                    atime: Some(*mtime),
-                    mtime: Some(*mtime),
-                    ..FileAttributes::empty()
-                },
+                attrs: file_attrs(*size, *mtime),
             }),
             Some(OpenHandle::Dir { .. }) => Ok(Attrs {
                 id,
