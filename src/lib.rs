@@ -11,6 +11,7 @@ pub mod http;
 pub mod ledger;
 pub mod load;
 pub mod metrics;
+pub mod notify;
 pub mod schedule;
 pub mod sftp;
 pub mod source;

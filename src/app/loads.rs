@@ -160,7 +160,43 @@ async fn run_one(
         let _ = s.load_failed(id, &e.to_string()).await.map_err(log_state);
     }
     count_load(area, kind, &result);
+    if let Some(s) = state {
+        crate::notify::outbox::enqueue(config, s, &notice(area, kind, &result)).await;
+    }
     result
+}
+
+/// What the notification recipients are told of a load.
+fn notice(
+    area: &config::Area,
+    kind: LoadKind,
+    result: &Result<LoadReport, LoadError>,
+) -> crate::notify::Notice {
+    use crate::notify::{EventKind, Notice};
+    let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    match result {
+        Ok(r) => Notice {
+            event: EventKind::LoadPublished,
+            at,
+            area: Some(area.id.clone()),
+            summary: r.to_string(),
+            details: serde_json::json!({
+                "kind": kind.as_str(),
+                "load_id": r.load_id.to_string(),
+                "version": area.version,
+                "authorities": r.authorities,
+                "rows_written": r.rows_written,
+                "watermark_to": r.watermark_to,
+            }),
+        },
+        Err(e) => Notice {
+            event: EventKind::LoadFailed,
+            at,
+            area: Some(area.id.clone()),
+            summary: format!("{} load of {} failed: {e}", kind.as_str(), area.id),
+            details: serde_json::json!({ "kind": kind.as_str(), "version": area.version }),
+        },
+    }
 }
 
 /// The load's metrics: its outcome, and for a published load its duration,

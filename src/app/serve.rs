@@ -111,6 +111,13 @@ impl Server {
                 stop.clone(),
             ))
         });
+        let notifications = self.state.clone().map(|state| {
+            tokio::spawn(crate::notify::outbox::deliver(
+                self.shared.config.clone(),
+                state,
+                stop.clone(),
+            ))
+        });
         let probe = self.http.is_some().then(|| {
             tokio::spawn(super::probe_source(
                 self.shared.config.clone(),
@@ -133,6 +140,9 @@ impl Server {
             let _ = task.await;
         }
         if let Some(task) = probe {
+            let _ = task.await;
+        }
+        if let Some(task) = notifications {
             let _ = task.await;
         }
         if let Some(task) = http

@@ -61,11 +61,15 @@ pub fn read(text: &str) -> Result<(Document, Vec<Problem>), Vec<Problem>> {
                 r.doc.raw.areas = read;
                 r.doc.unreadable_areas.extend(unreadable);
             }
+            "notify" => {
+                let (read, _) = r.elements(value, "notify", "notify");
+                r.doc.raw.notify = read;
+            }
             "agreements" => r.agreements(value),
             other => r.problem(
                 key.span(),
                 format!(
-                    "unknown section or field `{other}` (known: sftp, storage, source, state, audit, supplier, agreements, area)"
+                    "unknown section or field `{other}` (known: sftp, storage, source, state, audit, http, supplier, agreements, area, notify)"
                 ),
             ),
         }

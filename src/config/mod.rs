@@ -77,6 +77,8 @@ pub struct Config {
     pub state_url: Option<String>,
     /// `[http] listen`: the health, readiness and metrics listener, if any.
     pub http_listen: Option<SocketAddr>,
+    /// `[[notify]]`: webhook recipients and what they want to hear of.
+    pub notify: Vec<crate::notify::Recipient>,
     pub audit: AuditSettings,
     pub suppliers: BTreeMap<String, Supplier>,
     pub agreements: Agreements,
@@ -351,9 +353,99 @@ impl Validator<'_> {
             suppliers,
             agreements,
             areas,
+            notify: self.recipients(&raw.notify, &area_ids),
             key_files: std::mem::take(&mut self.key_files),
         };
         source_usable.then_some(config)
+    }
+
+    /// `[[notify]]` recipients: a reachable kind of URL, a secret long
+    /// enough to sign with, known events and areas.
+    fn recipients(
+        &mut self,
+        raw: &[Spanned<RawNotify>],
+        area_ids: &BTreeSet<String>,
+    ) -> Vec<crate::notify::Recipient> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for r in raw.iter().map(Spanned::get_ref) {
+            self.unique(&mut seen, "notify", &r.id);
+            let id = r.id.get_ref().clone();
+            if !is_name(&id) {
+                self.err(
+                    r.id.span(),
+                    format!("notify id \"{id}\" must be lower-case letters, digits and -"),
+                );
+            }
+            let url = r.webhook.get_ref();
+            let scheme_ok = reqwest::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !scheme_ok {
+                self.err(
+                    r.webhook.span(),
+                    format!("notify {id}: webhook \"{url}\" is not an http:// or https:// URL"),
+                );
+            }
+            let path = self.path(r.secret_file.get_ref());
+            self.key_files.push(path.clone());
+            let secret = match read_bounded(&path, MAX_KEY_FILE_BYTES) {
+                Ok(text) if text.trim().len() >= 16 => text.trim().as_bytes().to_vec(),
+                Ok(_) => {
+                    self.err(
+                        r.secret_file.span(),
+                        format!(
+                            "notify {id}: secret file {} holds fewer than 16 bytes",
+                            path.display()
+                        ),
+                    );
+                    Vec::new()
+                }
+                Err(e) => {
+                    self.err(
+                        r.secret_file.span(),
+                        format!(
+                            "notify {id}: cannot read secret file {}: {e}",
+                            path.display()
+                        ),
+                    );
+                    Vec::new()
+                }
+            };
+            let mut events = BTreeSet::new();
+            for e in &r.events {
+                match crate::notify::EventKind::parse(e.get_ref()) {
+                    Some(k) => {
+                        events.insert(k);
+                    }
+                    None => self.err(
+                        e.span(),
+                        format!(
+                            "notify {id}: unknown event \"{}\" (known: {})",
+                            e.get_ref(),
+                            crate::notify::EventKind::ALL.map(|k| k.as_str()).join(", ")
+                        ),
+                    ),
+                }
+            }
+            let mut areas = BTreeSet::new();
+            for a in &r.areas {
+                if !area_ids.contains(a.get_ref()) && !self.unreadable_areas.contains(a.get_ref()) {
+                    self.err(
+                        a.span(),
+                        format!("notify {id}: unknown area \"{}\"", a.get_ref()),
+                    );
+                }
+                areas.insert(a.get_ref().clone());
+            }
+            out.push(crate::notify::Recipient {
+                id,
+                webhook: url.clone(),
+                secret,
+                events,
+                areas: (!r.areas.is_empty()).then_some(areas),
+            });
+        }
+        out
     }
 
     /// `[http] listen`, if set.

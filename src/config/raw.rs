@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub agreements: RawAgreements,
     /// `[[area]]`: the data areas extracted from DFDG.
     pub areas: Vec<Spanned<RawArea>>,
+    /// `[[notify]]`: who is told of what, by webhook.
+    pub notify: Vec<Spanned<RawNotify>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +110,24 @@ pub struct RawHttp {
     /// Address and port of the read-only HTTP listener, e.g. `127.0.0.1:9100`:
     /// `/healthz`, `/readyz` and `/metrics` (Prometheus). No listener without it.
     pub listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawNotify {
+    /// A name for this recipient (lower-case letters, digits and -), in logs
+    /// and the state database's outbox.
+    pub id: Spanned<String>,
+    /// URL that gets a POST per event: a JSON body, signed in the header
+    /// `X-Udstil-Signature: sha256=<hex HMAC-SHA256 of the body>`. Retried
+    /// with backoff until it answers 2xx, across restarts.
+    pub webhook: Spanned<String>,
+    /// File holding the secret the signature is made with (at least 16 bytes).
+    pub secret_file: Spanned<String>,
+    /// The events wanted: `load_published`, `load_failed`.
+    pub events: Vec<Spanned<String>>,
+    /// Only events of these data areas (every area when not given).
+    #[serde(default)]
+    pub areas: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

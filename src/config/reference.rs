@@ -35,6 +35,7 @@ const SECTIONS: &[(&str, &str, &str)] = &[
         "agreements.cooperation",
     ),
     ("RawArea", "[[area]]", "area"),
+    ("RawNotify", "[[notify]]", "notify"),
     ("RawRoute", "[[area]] route = { ... }", "area.route"),
     (
         "RawSchedule",

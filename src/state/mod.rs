@@ -59,8 +59,10 @@ macro_rules! on {
 
 // After `on!`, so the audit SQL uses the same dispatch.
 mod audit;
+mod notify;
 
 pub use audit::AuditFilter;
+pub use notify::Pending;
 
 impl State {
     /// Opens (creating a SQLite file if needed) and migrates.

@@ -10,6 +10,7 @@ mod audit;
 mod config_check;
 mod front_door;
 mod ledger;
+mod notify;
 mod operations;
 mod postgres_source;
 mod reload;

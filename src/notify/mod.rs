@@ -1,0 +1,136 @@
+//! Notifications: who is told of what. Pure here: the events, which
+//! recipient wants which, the signed JSON body and the retry schedule.
+//! `outbox.rs` delivers what the state database's outbox holds, so nothing
+//! is lost across a restart or while a receiver is down.
+
+pub mod outbox;
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+
+/// What a recipient can ask to be told of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    LoadPublished,
+    LoadFailed,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 2] = [EventKind::LoadPublished, EventKind::LoadFailed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::LoadPublished => "load_published",
+            EventKind::LoadFailed => "load_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One thing that happened, as sent (no personal data: areas, load ids,
+/// counts and error texts, which never hold row contents).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Notice {
+    pub event: EventKind,
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub area: Option<String>,
+    pub summary: String,
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+/// A recipient of the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub id: String,
+    pub webhook: String,
+    pub secret: Vec<u8>,
+    pub events: std::collections::BTreeSet<EventKind>,
+    /// `None`: every area.
+    pub areas: Option<std::collections::BTreeSet<String>>,
+}
+
+impl Recipient {
+    pub fn wants(&self, notice: &Notice) -> bool {
+        self.events.contains(&notice.event)
+            && match (&self.areas, &notice.area) {
+                (None, _) | (_, None) => true,
+                (Some(areas), Some(area)) => areas.contains(area),
+            }
+    }
+}
+
+/// The header value signing `body`: `sha256=<hex HMAC-SHA256>`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The name of the signature header.
+pub const SIGNATURE_HEADER: &str = "X-Udstil-Signature";
+/// The header naming the delivery (the outbox row), the same on every retry,
+/// so a receiver can drop a repeat.
+pub const DELIVERY_HEADER: &str = "X-Udstil-Delivery";
+
+/// How long to wait before attempt `attempts + 1`: 1 s doubling to 5 min.
+pub fn retry_delay(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(9)).min(Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(event: EventKind, area: Option<&str>) -> Notice {
+        Notice {
+            event,
+            at: "2026-12-05T02:00:00Z".into(),
+            area: area.map(str::to_string),
+            summary: "x".into(),
+            details: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn recipients_get_the_events_and_areas_they_asked_for() {
+        let r = Recipient {
+            id: "ops".into(),
+            webhook: "http://127.0.0.1/hook".into(),
+            secret: b"0123456789abcdef".to_vec(),
+            events: [EventKind::LoadFailed].into(),
+            areas: Some(["joblog".to_string()].into()),
+        };
+        assert!(r.wants(&notice(EventKind::LoadFailed, Some("joblog"))));
+        assert!(!r.wants(&notice(EventKind::LoadFailed, Some("plans"))));
+        assert!(!r.wants(&notice(EventKind::LoadPublished, Some("joblog"))));
+        let all = Recipient { areas: None, ..r };
+        assert!(all.wants(&notice(EventKind::LoadFailed, Some("plans"))));
+    }
+
+    #[test]
+    fn signatures_are_hmac_sha256_in_hex() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn retries_back_off_to_five_minutes() {
+        let d: Vec<u64> = (0..12).map(|a| retry_delay(a).as_secs()).collect();
+        assert_eq!(d, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+    }
+}
