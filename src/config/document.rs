@@ -51,6 +51,7 @@ pub fn read(text: &str) -> Result<(Document, Vec<Problem>), Vec<Problem>> {
             "state" => r.doc.raw.state = r.item(value, "[state]"),
             "audit" => r.doc.raw.audit = r.item(value, "[audit]"),
             "http" => r.doc.raw.http = r.item(value, "[http]"),
+            "smtp" => r.doc.raw.smtp = r.item(value, "[smtp]"),
             "supplier" => {
                 let (read, unreadable) = r.elements(value, "supplier", "supplier");
                 r.doc.raw.suppliers = read;
@@ -69,7 +70,7 @@ pub fn read(text: &str) -> Result<(Document, Vec<Problem>), Vec<Problem>> {
             other => r.problem(
                 key.span(),
                 format!(
-                    "unknown section or field `{other}` (known: sftp, storage, source, state, audit, http, supplier, agreements, area, notify)"
+                    "unknown section or field `{other}` (known: sftp, storage, source, state, audit, http, supplier, agreements, area, notify, smtp)"
                 ),
             ),
         }

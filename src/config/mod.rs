@@ -77,8 +77,10 @@ pub struct Config {
     pub state_url: Option<String>,
     /// `[http] listen`: the health, readiness and metrics listener, if any.
     pub http_listen: Option<SocketAddr>,
-    /// `[[notify]]`: webhook recipients and what they want to hear of.
+    /// `[[notify]]`: recipients and what they want to hear of.
     pub notify: Vec<crate::notify::Recipient>,
+    /// `[smtp]`: the mail server for e-mail recipients.
+    pub smtp: Option<crate::notify::Smtp>,
     pub audit: AuditSettings,
     pub suppliers: BTreeMap<String, Supplier>,
     pub agreements: Agreements,
@@ -339,6 +341,8 @@ impl Validator<'_> {
         ) as usize;
         let suppliers = self.suppliers(&raw.suppliers);
         let agreements = self.agreements(&raw.agreements, &suppliers, &area_ids);
+        let notify = self.recipients(&raw.notify, &area_ids);
+        let smtp = self.smtp(raw.smtp.as_ref(), &notify);
         let config = Config {
             file: self.file.clone(),
             sftp: self.sftp_settings(&sftp, &suppliers),
@@ -353,7 +357,8 @@ impl Validator<'_> {
             suppliers,
             agreements,
             areas,
-            notify: self.recipients(&raw.notify, &area_ids),
+            notify,
+            smtp,
             key_files: std::mem::take(&mut self.key_files),
         };
         source_usable.then_some(config)
@@ -377,40 +382,7 @@ impl Validator<'_> {
                     format!("notify id \"{id}\" must be lower-case letters, digits and -"),
                 );
             }
-            let url = r.webhook.get_ref();
-            let scheme_ok = reqwest::Url::parse(url)
-                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-            if !scheme_ok {
-                self.err(
-                    r.webhook.span(),
-                    format!("notify {id}: webhook \"{url}\" is not an http:// or https:// URL"),
-                );
-            }
-            let path = self.path(r.secret_file.get_ref());
-            self.key_files.push(path.clone());
-            let secret = match read_bounded(&path, MAX_KEY_FILE_BYTES) {
-                Ok(text) if text.trim().len() >= 16 => text.trim().as_bytes().to_vec(),
-                Ok(_) => {
-                    self.err(
-                        r.secret_file.span(),
-                        format!(
-                            "notify {id}: secret file {} holds fewer than 16 bytes",
-                            path.display()
-                        ),
-                    );
-                    Vec::new()
-                }
-                Err(e) => {
-                    self.err(
-                        r.secret_file.span(),
-                        format!(
-                            "notify {id}: cannot read secret file {}: {e}",
-                            path.display()
-                        ),
-                    );
-                    Vec::new()
-                }
-            };
+            let channel = self.channel(&id, r);
             let mut events = BTreeSet::new();
             for e in &r.events {
                 match crate::notify::EventKind::parse(e.get_ref()) {
@@ -437,15 +409,186 @@ impl Validator<'_> {
                 }
                 areas.insert(a.get_ref().clone());
             }
+            let Some(channel) = channel else { continue };
             out.push(crate::notify::Recipient {
                 id,
-                webhook: url.clone(),
-                secret,
+                channel,
                 events,
                 areas: (!r.areas.is_empty()).then_some(areas),
             });
         }
         out
+    }
+
+    /// How a `[[notify]]` recipient is reached: a webhook with its secret,
+    /// or an e-mail address (sent through `[smtp]`).
+    fn channel(&mut self, id: &str, r: &RawNotify) -> Option<crate::notify::Channel> {
+        use crate::notify::Channel;
+        match (&r.webhook, &r.email) {
+            (Some(url), None) => {
+                let u = url.get_ref();
+                let scheme_ok = reqwest::Url::parse(u)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+                if !scheme_ok {
+                    self.err(
+                        url.span(),
+                        format!("notify {id}: webhook \"{u}\" is not an http:// or https:// URL"),
+                    );
+                }
+                let Some(file) = &r.secret_file else {
+                    self.err(
+                        url.span(),
+                        format!("notify {id}: a webhook needs a secret_file to sign with"),
+                    );
+                    return None;
+                };
+                let secret = self.secret(&format!("notify {id}"), file, 16)?;
+                Some(Channel::Webhook {
+                    url: u.clone(),
+                    secret,
+                })
+            }
+            (None, Some(to)) => {
+                if to.get_ref().parse::<lettre::Address>().is_err() {
+                    self.err(
+                        to.span(),
+                        format!(
+                            "notify {id}: email \"{}\" is not a mail address",
+                            to.get_ref()
+                        ),
+                    );
+                }
+                Some(Channel::Email {
+                    to: to.get_ref().clone(),
+                })
+            }
+            (Some(url), Some(_)) => {
+                self.err(
+                    url.span(),
+                    format!("notify {id}: give either webhook or email, not both"),
+                );
+                None
+            }
+            (None, None) => {
+                self.err(
+                    r.id.span(),
+                    format!("notify {id}: give a webhook or an email to send to"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The trimmed contents of a secret file, at least `min` bytes; the file
+    /// is watched for reloads like a key file.
+    fn secret(&mut self, what: &str, file: &Spanned<String>, min: usize) -> Option<Vec<u8>> {
+        let path = self.path(file.get_ref());
+        self.key_files.push(path.clone());
+        match read_bounded(&path, MAX_KEY_FILE_BYTES) {
+            Ok(text) if text.trim().len() >= min => Some(text.trim().as_bytes().to_vec()),
+            Ok(_) => {
+                self.err(
+                    file.span(),
+                    format!("{what}: {} holds fewer than {min} bytes", path.display()),
+                );
+                None
+            }
+            Err(e) => {
+                self.err(
+                    file.span(),
+                    format!("{what}: cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        }
+    }
+
+    /// `[smtp]`, required when a recipient is reached by e-mail.
+    fn smtp(
+        &mut self,
+        raw: Option<&RawSmtp>,
+        recipients: &[crate::notify::Recipient],
+    ) -> Option<crate::notify::Smtp> {
+        let Some(r) = raw else {
+            if recipients
+                .iter()
+                .any(|r| matches!(r.channel, crate::notify::Channel::Email { .. }))
+            {
+                self.errors.push(ConfigError {
+                    file: self.file.clone(),
+                    line: None,
+                    message: "[[notify]] sends e-mail but there is no [smtp] section".into(),
+                });
+            }
+            return None;
+        };
+        let port = self.count("[smtp] port", &r.port, defaults::SMTP_PORT);
+        let port = u16::try_from(port).unwrap_or_else(|_| {
+            self.err(
+                r.port.as_ref().map(|p| p.span()).unwrap_or(r.host.span()),
+                format!("[smtp] port = {port} is not a port"),
+            );
+            0
+        });
+        if r.from.get_ref().parse::<lettre::Address>().is_err() {
+            self.err(
+                r.from.span(),
+                format!(
+                    "[smtp] from = \"{}\" is not a mail address",
+                    r.from.get_ref()
+                ),
+            );
+        }
+        let ca_pem = r.ca_file.as_ref().and_then(|f| {
+            let path = self.path(f.get_ref());
+            match read_bounded(&path, MAX_KEY_FILE_BYTES) {
+                Ok(pem) if pem.contains("BEGIN CERTIFICATE") => Some(pem.into_bytes()),
+                Ok(_) => {
+                    self.err(
+                        f.span(),
+                        format!("[smtp] ca_file {} holds no PEM certificate", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.err(
+                        f.span(),
+                        format!("[smtp] cannot read ca_file {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        });
+        let login = match (&r.username, &r.password_file) {
+            (Some(user), Some(file)) => self.secret("[smtp] password_file", file, 1).map(|p| {
+                (
+                    user.get_ref().clone(),
+                    String::from_utf8_lossy(&p).into_owned(),
+                )
+            }),
+            (None, None) => None,
+            (Some(user), None) => {
+                self.err(
+                    user.span(),
+                    "[smtp] username needs a password_file".to_string(),
+                );
+                None
+            }
+            (None, Some(file)) => {
+                self.err(
+                    file.span(),
+                    "[smtp] password_file needs a username".to_string(),
+                );
+                None
+            }
+        };
+        Some(crate::notify::Smtp {
+            host: r.host.get_ref().clone(),
+            port,
+            from: r.from.get_ref().clone(),
+            ca_pem,
+            login,
+        })
     }
 
     /// `[http] listen`, if set.

@@ -27,8 +27,10 @@ pub struct RawConfig {
     pub agreements: RawAgreements,
     /// `[[area]]`: the data areas extracted from DFDG.
     pub areas: Vec<Spanned<RawArea>>,
-    /// `[[notify]]`: who is told of what, by webhook.
+    /// `[[notify]]`: who is told of what, by webhook or e-mail.
     pub notify: Vec<Spanned<RawNotify>>,
+    /// `[smtp]`
+    pub smtp: Option<RawSmtp>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,15 +121,35 @@ pub struct RawNotify {
     pub id: Spanned<String>,
     /// URL that gets a POST per event: a JSON body, signed in the header
     /// `X-Udstil-Signature: sha256=<hex HMAC-SHA256 of the body>`. Retried
-    /// with backoff until it answers 2xx, across restarts.
-    pub webhook: Spanned<String>,
-    /// File holding the secret the signature is made with (at least 16 bytes).
-    pub secret_file: Spanned<String>,
+    /// with backoff until it answers 2xx, across restarts. Give this or `email`.
+    pub webhook: Option<Spanned<String>>,
+    /// File holding the secret a webhook's signature is made with (at least 16 bytes).
+    pub secret_file: Option<Spanned<String>>,
+    /// Address that gets a mail per event, through `[smtp]`. Give this or `webhook`.
+    pub email: Option<Spanned<String>>,
     /// The events wanted: `load_published`, `load_failed`.
     pub events: Vec<Spanned<String>>,
     /// Only events of these data areas (every area when not given).
     #[serde(default)]
     pub areas: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawSmtp {
+    /// The mail server's host name or address; mail is sent with STARTTLS
+    /// and the server's certificate must verify for this name.
+    pub host: Spanned<String>,
+    /// The submission port.
+    pub port: Option<Spanned<i64>>,
+    /// The sender address of notification mails.
+    pub from: Spanned<String>,
+    /// A PEM file of a certificate authority to trust besides the public
+    /// ones (a private mail relay).
+    pub ca_file: Option<Spanned<String>>,
+    /// User name to log in with, if the server wants one.
+    pub username: Option<Spanned<String>>,
+    /// File holding the password for `username`.
+    pub password_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,5 +357,6 @@ pub mod defaults {
         "supplier.max_sessions" => SUPPLIER_MAX_SESSIONS: &str = "sftp.max_sessions_per_supplier";
         "area.person_column" => PERSON_COLUMN: &str = "cpr";
         "area.retention.full_loads" => FULL_LOADS: u64 = 3;
+        "smtp.port" => SMTP_PORT: u64 = 587;
     }
 }

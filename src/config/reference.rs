@@ -36,6 +36,7 @@ const SECTIONS: &[(&str, &str, &str)] = &[
     ),
     ("RawArea", "[[area]]", "area"),
     ("RawNotify", "[[notify]]", "notify"),
+    ("RawSmtp", "[smtp]", "smtp"),
     ("RawRoute", "[[area]] route = { ... }", "area.route"),
     (
         "RawSchedule",

@@ -8,11 +8,11 @@ pub mod outbox;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// What a recipient can ask to be told of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     LoadPublished,
@@ -36,14 +36,14 @@ impl EventKind {
 
 /// One thing that happened, as sent (no personal data: areas, load ids,
 /// counts and error texts, which never hold row contents).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notice {
     pub event: EventKind,
     pub at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub area: Option<String>,
     pub summary: String,
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub details: serde_json::Value,
 }
 
@@ -51,11 +51,45 @@ pub struct Notice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
     pub id: String,
-    pub webhook: String,
-    pub secret: Vec<u8>,
+    pub channel: Channel,
     pub events: std::collections::BTreeSet<EventKind>,
     /// `None`: every area.
     pub areas: Option<std::collections::BTreeSet<String>>,
+}
+
+/// How a recipient is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channel {
+    /// A signed POST to `url`.
+    Webhook { url: String, secret: Vec<u8> },
+    /// A mail to `to`, through `[smtp]`.
+    Email { to: String },
+}
+
+/// The mail server notifications go through (`[smtp]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Smtp {
+    pub host: String,
+    pub port: u16,
+    pub from: String,
+    /// Extra trusted certificate authorities (PEM).
+    pub ca_pem: Option<Vec<u8>>,
+    pub login: Option<(String, String)>,
+}
+
+/// A notice as a mail: subject and plain-text body.
+pub fn mail_text(notice: &Notice) -> (String, String) {
+    let subject = match &notice.area {
+        Some(area) => format!("[udstil] {}: {area}", notice.event.as_str()),
+        None => format!("[udstil] {}", notice.event.as_str()),
+    };
+    let mut body = format!("{}\n\n{}\n", notice.summary, notice.at);
+    if !notice.details.is_null() {
+        body.push('\n');
+        body.push_str(&serde_json::to_string_pretty(&notice.details).expect("serialises"));
+        body.push('\n');
+    }
+    (subject, body)
 }
 
 impl Recipient {
@@ -104,8 +138,9 @@ mod tests {
     fn recipients_get_the_events_and_areas_they_asked_for() {
         let r = Recipient {
             id: "ops".into(),
-            webhook: "http://127.0.0.1/hook".into(),
-            secret: b"0123456789abcdef".to_vec(),
+            channel: Channel::Email {
+                to: "drift@example.dk".into(),
+            },
             events: [EventKind::LoadFailed].into(),
             areas: Some(["joblog".to_string()].into()),
         };

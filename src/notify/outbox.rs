@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{DELIVERY_HEADER, Notice, SIGNATURE_HEADER, retry_delay, signature};
+use super::{
+    Channel, DELIVERY_HEADER, Notice, SIGNATURE_HEADER, Smtp, mail_text, retry_delay, signature,
+};
 use crate::config::{Config, Live};
 use crate::state::{Pending, State};
 
@@ -75,15 +77,32 @@ pub async fn deliver(live: Arc<Live>, state: State, stop: CancellationToken) {
     }
 }
 
-/// One attempt: a signed POST to the recipient's webhook.
+/// One attempt: a signed POST to the recipient's webhook, or a mail.
 async fn send(client: &reqwest::Client, config: &Config, n: &Pending) -> Result<(), String> {
     let Some(r) = config.notify.iter().find(|r| r.id == n.recipient) else {
         return Err("the recipient is no longer in the config".into());
     };
+    match &r.channel {
+        Channel::Webhook { url, secret } => post(client, url, secret, n).await?,
+        Channel::Email { to } => {
+            let smtp = config.smtp.as_ref().ok_or("no [smtp] in the config")?;
+            mail(smtp, to, n).await?
+        }
+    }
+    tracing::info!(recipient = %r.id, delivery = n.id, event = %n.event, "notification delivered");
+    Ok(())
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &[u8],
+    n: &Pending,
+) -> Result<(), String> {
     let response = client
-        .post(&r.webhook)
+        .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(SIGNATURE_HEADER, signature(&r.secret, n.body.as_bytes()))
+        .header(SIGNATURE_HEADER, signature(secret, n.body.as_bytes()))
         .header(DELIVERY_HEADER, n.id.to_string())
         .header("X-Udstil-Event", &n.event)
         .body(n.body.clone())
@@ -91,9 +110,43 @@ async fn send(client: &reqwest::Client, config: &Config, n: &Pending) -> Result<
         .await
         .map_err(|e| e.to_string())?;
     if response.status().is_success() {
-        tracing::info!(recipient = %r.id, delivery = n.id, event = %n.event, "notification delivered");
         Ok(())
     } else {
         Err(format!("the receiver answered {}", response.status()))
     }
+}
+
+/// Sends a notice as a plain-text mail, with STARTTLS required (no
+/// credentials or mail go over an unencrypted connection).
+async fn mail(smtp: &Smtp, to: &str, n: &Pending) -> Result<(), String> {
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let notice: Notice = serde_json::from_str(&n.body).map_err(|e| e.to_string())?;
+    let (subject, text) = mail_text(&notice);
+    let message = Message::builder()
+        .from(smtp.from.parse().map_err(|e| format!("from: {e}"))?)
+        .to(to.parse().map_err(|e| format!("to: {e}"))?)
+        .subject(subject)
+        .header(lettre::message::header::ContentType::TEXT_PLAIN)
+        .body(text)
+        .map_err(|e| e.to_string())?;
+    let mut tls = TlsParameters::builder(smtp.host.clone());
+    if let Some(pem) = &smtp.ca_pem {
+        tls = tls.add_root_certificate(Certificate::from_pem(pem).map_err(|e| e.to_string())?);
+    }
+    let tls = tls.build_rustls().map_err(|e| e.to_string())?;
+    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.as_str())
+        .port(smtp.port)
+        .tls(Tls::Required(tls))
+        .timeout(Some(TIMEOUT));
+    if let Some((user, password)) = &smtp.login {
+        transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    transport
+        .build()
+        .send(message)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

@@ -140,3 +140,149 @@ async fn webhooks_are_signed_and_delivered_once_after_the_receiver_comes_back() 
             .unwrap();
     assert!(attempts >= 2, "{attempts} attempts");
 }
+
+/// A real SMTP server (aiosmtpd) with STARTTLS required, stopped when dropped.
+struct SmtpSink {
+    child: std::process::Child,
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SmtpSink {
+    fn start(
+        port: u16,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        out: &std::path::Path,
+    ) -> SmtpSink {
+        use std::io::BufRead;
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/smtp_sink.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(cert)
+            .arg(key)
+            .arg(out)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 with aiosmtpd is installed");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the SMTP sink did not start");
+        SmtpSink { child }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mail_goes_over_starttls_to_a_real_smtp_server_once_it_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_ca_and_server_cert(dir.path());
+    let smtp = common::free_addr();
+    let env = common::start_with(200, |_, text| {
+        text.push_str(&format!(
+            "\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"udstil@star.example.dk\"\nca_file = \"{}\"\n\
+             \n[[notify]]\nid = \"drift\"\nemail = \"drift@star.example.dk\"\nevents = [\"load_published\"]\nareas = [\"joblog\"]\n",
+            smtp.port(),
+            ca.display()
+        ));
+    })
+    .await;
+    // The mail server is down for the first attempts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = dir.path().join("mail");
+    std::fs::create_dir_all(&out).unwrap();
+    let _sink = tokio::task::block_in_place(|| SmtpSink::start(smtp.port(), &cert, &key, &out));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mail = loop {
+        if let Ok(m) = std::fs::read_to_string(out.join("1.eml")) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no mail arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        1,
+        "one mail: joblog only, once"
+    );
+    assert!(mail.contains("X-Sink-Transport: tls"), "{mail}");
+    assert!(
+        mail.contains("X-Sink-Rcpt: drift@star.example.dk"),
+        "{mail}"
+    );
+    assert!(
+        mail.contains("Subject: [udstil] load_published: joblog"),
+        "{mail}"
+    );
+    assert!(mail.contains("joblog: full load"), "{mail}");
+    assert!(mail.contains("From: udstil@star.example.dk"), "{mail}");
+    drop(env);
+}
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it, made
+/// with openssl: `(ca.pem, cert.pem, key.pem)`.
+fn test_ca_and_server_cert(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = |name: &str| dir.join(name);
+    std::fs::write(
+        p("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let run = |args: Vec<std::ffi::OsString>| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::stderr(&out));
+    };
+    let os = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+    let mut ca = os(&["req", "-x509"]);
+    ca.extend(os(&ec));
+    ca.extend(os(&[
+        "-days",
+        "2",
+        "-subj",
+        "/CN=udstil test CA",
+        "-keyout",
+    ]));
+    ca.extend([p("ca.key").into(), "-out".into(), p("ca.pem").into()]);
+    run(ca);
+    let mut csr = os(&["req"]);
+    csr.extend(os(&ec));
+    csr.extend(os(&["-subj", "/CN=127.0.0.1", "-keyout"]));
+    csr.extend([p("key.pem").into(), "-out".into(), p("server.csr").into()]);
+    run(csr);
+    let mut sign = os(&["x509", "-req", "-days", "2", "-in"]);
+    sign.extend([
+        p("server.csr").into(),
+        "-CA".into(),
+        p("ca.pem").into(),
+        "-CAkey".into(),
+        p("ca.key").into(),
+        "-CAcreateserial".into(),
+        "-extfile".into(),
+        p("server.ext").into(),
+        "-out".into(),
+        p("cert.pem").into(),
+    ]);
+    run(sign);
+    (p("ca.pem"), p("cert.pem"), p("key.pem"))
+}
