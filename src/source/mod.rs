@@ -112,6 +112,21 @@ pub enum SourceError {
     NoStableSnapshot { table: String, attempts: u32 },
 }
 
+impl SourceError {
+    /// Whether DFDG could not be reached (or the connection to it broke),
+    /// as opposed to answering with an error.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            SourceError::Connect { .. } => true,
+            SourceError::Query { source, .. } => matches!(
+                source,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// How long a load waits for DFDG transactions still writing the journal.
 const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
