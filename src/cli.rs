@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use udstil::app;
 use udstil::tree::LoadKind;
 
 #[derive(Parser)]
@@ -79,22 +80,114 @@ pub enum Command {
     /// load published and the newest one the supplier fetched completely, the
     /// loads it never fetched completely, and what it needs to be current.
     Ledger {
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        supplier: Option<String>,
-        /// `kommune/101` or `akasse/901`.
-        #[arg(long)]
-        authority: Option<String>,
-        #[arg(long)]
-        area: Option<String>,
-        #[arg(long, value_enum, default_value_t = LedgerFormat::Text)]
-        format: LedgerFormat,
+        #[command(flatten)]
+        args: LedgerArgs,
+    },
+    /// The status page: incidents, maintenance and releases.
+    Status {
+        #[command(subcommand)]
+        command: StatusCommand,
     },
     /// Synthetic DFDG commands.
     Fixtures {
         #[command(subcommand)]
         command: FixturesCommand,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct LedgerArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long)]
+    supplier: Option<String>,
+    /// `kommune/101` or `akasse/901`.
+    #[arg(long)]
+    authority: Option<String>,
+    #[arg(long)]
+    area: Option<String>,
+    #[arg(long, value_enum, default_value_t = LedgerFormat::Text)]
+    format: LedgerFormat,
+}
+
+impl LedgerArgs {
+    /// The rows asked for, and how to print them.
+    pub fn filter(self) -> anyhow::Result<(app::LedgerFilter, LedgerFormat)> {
+        let filter = app::LedgerFilter {
+            supplier: self.supplier,
+            authority: parse_authority(self.authority)?,
+            area: self.area,
+        };
+        Ok((filter, self.format))
+    }
+}
+
+/// `--authority kommune/101`, if given.
+pub fn parse_authority(
+    authority: Option<String>,
+) -> anyhow::Result<Option<udstil::authority::AuthorityId>> {
+    authority
+        .map(|a| {
+            a.parse()
+                .map_err(|e| anyhow::anyhow!("--authority {a}: {e}"))
+        })
+        .transpose()
+}
+
+impl LedgerFormat {
+    pub fn render(self, entries: &[udstil::ledger::Entry]) -> anyhow::Result<String> {
+        Ok(match self {
+            LedgerFormat::Text => udstil::ledger::text(entries),
+            LedgerFormat::Json => serde_json::to_string_pretty(entries)?,
+            LedgerFormat::Csv => udstil::ledger::csv(entries),
+        })
+    }
+}
+
+#[derive(Subcommand)]
+pub enum StatusCommand {
+    /// Open an incident on a component (`sftp`, `source` or `area:<id>`).
+    Open {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        component: String,
+        /// `degraded` or `outage`.
+        #[arg(long)]
+        impact: String,
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        message: String,
+    },
+    /// Add an update to an incident: `identified`, `monitoring` or `resolved`.
+    Update {
+        #[arg(long)]
+        config: PathBuf,
+        id: i64,
+        #[arg(long)]
+        state: String,
+        #[arg(long)]
+        message: String,
+    },
+    /// Plan maintenance (or, with `--release`, a release) in a time window.
+    Plan {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        title: String,
+        /// RFC 3339, e.g. 2026-12-10T18:00:00+01:00.
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// One component; the whole platform when absent.
+        #[arg(long)]
+        component: Option<String>,
+        #[arg(long)]
+        release: bool,
+        #[arg(long, default_value = "")]
+        description: String,
     },
 }
 
@@ -288,4 +381,52 @@ pub fn progress_bar(
         }
     });
     Some((bar, ticker))
+}
+
+impl StatusCommand {
+    /// The config file and the change asked for.
+    pub fn into_change(self) -> anyhow::Result<(PathBuf, app::StatusChange)> {
+        Ok(match self {
+            StatusCommand::Open {
+                config,
+                component,
+                impact,
+                title,
+                message,
+            } => (
+                config,
+                app::StatusChange::Open {
+                    component,
+                    impact,
+                    title,
+                    message,
+                },
+            ),
+            StatusCommand::Update {
+                config,
+                id,
+                state,
+                message,
+            } => (config, app::StatusChange::Update { id, state, message }),
+            StatusCommand::Plan {
+                config,
+                title,
+                from,
+                to,
+                component,
+                release,
+                description,
+            } => (
+                config,
+                app::StatusChange::Plan {
+                    release,
+                    title,
+                    component,
+                    from: parse_time("--from", &from)?,
+                    to: parse_time("--to", &to)?,
+                    description,
+                },
+            ),
+        })
+    }
 }

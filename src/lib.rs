@@ -16,4 +16,5 @@ pub mod schedule;
 pub mod sftp;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod tree;

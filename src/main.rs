@@ -90,32 +90,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Access { command } => access(command),
-        Command::Ledger {
-            config,
-            supplier,
-            authority,
-            area,
-            format,
-        } => {
+        Command::Status { command } => {
+            let (config, change) = command.into_change()?;
             let c = config_file(&config)?;
-            let authority = match authority {
-                Some(a) => Some(
-                    a.parse()
-                        .map_err(|e| anyhow::anyhow!("--authority {a}: {e}"))?,
-                ),
-                None => None,
-            };
-            let filter = app::LedgerFilter {
-                supplier,
-                authority,
-                area,
-            };
-            let entries = app::ledger(&c, &filter).await?;
-            match format {
-                LedgerFormat::Text => out!("{}", udstil::ledger::text(&entries)),
-                LedgerFormat::Json => out!("{}", serde_json::to_string_pretty(&entries)?),
-                LedgerFormat::Csv => out!("{}", udstil::ledger::csv(&entries)),
-            }
+            let done = app::change_status(&c, &change).await?;
+            out!("{done}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ledger { args } => {
+            let c = config_file(&args.config)?;
+            let (filter, format) = args.filter()?;
+            let text = format.render(&app::ledger(&c, &filter).await?)?;
+            out!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => audit(command).await,
@@ -240,12 +226,7 @@ fn access(command: AccessCommand) -> anyhow::Result<ExitCode> {
         } => {
             let c = config_file(&config)?;
             let at = parse_at(at.as_deref())?;
-            let authority = authority
-                .map(|a| {
-                    a.parse::<udstil::authority::AuthorityId>()
-                        .map_err(|e| anyhow::anyhow!("--authority {a}: {e}"))
-                })
-                .transpose()?;
+            let authority = parse_authority(authority)?;
             let rows = report::access_rows(&c, Some(&supplier), authority, area.as_deref(), at)?;
             out!("{}", report::explain_text(&supplier, at, &rows));
             Ok(ExitCode::SUCCESS)

@@ -92,8 +92,10 @@ pub struct Metrics {
     /// Per supplier, kept loads its replay lacks (the delivery ledger's
     /// `not_fetched`, summed over its authorities and areas).
     pub loads_behind: Family<SupplierLabel, Gauge>,
-    /// 1 if the last attempt to reach DFDG succeeded.
+    /// 1 if the last attempt to reach DFDG succeeded (see `set_source_up`).
     pub source_up: Gauge,
+    /// Whether DFDG has been tried at all since the start.
+    source_checked: std::sync::atomic::AtomicBool,
     pub reloads: Family<Outcome, Counter>,
     /// Audit events waiting to be written.
     pub audit_backlog: Gauge,
@@ -122,10 +124,18 @@ impl Metrics {
             schedule_gap: Family::default(),
             loads_behind: Family::default(),
             source_up: Gauge::default(),
+            source_checked: Default::default(),
             reloads: Family::default(),
             audit_backlog: Gauge::default(),
             registry: Registry::default(),
         };
+        m.register_serving(&mut r);
+        m.register_loads(&mut r);
+        Metrics { registry: r, ..m }
+    }
+
+    fn register_serving(&self, r: &mut Registry) {
+        let m = self;
         r.register("sftp_logins", "SSH logins by outcome", m.logins.clone());
         r.register(
             "refusals",
@@ -148,6 +158,10 @@ impl Metrics {
             "File downloads ended, by data area and whether the whole file was sent",
             m.downloads.clone(),
         );
+    }
+
+    fn register_loads(&self, r: &mut Registry) {
+        let m = self;
         r.register(
             "loads",
             "Loads run by data area, kind and outcome",
@@ -208,7 +222,6 @@ impl Metrics {
             "Audit events waiting to be written",
             m.audit_backlog.clone(),
         );
-        Metrics { registry: r, ..m }
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every instrument.
@@ -217,6 +230,20 @@ impl Metrics {
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// Records whether DFDG answered at the last attempt.
+    pub fn set_source_up(&self, up: bool) {
+        self.source_up.set(up as i64);
+        self.source_checked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether DFDG answered at the last attempt; `None` before the first.
+    pub fn source_is_up(&self) -> Option<bool> {
+        self.source_checked
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| self.source_up.get() == 1)
     }
 
     /// Counts a load that ended.

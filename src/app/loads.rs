@@ -85,7 +85,7 @@ pub async fn run_loads(
     let mut failure = None;
     match Source::connect(&config.source_url).await {
         Err(e) => {
-            crate::metrics::get().source_up.set(0);
+            crate::metrics::get().set_source_up(false);
             failure = Some(AppError::Source(e));
         }
         Ok(source) => {
@@ -205,11 +205,15 @@ fn count_load(area: &config::Area, kind: LoadKind, result: &Result<LoadReport, L
     use crate::metrics::{AreaLabel, LoadLabels};
     let m = crate::metrics::get();
     m.load_ended(&area.id, kind.as_str(), result.is_ok());
-    if matches!(result, Err(LoadError::Source { .. })) {
-        m.source_up.set(0);
+    // A source that cannot be reached, not one that refuses a query (a
+    // missing table is the config's or DFDG's fault, not the network's).
+    if let Err(LoadError::Source { source, .. }) = result
+        && source.is_unreachable()
+    {
+        m.set_source_up(false);
     }
     let Ok(r) = result else { return };
-    m.source_up.set(1);
+    m.set_source_up(true);
     let labels = LoadLabels {
         area: area.id.clone(),
         kind: kind.as_str(),

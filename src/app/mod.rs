@@ -5,6 +5,7 @@ mod demo;
 mod ledger;
 mod loads;
 mod serve;
+mod status;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use loads::{
     LoadRequest, audit_housekeeping, reconcile_state, run_loads, schedules_differ, spawn_schedules,
 };
 pub use serve::{Server, config_files_state, reload, reload_recorded, serve, serve_until_stopped};
+pub use status::{StatusChange, StatusError, change_status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -36,6 +38,8 @@ pub enum AppError {
     Sftp(#[from] SftpError),
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -104,9 +108,7 @@ const COLUMN_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 pub fn check_columns_in_background(config: Arc<Config>) {
     tokio::spawn(async move {
         let checked = tokio::time::timeout(COLUMN_CHECK_TIMEOUT, source_columns(&config)).await;
-        crate::metrics::get()
-            .source_up
-            .set(matches!(checked, Ok(Ok(_))) as i64);
+        crate::metrics::get().set_source_up(matches!(checked, Ok(Ok(_))));
         match checked {
             Ok(Ok(columns)) => {
                 for e in config::check_columns(&config, &columns) {
@@ -152,7 +154,7 @@ pub async fn probe_source(live: Arc<config::Live>, stop: tokio_util::sync::Cance
             _ = stop.cancelled() => return,
             up = probe => up,
         };
-        crate::metrics::get().source_up.set(up as i64);
+        crate::metrics::get().set_source_up(up);
     }
 }
 

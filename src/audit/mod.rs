@@ -34,10 +34,12 @@ pub enum Action {
     AuditPruned,
     /// A path looked up (stat, realpath); recorded when the policy refused it.
     Lookup,
+    /// An operator opened, updated or resolved an incident, or planned maintenance.
+    StatusChange,
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Action::Login,
         Action::LoginRefused,
         Action::Listing,
@@ -49,6 +51,7 @@ impl Action {
         Action::AuditRead,
         Action::AuditPruned,
         Action::Lookup,
+        Action::StatusChange,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +67,7 @@ impl Action {
             Action::AuditRead => "audit_read",
             Action::AuditPruned => "audit_pruned",
             Action::Lookup => "lookup",
+            Action::StatusChange => "status_change",
         }
     }
 

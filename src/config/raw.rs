@@ -127,7 +127,8 @@ pub struct RawNotify {
     pub secret_file: Option<Spanned<String>>,
     /// Address that gets a mail per event, through `[smtp]`. Give this or `webhook`.
     pub email: Option<Spanned<String>>,
-    /// The events wanted: `load_published`, `load_failed`.
+    /// The events wanted: `load_published`, `load_failed`, `incident_opened`,
+    /// `incident_updated`, `incident_resolved`, `maintenance_planned`.
     pub events: Vec<Spanned<String>>,
     /// Only events of these data areas (every area when not given).
     #[serde(default)]

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+mod status;
+
 use axum::Router;
 use axum::extract::State as Extract;
 use axum::http::{StatusCode, header};
@@ -46,6 +48,9 @@ pub struct Views {
 
 pub fn router(views: Views) -> Router {
     Router::new()
+        .route("/", get(status::html))
+        .route("/feed.atom", get(status::atom))
+        .route("/api/status.json", get(status::json))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -17,15 +17,30 @@ use sha2::Sha256;
 pub enum EventKind {
     LoadPublished,
     LoadFailed,
+    IncidentOpened,
+    IncidentUpdated,
+    IncidentResolved,
+    MaintenancePlanned,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 2] = [EventKind::LoadPublished, EventKind::LoadFailed];
+    pub const ALL: [EventKind; 6] = [
+        EventKind::LoadPublished,
+        EventKind::LoadFailed,
+        EventKind::IncidentOpened,
+        EventKind::IncidentUpdated,
+        EventKind::IncidentResolved,
+        EventKind::MaintenancePlanned,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::LoadPublished => "load_published",
             EventKind::LoadFailed => "load_failed",
+            EventKind::IncidentOpened => "incident_opened",
+            EventKind::IncidentUpdated => "incident_updated",
+            EventKind::IncidentResolved => "incident_resolved",
+            EventKind::MaintenancePlanned => "maintenance_planned",
         }
     }
 

@@ -60,6 +60,7 @@ macro_rules! on {
 // After `on!`, so the audit SQL uses the same dispatch.
 mod audit;
 mod notify;
+mod status;
 
 pub use audit::AuditFilter;
 pub use notify::Pending;

@@ -19,4 +19,5 @@ mod schedules;
 mod sftp_library;
 mod sftp_openssh;
 mod state;
+mod status_page;
 mod versions;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
+use sqlx::Connection;
 
 use crate::common;
 
@@ -74,20 +75,7 @@ async fn webhooks_are_signed_and_delivered_once_after_the_receiver_comes_back() 
     wait_for(&got, 3).await;
 
     // A failed load of joblog reaches both recipients.
-    use sqlx::Connection;
-    let mut dfdg = sqlx::SqliteConnection::connect(&env.config.source_url)
-        .await
-        .unwrap();
-    sqlx::query("ALTER TABLE joblog_journal RENAME TO joblog_journal_gone")
-        .execute(&mut dfdg)
-        .await
-        .unwrap();
-    dfdg.close().await.unwrap();
-    assert!(
-        udstil::app::run_loads(&env.config, udstil::app::LoadRequest::delta(Some("joblog")))
-            .await
-            .is_err()
-    );
+    common::fail_a_joblog_load(&env.config).await;
     wait_for(&got, 5).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 

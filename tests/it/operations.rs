@@ -9,20 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::common;
 
-/// GETs `path` with curl; returns the status code and the body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let out = tokio::task::block_in_place(|| {
-        Command::new("curl")
-            .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
-            .arg(format!("http://{addr}{path}"))
-            .output()
-            .expect("curl is installed")
-    });
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.parse().unwrap(), body.to_string())
-}
-
 /// A Prometheus server on loopback, stopped when dropped.
 struct Prometheus {
     child: Child,
@@ -98,8 +84,14 @@ async fn prometheus_scrapes_the_load_counter_and_the_watermark_age() {
     })
     .await;
     let http = env.http_addr.expect("[http] listen is set");
-    assert_eq!(get(http, "/healthz"), (200, "ok\n".to_string()));
-    assert_eq!(get(http, "/readyz"), (200, "ready\n".to_string()));
+    assert_eq!(
+        common::http_get(http, "/healthz"),
+        (200, "ok\n".to_string())
+    );
+    assert_eq!(
+        common::http_get(http, "/readyz"),
+        (200, "ready\n".to_string())
+    );
 
     // A download and a refused login, so the serving side has counted something.
     let dl = env.path().join("dl");
@@ -114,7 +106,7 @@ async fn prometheus_scrapes_the_load_counter_and_the_watermark_age() {
     let refused = common::sftp_with_key(env.addr, "mallory", &stranger, "ls\n", &[]);
     assert!(!refused.status.success());
 
-    let (code, exposition) = get(http, "/metrics");
+    let (code, exposition) = common::http_get(http, "/metrics");
     assert_eq!(code, 200);
     for line in [
         "udstil_loads_total{area=\"joblog\",kind=\"full\",outcome=\"published\"}",
@@ -190,20 +182,23 @@ async fn readiness_fails_while_the_tree_cannot_be_read_and_recovers() {
     })
     .await;
     let http = env.http_addr.unwrap();
-    assert_eq!(get(http, "/readyz").0, 200);
+    assert_eq!(common::http_get(http, "/readyz").0, 200);
     // The tree's volume gone: a file where the root folder was.
     let root = env.root().to_path_buf();
     let aside = env.path().join("tree-aside");
     std::fs::rename(&root, &aside).unwrap();
     std::fs::write(&root, "not a folder").unwrap();
-    let (code, body) = get(http, "/readyz");
+    let (code, body) = common::http_get(http, "/readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.starts_with("not ready: tree: "), "{body}");
     // Liveness is the process, not its volumes.
-    assert_eq!(get(http, "/healthz").0, 200);
+    assert_eq!(common::http_get(http, "/healthz").0, 200);
     std::fs::remove_file(&root).unwrap();
     std::fs::rename(&aside, &root).unwrap();
-    assert_eq!(get(http, "/readyz"), (200, "ready\n".to_string()));
+    assert_eq!(
+        common::http_get(http, "/readyz"),
+        (200, "ready\n".to_string())
+    );
 }
 
 /// The shipped alert rules are valid and behave as their unit tests say

@@ -363,3 +363,36 @@ pub fn free_addr() -> SocketAddr {
         .local_addr()
         .unwrap()
 }
+
+/// Makes a delta load of joblog fail (its journal table renamed away in the
+/// demo's SQLite DFDG) and runs one, as a schedule would.
+pub async fn fail_a_joblog_load(config: &Config) {
+    use sqlx::Connection;
+    let mut dfdg = sqlx::SqliteConnection::connect(&config.source_url)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE joblog_journal RENAME TO joblog_journal_gone")
+        .execute(&mut dfdg)
+        .await
+        .unwrap();
+    dfdg.close().await.unwrap();
+    assert!(
+        app::run_loads(config, app::LoadRequest::delta(Some("joblog")))
+            .await
+            .is_err()
+    );
+}
+
+/// GETs `path` from an HTTP listener with curl: the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let out = tokio::task::block_in_place(|| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
+            .arg(format!("http://{addr}{path}"))
+            .output()
+            .expect("curl is installed")
+    });
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
