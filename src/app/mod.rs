@@ -6,6 +6,7 @@ mod ledger;
 mod loads;
 mod serve;
 mod status;
+mod watch;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ pub use loads::{
 };
 pub use serve::{Server, config_files_state, reload, reload_recorded, serve, serve_until_stopped};
 pub use status::{StatusChange, StatusError, change_status};
+pub use watch::watch_notices;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

@@ -112,11 +112,14 @@ impl Server {
             ))
         });
         let notifications = self.state.clone().map(|state| {
-            tokio::spawn(crate::notify::outbox::deliver(
-                self.shared.config.clone(),
-                state,
+            let live = self.shared.config.clone();
+            let watch = tokio::spawn(super::watch_notices(
+                live.clone(),
+                state.clone(),
                 stop.clone(),
-            ))
+            ));
+            let deliver = tokio::spawn(crate::notify::outbox::deliver(live, state, stop.clone()));
+            (watch, deliver)
         });
         let probe = self.http.is_some().then(|| {
             tokio::spawn(super::probe_source(
@@ -142,8 +145,9 @@ impl Server {
         if let Some(task) = probe {
             let _ = task.await;
         }
-        if let Some(task) = notifications {
-            let _ = task.await;
+        if let Some((watch, deliver)) = notifications {
+            let _ = watch.await;
+            let _ = deliver.await;
         }
         if let Some(task) = http
             && let Ok(Err(e)) = task.await

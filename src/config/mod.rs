@@ -410,11 +410,27 @@ impl Validator<'_> {
                 areas.insert(a.get_ref().clone());
             }
             let Some(channel) = channel else { continue };
+            let agreement_days = self
+                .count(
+                    &format!("notify {id}: agreement_days"),
+                    &r.agreement_days,
+                    defaults::AGREEMENT_DAYS,
+                )
+                .min(u32::MAX as u64) as u32;
+            let behind_loads = self
+                .count(
+                    &format!("notify {id}: behind_loads"),
+                    &r.behind_loads,
+                    defaults::BEHIND_LOADS,
+                )
+                .min(u32::MAX as u64) as u32;
             out.push(crate::notify::Recipient {
                 id,
                 channel,
                 events,
                 areas: (!r.areas.is_empty()).then_some(areas),
+                agreement_days,
+                behind_loads,
             });
         }
         out

@@ -128,11 +128,17 @@ pub struct RawNotify {
     /// Address that gets a mail per event, through `[smtp]`. Give this or `webhook`.
     pub email: Option<Spanned<String>>,
     /// The events wanted: `load_published`, `load_failed`, `incident_opened`,
-    /// `incident_updated`, `incident_resolved`, `maintenance_planned`.
+    /// `incident_updated`, `incident_resolved`, `maintenance_planned`,
+    /// `agreement_ending`, `supplier_behind`.
     pub events: Vec<Spanned<String>>,
     /// Only events of these data areas (every area when not given).
     #[serde(default)]
     pub areas: Vec<Spanned<String>>,
+    /// `agreement_ending` is sent this many days before an agreement ends.
+    pub agreement_days: Option<Spanned<i64>>,
+    /// `supplier_behind` is sent (once a day) when a supplier lacks at least
+    /// this many kept loads (the delivery ledger's `not_fetched`).
+    pub behind_loads: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -359,5 +365,7 @@ pub mod defaults {
         "area.person_column" => PERSON_COLUMN: &str = "cpr";
         "area.retention.full_loads" => FULL_LOADS: u64 = 3;
         "smtp.port" => SMTP_PORT: u64 = 587;
+        "notify.agreement_days" => AGREEMENT_DAYS: u64 = 30;
+        "notify.behind_loads" => BEHIND_LOADS: u64 = 3;
     }
 }

@@ -7,6 +7,7 @@ pub mod outbox;
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -21,16 +22,20 @@ pub enum EventKind {
     IncidentUpdated,
     IncidentResolved,
     MaintenancePlanned,
+    AgreementEnding,
+    SupplierBehind,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::LoadPublished,
         EventKind::LoadFailed,
         EventKind::IncidentOpened,
         EventKind::IncidentUpdated,
         EventKind::IncidentResolved,
         EventKind::MaintenancePlanned,
+        EventKind::AgreementEnding,
+        EventKind::SupplierBehind,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +46,8 @@ impl EventKind {
             EventKind::IncidentUpdated => "incident_updated",
             EventKind::IncidentResolved => "incident_resolved",
             EventKind::MaintenancePlanned => "maintenance_planned",
+            EventKind::AgreementEnding => "agreement_ending",
+            EventKind::SupplierBehind => "supplier_behind",
         }
     }
 
@@ -70,6 +77,10 @@ pub struct Recipient {
     pub events: std::collections::BTreeSet<EventKind>,
     /// `None`: every area.
     pub areas: Option<std::collections::BTreeSet<String>>,
+    /// `agreement_ending`: this many days before an agreement ends.
+    pub agreement_days: u32,
+    /// `supplier_behind`: when a supplier lacks at least this many kept loads.
+    pub behind_loads: u32,
 }
 
 /// How a recipient is reached.
@@ -124,6 +135,61 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// An agreement that ends within `within` of `now`: its id, kind, parties
+/// and end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    pub id: String,
+    pub kind: &'static str,
+    pub parties: String,
+    pub end: DateTime<Utc>,
+}
+
+/// The agreements that end after `now` but within `within`.
+pub fn agreements_ending(
+    agreements: &crate::access::Agreements,
+    now: DateTime<Utc>,
+    within: chrono::Duration,
+) -> Vec<Ending> {
+    let soon = |v: &crate::access::Validity| v.to.filter(|t| *t >= now && *t - now <= within);
+    let mut out = Vec::new();
+    for a in &agreements.connection {
+        if let Some(end) = soon(&a.validity) {
+            out.push(Ending {
+                id: a.id.clone(),
+                kind: "connection",
+                parties: format!(
+                    "{} with {}",
+                    a.authority,
+                    a.suppliers.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                end,
+            });
+        }
+    }
+    for a in &agreements.data_processing {
+        if let Some(end) = soon(&a.validity) {
+            out.push(Ending {
+                id: a.id.clone(),
+                kind: "data_processing",
+                parties: format!("{} with {}", a.supplier, a.authority),
+                end,
+            });
+        }
+    }
+    for a in &agreements.cooperation {
+        if let Some(end) = soon(&a.validity) {
+            out.push(Ending {
+                id: a.id.clone(),
+                kind: "cooperation",
+                parties: format!("{} with STAR", a.supplier),
+                end,
+            });
+        }
+    }
+    out
+}
+
 /// The name of the signature header.
 pub const SIGNATURE_HEADER: &str = "X-Udstil-Signature";
 /// The header naming the delivery (the outbox row), the same on every retry,
@@ -158,12 +224,41 @@ mod tests {
             },
             events: [EventKind::LoadFailed].into(),
             areas: Some(["joblog".to_string()].into()),
+            agreement_days: 30,
+            behind_loads: 3,
         };
         assert!(r.wants(&notice(EventKind::LoadFailed, Some("joblog"))));
         assert!(!r.wants(&notice(EventKind::LoadFailed, Some("plans"))));
         assert!(!r.wants(&notice(EventKind::LoadPublished, Some("joblog"))));
         let all = Recipient { areas: None, ..r };
         assert!(all.wants(&notice(EventKind::LoadFailed, Some("plans"))));
+    }
+
+    #[test]
+    fn agreements_that_end_soon_are_found() {
+        use crate::access::{Agreements, CooperationAgreement, Validity};
+        use chrono::TimeZone;
+        let now = Utc.with_ymd_and_hms(2026, 12, 5, 12, 0, 0).unwrap();
+        let ends = |days: i64| CooperationAgreement {
+            id: format!("sup-{days}"),
+            supplier: "bi-alpha".into(),
+            areas: Default::default(),
+            validity: Validity {
+                from: now - chrono::Duration::days(400),
+                to: Some(now + chrono::Duration::days(days)),
+            },
+        };
+        let a = Agreements {
+            cooperation: vec![ends(-1), ends(10), ends(40)],
+            ..Default::default()
+        };
+        let found = agreements_ending(&a, now, chrono::Duration::days(30));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (found[0].id.as_str(), found[0].kind),
+            ("sup-10", "cooperation")
+        );
+        assert_eq!(found[0].parties, "bi-alpha with STAR");
     }
 
     #[test]

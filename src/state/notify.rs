@@ -78,4 +78,17 @@ impl State {
         let (n,): (i64,) = on!(self, p => sqlx::query_as(sql).fetch_one(p).await)?;
         Ok(n)
     }
+
+    /// Claims `key`: true the first time, false ever after.
+    pub async fn notify_once(&self, key: &str) -> Result<bool, StateError> {
+        let sql = "INSERT INTO notify_sent (key, at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
+        let at = now();
+        let n = on!(self, p => sqlx::query(sql)
+            .bind(key)
+            .bind(&at)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(n == 1)
+    }
 }

@@ -274,3 +274,64 @@ fn test_ca_and_server_cert(
     run(sign);
     (p("ca.pem"), p("cert.pem"), p("key.pem"))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agreement_about_to_end_and_a_supplier_behind_are_each_sent_once() {
+    let hook = common::free_addr();
+    let got: Got = Arc::default();
+    receiver(hook, got.clone()).await;
+    let ends = (chrono::Utc::now() + chrono::Duration::days(10)).date_naive();
+    let env = common::start_with(200, |dir, text| {
+        std::fs::write(dir.join("webhook-secret"), SECRET).unwrap();
+        text.push_str(&format!(
+            "\n[[agreements.cooperation]]\nid = \"sup-gamma-2\"\nsupplier = \"bi-gamma\"\nareas = [\"joblog\"]\nvalid_from = \"2026-01-01\"\nvalid_to = \"{ends}\"\n\
+             \n[[notify]]\nid = \"contracts\"\nwebhook = \"http://{hook}/hook\"\nsecret_file = \"webhook-secret\"\n\
+             events = [\"agreement_ending\", \"supplier_behind\"]\nagreement_days = 30\nbehind_loads = 1\n"
+        ));
+    })
+    .await;
+    // No supplier has fetched anything: each is behind (bi-gamma too, now
+    // that its second cooperation agreement is in force).
+    wait_for(&got, 5).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = got.lock().unwrap().clone();
+    let notices: Vec<serde_json::Value> = got
+        .iter()
+        .map(|g| serde_json::from_slice(&g.3).unwrap())
+        .collect();
+    let ending: Vec<&serde_json::Value> = notices
+        .iter()
+        .filter(|n| n["event"] == "agreement_ending")
+        .collect();
+    assert_eq!(ending.len(), 1, "{notices:?}");
+    assert_eq!(ending[0]["details"]["agreement"], "sup-gamma-2");
+    let mut behind: Vec<&str> = notices
+        .iter()
+        .filter(|n| n["event"] == "supplier_behind")
+        .map(|n| n["details"]["supplier"].as_str().unwrap())
+        .collect();
+    behind.sort();
+    assert_eq!(
+        behind,
+        ["bi-alpha", "bi-beta", "bi-delta", "bi-gamma"],
+        "{notices:?}"
+    );
+    assert!(
+        ending[0]["summary"].as_str().unwrap().ends_with(&format!(
+            "ends at {} 00:00 (Danish time)",
+            ends + chrono::Duration::days(1)
+        )),
+        "valid_to is the last day in force: {}",
+        ending[0]["summary"]
+    );
+    // Sent once: the key is taken.
+    let state = udstil::state::State::open(env.config.state_url.as_ref().unwrap())
+        .await
+        .unwrap();
+    let key = format!(
+        "supplier_behind:contracts:bi-alpha:{}",
+        chrono::Utc::now().date_naive()
+    );
+    assert!(!state.notify_once(&key).await.unwrap());
+    state.close().await;
+}

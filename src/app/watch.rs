@@ -1,0 +1,115 @@
+//! The notifications nothing else raises: an agreement about to end, and a
+//! supplier falling behind. `serve` checks shortly after its start and then
+//! every hour; each is sent once per recipient (per day, for a supplier
+//! behind), as the state database records what was sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Live};
+use crate::notify::{EventKind, Notice, Recipient, agreements_ending};
+use crate::state::State;
+
+/// How often the watch looks.
+const EVERY: Duration = Duration::from_secs(3600);
+/// The first look, once the server has settled.
+const FIRST: Duration = Duration::from_secs(2);
+
+/// Runs the watch until `stop`.
+pub async fn watch_notices(live: Arc<Live>, state: State, stop: CancellationToken) {
+    let mut wait = FIRST;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = EVERY;
+        let config = live.get();
+        let wanted = |k: EventKind| config.notify.iter().filter(move |r| r.events.contains(&k));
+        for r in wanted(EventKind::AgreementEnding) {
+            agreements(&config, &state, r).await;
+        }
+        // The ledger reads every kept manifest: only built when someone wants it.
+        if wanted(EventKind::SupplierBehind).next().is_some() {
+            let filter = super::LedgerFilter::default();
+            match super::ledger_on(&config, &state, &filter).await {
+                Ok(entries) => {
+                    for r in wanted(EventKind::SupplierBehind) {
+                        behind(&state, r, &entries).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "notifications: cannot build the delivery ledger")
+                }
+            }
+        }
+    }
+}
+
+async fn agreements(config: &Config, state: &State, r: &Recipient) {
+    let now = Utc::now();
+    let within = chrono::Duration::days(r.agreement_days.into());
+    for e in agreements_ending(&config.agreements, now, within) {
+        let key = format!("agreement_ending:{}:{}:{}", r.id, e.id, e.end.to_rfc3339());
+        let notice = Notice {
+            event: EventKind::AgreementEnding,
+            at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            area: None,
+            summary: format!(
+                "the {} agreement {} ({}) ends at {}",
+                e.kind.replace('_', "-"),
+                e.id,
+                e.parties,
+                e.end
+                    .with_timezone(&chrono_tz::Europe::Copenhagen)
+                    .format("%Y-%m-%d %H:%M (Danish time)")
+            ),
+            details: serde_json::json!({ "agreement": e.id, "kind": e.kind, "ends": e.end.to_rfc3339() }),
+        };
+        send_once(state, r, &key, &notice).await;
+    }
+}
+
+async fn behind(state: &State, r: &Recipient, entries: &[crate::ledger::Entry]) {
+    let now = Utc::now();
+    let mut per_supplier: std::collections::BTreeMap<&str, usize> = Default::default();
+    for e in entries {
+        *per_supplier.entry(e.supplier.as_str()).or_default() += e.not_fetched.len();
+    }
+    for (supplier, n) in per_supplier {
+        if n < r.behind_loads as usize {
+            continue;
+        }
+        let key = format!("supplier_behind:{}:{supplier}:{}", r.id, now.date_naive());
+        let notice = Notice {
+            event: EventKind::SupplierBehind,
+            at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            area: None,
+            summary: format!(
+                "{supplier} lacks {n} kept loads (udstil ledger --supplier {supplier})"
+            ),
+            details: serde_json::json!({ "supplier": supplier, "not_fetched": n }),
+        };
+        send_once(state, r, &key, &notice).await;
+    }
+}
+
+/// Queues `notice` for `r` unless `key` was sent before.
+async fn send_once(state: &State, r: &Recipient, key: &str, notice: &Notice) {
+    match state.notify_once(key).await {
+        Ok(true) => {
+            let body = serde_json::to_string(notice).expect("a notice serialises");
+            if let Err(e) = state
+                .notify_enqueue(&r.id, notice.event.as_str(), &body)
+                .await
+            {
+                tracing::error!(recipient = %r.id, error = %e, "cannot queue a notification");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "notifications: cannot record what was sent"),
+    }
+}
