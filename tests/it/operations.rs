@@ -225,3 +225,39 @@ fn the_shipped_alert_rules_pass_promtool() {
         );
     }
 }
+
+/// `--log-format json` writes one JSON object per line, for log shipping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = udstil::app::prepare_demo(dir.path(), "127.0.0.1:0".parse().unwrap(), 50, 1)
+        .await
+        .unwrap();
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_udstil"))
+            .args([
+                "--log-format",
+                "json",
+                "load",
+                "--full",
+                "--area",
+                "joblog",
+                "--config",
+            ])
+            .arg(&config)
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let lines: Vec<serde_json::Value> = common::stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let published = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "load published")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(published["fields"]["area"], "joblog");
+    assert_eq!(published["level"], "INFO");
+    assert!(published["timestamp"].is_string());
+}
