@@ -106,8 +106,86 @@ async fn check_state(state_url: &str) {
         state.watermark("joblog", 1).await.unwrap(),
         Some((*wm, id.to_string()))
     );
+    check_operating_tables(&state).await;
     state.close().await;
     check_audit(&config).await;
+}
+
+/// The notification outbox, the status page's tables, the load days and
+/// the ledger's download query on this database (the SQL the HTTP side,
+/// the watch and `udstil status` use).
+async fn check_operating_tables(state: &State) {
+    // Outbox: queued, due, a failed attempt deferred, then delivered.
+    state
+        .notify_enqueue("ops", "load_published", "{}")
+        .await
+        .unwrap();
+    let due = state.notify_due(10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].recipient.as_str(), due[0].attempts), ("ops", 0));
+    state
+        .notify_failed(due[0].id, std::time::Duration::from_secs(60), "down")
+        .await
+        .unwrap();
+    assert!(state.notify_due(10).await.unwrap().is_empty(), "deferred");
+    state.notify_delivered(due[0].id).await.unwrap();
+    assert_eq!(state.notify_waiting().await.unwrap(), 0);
+    assert!(state.notify_once("k").await.unwrap());
+    assert!(!state.notify_once("k").await.unwrap());
+
+    // Incidents and maintenance.
+    let id = state
+        .incident_open("sftp", "outage", "Nede", "Vi undersøger.")
+        .await
+        .unwrap();
+    assert!(
+        state
+            .incident_update(id, "resolved", "Løst.")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !state
+            .incident_update(id + 100, "resolved", "x")
+            .await
+            .unwrap()
+    );
+    let since = chrono::Utc::now() - chrono::Duration::days(90);
+    let incidents = state.incidents(since).await.unwrap();
+    assert_eq!(incidents.len(), 1);
+    assert_eq!(incidents[0].updates.len(), 2);
+    assert!(incidents[0].resolved_at.is_some());
+    let now = chrono::Utc::now();
+    state
+        .maintenance_plan(&udstil::status::Maintenance {
+            id: 0,
+            kind: "release".into(),
+            title: "R".into(),
+            component: None,
+            starts_at: now + chrono::Duration::days(1),
+            ends_at: now + chrono::Duration::days(2),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(state.maintenance(since).await.unwrap().len(), 1);
+
+    // Load days: this database recorded joblog runs today, the newest a failure.
+    let (days, last_failed) = state.load_days("joblog", since).await.unwrap();
+    assert!(
+        !days.is_empty() && days.iter().any(|d| d.failed),
+        "{days:?}"
+    );
+    assert!(last_failed);
+
+    // The ledger's query answers (no downloads recorded here).
+    assert!(
+        state
+            .complete_downloads(Some("bi-alpha"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// The audit chain and the person index on this database: loads recorded,
