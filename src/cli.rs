@@ -134,6 +134,16 @@ pub fn parse_authority(
         .transpose()
 }
 
+impl AuditFormat {
+    /// Audit records as JSON, or a line each (without a trailing newline).
+    pub fn render(self, rows: &[udstil::audit::Record]) -> anyhow::Result<String> {
+        Ok(match self {
+            AuditFormat::Json => serde_json::to_string_pretty(rows)?,
+            AuditFormat::Text => rows.iter().map(|r| r.line()).collect::<Vec<_>>().join("\n"),
+        })
+    }
+}
+
 impl LedgerFormat {
     pub fn render(self, entries: &[udstil::ledger::Entry]) -> anyhow::Result<String> {
         Ok(match self {

@@ -244,18 +244,6 @@ fn access(command: AccessCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn print_records(rows: &[udstil::audit::Record], format: AuditFormat) -> anyhow::Result<()> {
-    match format {
-        AuditFormat::Json => out!("{}", serde_json::to_string_pretty(rows)?),
-        AuditFormat::Text => {
-            for r in rows {
-                out!("{}", r.line());
-            }
-        }
-    }
-    Ok(())
-}
-
 async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {
         AuditCommand::Verify { config } => {
@@ -279,7 +267,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
         } => {
             let c = config_file(&config)?;
             let rows = app::audit_query(&c, &filter.filter()?).await?;
-            print_records(&rows, format)?;
+            print_nonempty(&format.render(&rows)?);
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Person {
@@ -295,24 +283,22 @@ async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             if matches!(format, AuditFormat::Text) && rows.is_empty() {
                 out!("no downloads of files holding this person are recorded");
             }
-            print_records(&rows, format)?;
+            print_nonempty(&format.render(&rows)?);
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
+/// Prints `text` unless it is empty (a query without rows prints nothing).
+fn print_nonempty(text: &str) {
+    if !text.is_empty() {
+        out!("{text}");
+    }
+}
+
 async fn demo(listen: SocketAddr, dir: &Path, citizens: u64) -> anyhow::Result<ExitCode> {
     let demo = app::demo(listen, dir, citizens).await?;
-    for r in &demo.loads {
-        out!(
-            "loaded {:<30} {:>8} rows into {:>3} authorities ({})",
-            r.area,
-            r.rows_read,
-            r.authorities,
-            r.load_id
-        );
-    }
-    out!("{}", demo.welcome);
+    out!("{}\n{}", demo.loaded(), demo.welcome);
     app::serve_until_stopped(demo.server).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -21,6 +21,22 @@ pub struct Demo {
     pub welcome: String,
 }
 
+impl Demo {
+    /// A line per area loaded.
+    pub fn loaded(&self) -> String {
+        self.loads
+            .iter()
+            .map(|r| {
+                format!(
+                    "loaded {:<30} {:>8} rows into {:>3} authorities ({})",
+                    r.area, r.rows_read, r.authorities, r.load_id
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 /// Lays out `dir` (see [`prepare_demo`]), runs a full load of every area,
 /// binds the server and writes a `known_hosts` for the printed commands.
 pub async fn demo(listen: SocketAddr, dir: &Path, citizens: u64) -> Result<Demo, AppError> {
