@@ -34,6 +34,16 @@ pub enum CatchUp {
     Full,
 }
 
+impl CatchUp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatchUp::Current => "current",
+            CatchUp::Deltas => "deltas",
+            CatchUp::Full => "full",
+        }
+    }
+}
+
 /// One row of the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Entry {
@@ -197,11 +207,7 @@ pub fn text(entries: &[Entry]) -> String {
             e.latest_published.as_deref().unwrap_or("-"),
             e.latest_fetched.as_deref().unwrap_or("-"),
             e.replayable_to.as_deref().unwrap_or("-"),
-            match e.catch_up {
-                CatchUp::Current => "current",
-                CatchUp::Deltas => "deltas",
-                CatchUp::Full => "full",
-            },
+            e.catch_up.as_str(),
             if e.not_fetched.is_empty() {
                 "-".to_string()
             } else {
@@ -226,10 +232,7 @@ pub fn csv(entries: &[Entry]) -> String {
             e.latest_published.as_deref().unwrap_or(""),
             e.latest_fetched.as_deref().unwrap_or(""),
             e.replayable_to.as_deref().unwrap_or(""),
-            serde_json::to_value(e.catch_up)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            e.catch_up.as_str(),
             e.not_fetched.join(" "),
             e.needed.join(" ")
         ));

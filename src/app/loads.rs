@@ -199,10 +199,11 @@ fn notice(
     }
 }
 
-/// The load's metrics: its outcome, and for a published load its duration,
-/// size and the area's new watermark.
+/// The load's metrics: its outcome, and for a published load its duration
+/// and size. (The area's watermark and age are read at scrape time from the
+/// state database, which also sees loads of other processes.)
 fn count_load(area: &config::Area, kind: LoadKind, result: &Result<LoadReport, LoadError>) {
-    use crate::metrics::{AreaLabel, LoadLabels};
+    use crate::metrics::LoadLabels;
     let m = crate::metrics::get();
     m.load_ended(&area.id, kind.as_str(), result.is_ok());
     // A source that cannot be reached, not one that refuses a query (a
@@ -223,13 +224,6 @@ fn count_load(area: &config::Area, kind: LoadKind, result: &Result<LoadReport, L
         .observe(r.elapsed.as_secs_f64());
     m.load_rows.get_or_create(&labels).inc_by(r.rows_written);
     m.load_bytes.get_or_create(&labels).inc_by(r.bytes);
-    let at = AreaLabel {
-        area: area.id.clone(),
-    };
-    m.watermark.get_or_create(&at).set(r.watermark_to);
-    m.last_load
-        .get_or_create(&at)
-        .set(r.load_id.at.timestamp() as f64);
 }
 
 /// Records a published load: its run, its audit event and the log lines.

@@ -27,24 +27,31 @@ pub async fn watch_notices(live: Arc<Live>, state: State, stop: CancellationToke
             _ = tokio::time::sleep(wait) => {}
         }
         wait = EVERY;
+        // A stop does not wait for a pass (the ledger can take a while).
         let config = live.get();
-        let wanted = |k: EventKind| config.notify.iter().filter(move |r| r.events.contains(&k));
-        for r in wanted(EventKind::AgreementEnding) {
-            agreements(&config, &state, r).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = look(&config, &state) => {}
         }
-        // The ledger reads every kept manifest: only built when someone wants it.
-        if wanted(EventKind::SupplierBehind).next().is_some() {
-            let filter = super::LedgerFilter::default();
-            match super::ledger_on(&config, &state, &filter).await {
-                Ok(entries) => {
-                    for r in wanted(EventKind::SupplierBehind) {
-                        behind(&state, r, &entries).await;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "notifications: cannot build the delivery ledger")
+    }
+}
+
+/// One pass: every recipient's agreements about to end and suppliers behind.
+async fn look(config: &Config, state: &State) {
+    let wanted = |k: EventKind| config.notify.iter().filter(move |r| r.events.contains(&k));
+    for r in wanted(EventKind::AgreementEnding) {
+        agreements(config, state, r).await;
+    }
+    // The ledger reads every kept manifest: only built when someone wants it.
+    if wanted(EventKind::SupplierBehind).next().is_some() {
+        let filter = super::LedgerFilter::default();
+        match super::ledger_on(config, state, &filter).await {
+            Ok(entries) => {
+                for r in wanted(EventKind::SupplierBehind) {
+                    behind(state, r, &entries).await;
                 }
             }
+            Err(e) => tracing::warn!(error = %e, "notifications: cannot build the delivery ledger"),
         }
     }
 }

@@ -95,7 +95,7 @@ impl SftpSession {
         };
         let complete = *reached >= *size && *served >= *size;
         if let Location::Area { area, .. } = location {
-            let m = crate::metrics::get();
+            let m = metrics::get();
             let area = area.clone();
             m.bytes_served
                 .get_or_create(&metrics::AreaLabel { area: area.clone() })
@@ -150,7 +150,7 @@ fn denied(what: &str) -> StatusReply {
 
 /// Counts a refused request by reason (a fixed set).
 fn refused(reason: &'static str) {
-    crate::metrics::get()
+    metrics::get()
         .refusals
         .get_or_create(&metrics::Reason { reason })
         .inc();
