@@ -230,6 +230,21 @@ pub enum AccessCommand {
         #[arg(long)]
         at: Option<String>,
     },
+    /// Every supplier x authority x area that gains or loses access in a
+    /// window, and which agreement starts or ends to cause it (a supplier
+    /// switch shows as one supplier's losses and the other's gains).
+    Changes {
+        #[arg(long)]
+        config: PathBuf,
+        /// A date (from the start of that Danish day) or RFC 3339 time; now when left out.
+        #[arg(long)]
+        from: Option<String>,
+        /// A date (to the end of that Danish day) or RFC 3339 time.
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_enum, default_value_t = ChangesFormat::Text)]
+        format: ChangesFormat,
+    },
     /// Supplier x authority x area, allowed or not, for audits.
     Matrix {
         #[arg(long)]
@@ -326,6 +341,12 @@ pub enum LedgerFormat {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ChangesFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 pub enum MatrixFormat {
     Csv,
     Json,
@@ -358,6 +379,13 @@ pub enum FixturesCommand {
 pub fn parse_time(flag: &str, text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     udstil::config::parse_instant(text, false).ok_or_else(|| {
         anyhow::anyhow!("{flag} {text} is not a date (2026-01-31) or an RFC 3339 time")
+    })
+}
+
+/// `--to`: a bare date runs to the end of that Danish day.
+pub fn parse_until(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    udstil::config::parse_instant(text, true).ok_or_else(|| {
+        anyhow::anyhow!("--to {text} is not a date (2026-01-31) or an RFC 3339 time")
     })
 }
 

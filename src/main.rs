@@ -231,6 +231,26 @@ fn access(command: AccessCommand) -> anyhow::Result<ExitCode> {
             out!("{}", report::explain_text(&supplier, at, &rows));
             Ok(ExitCode::SUCCESS)
         }
+        AccessCommand::Changes {
+            config,
+            from,
+            to,
+            format,
+        } => {
+            let c = config_file(&config)?;
+            let from = match from {
+                Some(t) => parse_time("--from", &t)?,
+                None => chrono::Utc::now(),
+            };
+            let to = parse_until(&to)?;
+            anyhow::ensure!(to > from, "--to must be after --from");
+            let changes = report::planned_changes(&c, from, to);
+            match format {
+                ChangesFormat::Json => out!("{}", serde_json::to_string_pretty(&changes)?),
+                ChangesFormat::Text => out!("{}", report::changes_text(from, to, &changes)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         AccessCommand::Matrix { config, at, format } => {
             let c = config_file(&config)?;
             let at = parse_at(at.as_deref())?;

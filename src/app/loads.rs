@@ -188,6 +188,7 @@ fn notice(
                 "rows_written": r.rows_written,
                 "watermark_to": r.watermark_to,
             }),
+            suppliers: Vec::new(),
         },
         Err(e) => Notice {
             event: EventKind::LoadFailed,
@@ -195,6 +196,7 @@ fn notice(
             area: Some(area.id.clone()),
             summary: format!("{} load of {} failed: {e}", kind.as_str(), area.id),
             details: serde_json::json!({ "kind": kind.as_str(), "version": area.version }),
+            suppliers: Vec::new(),
         },
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
 
 use super::{
@@ -281,6 +281,29 @@ pub async fn reload_recorded(
     result
 }
 
+/// Records each access an agreement's start or end gave or took since
+/// `since`, in the audit trail and the log. Nothing else has to happen at
+/// that instant: sessions ask the policy on every request and re-ask for
+/// open files every 250 ms.
+async fn record_agreement_boundaries(config: &Config, audit: &Trail, since: &mut DateTime<Utc>) {
+    let now = Utc::now();
+    for c in crate::config::report::planned_changes(config, *since, now) {
+        let change = if c.gained { "gained" } else { "lost" };
+        let reasons = c.reasons.join("; ");
+        tracing::info!(supplier = %c.supplier, authority = %c.authority, area = %c.area,
+            change, reasons = %reasons, "access changed: an agreement started or ended");
+        let event = Event {
+            authority: Some(c.authority.to_string()),
+            area: Some(c.area.clone()),
+            ..Event::new(Action::AccessChange, change)
+                .supplier(&c.supplier)
+                .detail(&reasons)
+        };
+        audit.record(event).await;
+    }
+    *since = now;
+}
+
 /// The files a config is read from, with their modification time and size,
 /// to notice edits by polling (portable, and cheap at one stat per second).
 pub fn config_files_state(config: &Config) -> Vec<(PathBuf, Option<(std::time::SystemTime, u64)>)> {
@@ -331,6 +354,7 @@ pub async fn serve_until_stopped(server: Server) -> Result<(), AppError> {
     let mut schedules = spawn_schedules(live.get(), stop.clone());
     tracing::info!(schedules = schedules.len(), "schedules started");
     let mut watched = config_files_state(&live.get());
+    let mut access_seen = Utc::now();
     let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
     let stopper = server.stopper();
     let run = server.run();
@@ -343,6 +367,7 @@ pub async fn serve_until_stopped(server: Server) -> Result<(), AppError> {
             _ = term.recv() => { tracing::info!("terminated; stopping"); break; }
             _ = hup.recv() => "SIGHUP",
             _ = poll.tick() => {
+                record_agreement_boundaries(&live.get(), &audit, &mut access_seen).await;
                 let now = config_files_state(&live.get());
                 if now == watched { continue; }
                 watched = now;
@@ -350,8 +375,12 @@ pub async fn serve_until_stopped(server: Server) -> Result<(), AppError> {
             }
         };
         let before = live.get();
+        // What the config in force did up to now is its own; the reload
+        // records what the new one changes from now on.
+        record_agreement_boundaries(&before, &audit, &mut access_seen).await;
         match reload_recorded(&live, &path, &audit, why).await {
             Ok(_) => {
+                access_seen = Utc::now();
                 let after = live.get();
                 watched = config_files_state(&after);
                 if schedules_differ(&before, &after) {

@@ -166,6 +166,7 @@ async fn apply(
         area,
         summary,
         details: serde_json::Value::Null,
+        suppliers: Vec::new(),
     };
     crate::notify::outbox::enqueue(config, state, &notice).await;
     Ok(done)

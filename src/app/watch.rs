@@ -1,5 +1,5 @@
-//! The notifications nothing else raises: an agreement about to end, and a
-//! supplier falling behind. `serve` checks shortly after its start and then
+//! The notifications nothing else raises: an agreement about to end, a
+//! supplier about to gain or lose access, and a supplier falling behind. `serve` checks shortly after its start and then
 //! every hour; each is sent once per recipient (per day, for a supplier
 //! behind), as the state database records what was sent.
 
@@ -42,6 +42,9 @@ async fn look(config: &Config, state: &State) {
     for r in wanted(EventKind::AgreementEnding) {
         agreements(config, state, r).await;
     }
+    for r in wanted(EventKind::AccessChange) {
+        access_changes(config, state, r).await;
+    }
     // The ledger reads every kept manifest: only built when someone wants it.
     if wanted(EventKind::SupplierBehind).next().is_some() {
         let filter = super::LedgerFilter::default();
@@ -75,6 +78,43 @@ async fn agreements(config: &Config, state: &State, r: &Recipient) {
                     .format("%Y-%m-%d %H:%M (Danish time)")
             ),
             details: serde_json::json!({ "agreement": e.id, "kind": e.kind, "ends": e.end.to_rfc3339() }),
+            suppliers: e.suppliers.clone(),
+        };
+        send_once(state, r, &key, &notice).await;
+    }
+}
+
+/// Each gain or loss of access within the recipient's `agreement_days`:
+/// the operator hears of all, a supplier's contact of its own.
+async fn access_changes(config: &Config, state: &State, r: &Recipient) {
+    let now = Utc::now();
+    let until = now + chrono::Duration::days(r.agreement_days.into());
+    for c in crate::config::report::planned_changes(config, now, until) {
+        let key = format!(
+            "access_change:{}:{}:{}:{}:{}:{}",
+            r.id,
+            c.supplier,
+            c.authority,
+            c.area,
+            c.gained,
+            c.at.to_rfc3339()
+        );
+        let notice = Notice {
+            event: EventKind::AccessChange,
+            at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            area: Some(c.area.clone()),
+            summary: format!(
+                "{} {} {}/{} at {} ({})",
+                c.supplier,
+                if c.gained { "gains" } else { "loses" },
+                c.authority,
+                c.area,
+                c.at.with_timezone(&chrono_tz::Europe::Copenhagen)
+                    .format("%Y-%m-%d %H:%M (Danish time)"),
+                c.reasons.join("; ")
+            ),
+            details: serde_json::to_value(&c).expect("serialises"),
+            suppliers: vec![c.supplier.clone()],
         };
         send_once(state, r, &key, &notice).await;
     }
@@ -99,13 +139,18 @@ async fn behind(state: &State, r: &Recipient, entries: &[crate::ledger::Entry]) 
                 "{supplier} lacks {n} kept loads (udstil ledger --supplier {supplier})"
             ),
             details: serde_json::json!({ "supplier": supplier, "not_fetched": n }),
+            suppliers: vec![supplier.to_string()],
         };
         send_once(state, r, &key, &notice).await;
     }
 }
 
-/// Queues `notice` for `r` unless `key` was sent before.
+/// Queues `notice` for `r` unless `key` was sent before (or the notice is
+/// about another supplier than the recipient's own).
 async fn send_once(state: &State, r: &Recipient, key: &str, notice: &Notice) {
+    if !r.wants(notice) {
+        return;
+    }
     match state.notify_once(key).await {
         Ok(true) => {
             let body = serde_json::to_string(notice).expect("a notice serialises");

@@ -36,10 +36,13 @@ pub enum Action {
     Lookup,
     /// An operator opened, updated or resolved an incident, or planned maintenance.
     StatusChange,
+    /// A supplier gained or lost an authority's data area because an
+    /// agreement started or ended (a reload records its own changes).
+    AccessChange,
 }
 
 impl Action {
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 13] = [
         Action::Login,
         Action::LoginRefused,
         Action::Listing,
@@ -52,6 +55,7 @@ impl Action {
         Action::AuditPruned,
         Action::Lookup,
         Action::StatusChange,
+        Action::AccessChange,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +72,7 @@ impl Action {
             Action::AuditPruned => "audit_pruned",
             Action::Lookup => "lookup",
             Action::StatusChange => "status_change",
+            Action::AccessChange => "access_change",
         }
     }
 

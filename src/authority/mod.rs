@@ -135,6 +135,13 @@ impl fmt::Display for AuthorityId {
     }
 }
 
+/// As its path form, `kommune/101`, in reports and notices.
+impl serde::Serialize for AuthorityId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseAuthorityError {
     #[error("`{0}` is not an authority; write `kommune/<3-digit code>` or `akasse/<3-digit code>`")]

@@ -341,7 +341,7 @@ impl Validator<'_> {
         ) as usize;
         let suppliers = self.suppliers(&raw.suppliers);
         let agreements = self.agreements(&raw.agreements, &suppliers, &area_ids);
-        let notify = self.recipients(&raw.notify, &area_ids);
+        let notify = self.recipients(&raw.notify, &area_ids, &suppliers);
         let smtp = self.smtp(raw.smtp.as_ref(), &notify);
         let config = Config {
             file: self.file.clone(),
@@ -370,6 +370,7 @@ impl Validator<'_> {
         &mut self,
         raw: &[Spanned<RawNotify>],
         area_ids: &BTreeSet<String>,
+        suppliers: &BTreeMap<String, Supplier>,
     ) -> Vec<crate::notify::Recipient> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
@@ -409,6 +410,14 @@ impl Validator<'_> {
                 }
                 areas.insert(a.get_ref().clone());
             }
+            if let Some(s) = &r.supplier
+                && !suppliers.contains_key(s.get_ref())
+            {
+                self.err(
+                    s.span(),
+                    format!("notify {id}: unknown supplier \"{}\"", s.get_ref()),
+                );
+            }
             let Some(channel) = channel else { continue };
             let agreement_days = self
                 .count(
@@ -431,6 +440,7 @@ impl Validator<'_> {
                 areas: (!r.areas.is_empty()).then_some(areas),
                 agreement_days,
                 behind_loads,
+                supplier: r.supplier.as_ref().map(|s| s.get_ref().clone()),
             });
         }
         out

@@ -129,16 +129,23 @@ pub struct RawNotify {
     pub email: Option<Spanned<String>>,
     /// The events wanted: `load_published`, `load_failed`, `incident_opened`,
     /// `incident_updated`, `incident_resolved`, `maintenance_planned`,
-    /// `agreement_ending`, `supplier_behind`.
+    /// `agreement_ending`, `supplier_behind`, `access_change` (a supplier
+    /// gains or loses an authority's data area when an agreement starts or ends).
     pub events: Vec<Spanned<String>>,
     /// Only events of these data areas (every area when not given).
     #[serde(default)]
     pub areas: Vec<Spanned<String>>,
-    /// `agreement_ending` is sent this many days before an agreement ends.
+    /// `agreement_ending` and `access_change` are sent this many days before
+    /// the agreement ends or the access changes.
     pub agreement_days: Option<Spanned<i64>>,
     /// `supplier_behind` is sent (once a day) when a supplier lacks at least
     /// this many kept loads (the delivery ledger's `not_fetched`).
     pub behind_loads: Option<Spanned<i64>>,
+    /// Makes this recipient a supplier's own contact (an id of `[[supplier]]`):
+    /// it is told only of what concerns that supplier (its access changes,
+    /// announcements about its areas, its delivery) and of notices about the
+    /// platform as a whole. Left out: an operator, told of everything asked for.
+    pub supplier: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

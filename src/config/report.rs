@@ -188,3 +188,158 @@ pub fn matrix_csv(rows: &[AccessRow]) -> String {
     }
     out
 }
+
+/// One supplier gaining or losing an authority's data area at an instant
+/// when an agreement starts or ends, with the agreements that cause it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PlannedChange {
+    #[serde(serialize_with = "rfc3339")]
+    pub at: chrono::DateTime<Utc>,
+    pub gained: bool,
+    pub supplier: String,
+    pub authority: crate::authority::AuthorityId,
+    pub area: String,
+    /// E.g. `data-processing agreement dba-alpha-151 ends`.
+    pub reasons: Vec<String>,
+}
+
+fn rfc3339<S: serde::Serializer>(at: &chrono::DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+impl std::fmt::Display for PlannedChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {} {}/{} ({})",
+            self.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            self.supplier,
+            if self.gained { "gains" } else { "loses" },
+            self.authority,
+            self.area,
+            self.reasons.join("; ")
+        )
+    }
+}
+
+/// Every gain or loss of access in `(from, to]`, in time order: the access
+/// at each instant an agreement starts or ends, compared with the access
+/// just before it. Areas never routed to an authority's kind are left out
+/// (there is nothing to read there).
+pub fn planned_changes(
+    config: &Config,
+    from: chrono::DateTime<Utc>,
+    to: chrono::DateTime<Utc>,
+) -> Vec<PlannedChange> {
+    let a = &config.agreements;
+    let validities = a
+        .connection
+        .iter()
+        .map(|c| c.validity)
+        .chain(a.data_processing.iter().map(|d| d.validity))
+        .chain(a.cooperation.iter().map(|c| c.validity));
+    let instants: BTreeSet<_> = validities
+        .flat_map(|v| [Some(v.from), v.to])
+        .flatten()
+        .filter(|t| *t > from && *t <= to)
+        .collect();
+    if instants.is_empty() {
+        return Vec::new();
+    }
+    let routed = |at| {
+        access_at(config, at)
+            .into_iter()
+            .filter(|(_, authority, area)| {
+                config
+                    .area(area)
+                    .is_some_and(|ar| ar.routes_to(authority.kind))
+            })
+            .collect::<BTreeSet<_>>()
+    };
+    let mut before = routed(from);
+    let mut out = Vec::new();
+    for at in instants {
+        let after = routed(at);
+        for (gained, changed) in [
+            (false, before.difference(&after)),
+            (true, after.difference(&before)),
+        ] {
+            for (supplier, authority, area) in changed {
+                out.push(PlannedChange {
+                    at,
+                    gained,
+                    supplier: supplier.clone(),
+                    authority: *authority,
+                    area: area.clone(),
+                    reasons: causes(config, supplier, *authority, area, at, gained),
+                });
+            }
+        }
+        before = after;
+    }
+    out
+}
+
+/// The agreements of a (supplier, authority, area) that start (for a gain)
+/// or end (for a loss) at `at`.
+fn causes(
+    config: &Config,
+    supplier: &str,
+    authority: crate::authority::AuthorityId,
+    area: &str,
+    at: chrono::DateTime<Utc>,
+    gained: bool,
+) -> Vec<String> {
+    use crate::access::{AgreementKind, Validity};
+    let a = &config.agreements;
+    let candidates = a
+        .connection
+        .iter()
+        .filter(|c| c.authority == authority && c.suppliers.contains(supplier))
+        .map(|c| (AgreementKind::Connection, &c.id, c.validity))
+        .chain(
+            a.data_processing
+                .iter()
+                .filter(|d| d.authority == authority && d.supplier == supplier)
+                .map(|d| (AgreementKind::DataProcessing, &d.id, d.validity)),
+        )
+        .chain(
+            a.cooperation
+                .iter()
+                .filter(|c| c.supplier == supplier && c.areas.contains(area))
+                .map(|c| (AgreementKind::Cooperation, &c.id, c.validity)),
+        );
+    let boundary = |v: Validity| {
+        if gained {
+            v.from == at
+        } else {
+            v.to == Some(at)
+        }
+    };
+    candidates
+        .filter(|(_, _, v)| boundary(*v))
+        .map(|(kind, id, _)| format!("{kind} {id} {}", if gained { "starts" } else { "ends" }))
+        .collect()
+}
+
+/// `access changes`: one line per change, or a line saying there is none.
+pub fn changes_text(
+    from: chrono::DateTime<Utc>,
+    to: chrono::DateTime<Utc>,
+    changes: &[PlannedChange],
+) -> String {
+    let span = format!(
+        "{} to {}",
+        from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    if changes.is_empty() {
+        return format!("no access changes from {span}");
+    }
+    let mut out = format!("{} access change(s) from {span}:", changes.len());
+    for c in changes {
+        out.push_str("\n  ");
+        out.push_str(&c.to_string());
+    }
+    out
+}

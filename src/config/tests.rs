@@ -209,3 +209,97 @@ fn audit_settings_default_to_six_months_and_a_key_beside_the_config() {
         "{e:?}"
     );
 }
+
+/// A supplier switch: kommune/151 moves from bi-a to bi-b at one instant.
+#[test]
+fn planned_changes_list_a_supplier_switch_with_its_causes() {
+    let switch = "2027-03-01T06:00:00+01:00";
+    let text = minimal(&format!(
+        r#"[[supplier]]
+id = "bi-b"
+name = "B"
+keys = ["{KEY}"]
+[[area]]
+id = "joblog"
+version = 1
+table = "joblog"
+journal = "joblog_journal"
+key = ["joblog_id"]
+sequence_column = "seq"
+operation_column = "op"
+changed_at_column = "changed_at"
+route = {{ kommune = "kommune_kode" }}
+[[area]]
+id = "members"
+version = 1
+table = "m"
+journal = "m_journal"
+key = ["id"]
+sequence_column = "seq"
+operation_column = "op"
+changed_at_column = "changed_at"
+route = {{ akasse = "akasse_kode" }}
+[[agreements.connection]]
+id = "t-151-a"
+authority = "kommune/151"
+suppliers = ["bi-a"]
+valid_from = "2025-01-01"
+valid_to = "{switch}"
+[[agreements.connection]]
+id = "t-151-b"
+authority = "kommune/151"
+suppliers = ["bi-b"]
+valid_from = "{switch}"
+[[agreements.data_processing]]
+id = "dba-a-151"
+supplier = "bi-a"
+authority = "kommune/151"
+valid_from = "2025-01-01"
+valid_to = "{switch}"
+[[agreements.data_processing]]
+id = "dba-b-151"
+supplier = "bi-b"
+authority = "kommune/151"
+valid_from = "2025-01-01"
+[[agreements.cooperation]]
+id = "sup-a"
+supplier = "bi-a"
+areas = ["joblog", "members"]
+valid_from = "2025-01-01"
+[[agreements.cooperation]]
+id = "sup-b"
+supplier = "bi-b"
+areas = ["joblog"]
+valid_from = "2025-01-01"
+valid_to = "2027-12-31"
+"#
+    ));
+    let c = parse(Path::new("/etc/udstil/u.toml"), &text).unwrap();
+    let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+    let at = t(switch);
+    let changes = report::planned_changes(&c, t("2027-02-01T00:00:00Z"), t("2027-04-01T00:00:00Z"));
+    let lines: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+    assert_eq!(
+        lines,
+        [
+            "2027-03-01T05:00:00Z bi-a loses kommune/151/joblog (connection agreement t-151-a ends; data-processing agreement dba-a-151 ends)",
+            "2027-03-01T05:00:00Z bi-b gains kommune/151/joblog (connection agreement t-151-b starts)",
+        ],
+        "members is routed to a-kasser only, so kommune/151 has none of it"
+    );
+    assert!(changes.iter().all(|c| c.at == at));
+    // The window is (from, to]: a change at `from` is already in force.
+    assert!(report::planned_changes(&c, at, t("2027-04-01T00:00:00Z")).is_empty());
+    assert_eq!(
+        report::planned_changes(&c, at - chrono::Duration::seconds(1), at).len(),
+        2
+    );
+    // The end of a cooperation agreement is a loss of every area it listed.
+    let end = report::planned_changes(&c, t("2027-12-01T00:00:00Z"), t("2028-02-01T00:00:00Z"));
+    assert_eq!(end.len(), 1, "{end:?}");
+    assert_eq!(
+        end[0].to_string(),
+        "2027-12-31T23:00:00Z bi-b loses kommune/151/joblog (cooperation agreement sup-b ends)"
+    );
+    assert!(report::changes_text(at, at, &[]).starts_with("no access changes from"));
+}

@@ -24,10 +24,11 @@ pub enum EventKind {
     MaintenancePlanned,
     AgreementEnding,
     SupplierBehind,
+    AccessChange,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::LoadPublished,
         EventKind::LoadFailed,
         EventKind::IncidentOpened,
@@ -36,6 +37,7 @@ impl EventKind {
         EventKind::MaintenancePlanned,
         EventKind::AgreementEnding,
         EventKind::SupplierBehind,
+        EventKind::AccessChange,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +50,7 @@ impl EventKind {
             EventKind::MaintenancePlanned => "maintenance_planned",
             EventKind::AgreementEnding => "agreement_ending",
             EventKind::SupplierBehind => "supplier_behind",
+            EventKind::AccessChange => "access_change",
         }
     }
 
@@ -67,6 +70,9 @@ pub struct Notice {
     pub summary: String,
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub details: serde_json::Value,
+    /// The suppliers it concerns; empty for a notice about the platform.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suppliers: Vec<String>,
 }
 
 /// A recipient of the config.
@@ -81,6 +87,9 @@ pub struct Recipient {
     pub agreement_days: u32,
     /// `supplier_behind`: when a supplier lacks at least this many kept loads.
     pub behind_loads: u32,
+    /// A supplier's own contact: told only of what concerns that supplier
+    /// (and of notices about the platform as a whole). `None`: an operator.
+    pub supplier: Option<String>,
 }
 
 /// How a recipient is reached.
@@ -125,6 +134,10 @@ impl Recipient {
                 (None, _) | (_, None) => true,
                 (Some(areas), Some(area)) => areas.contains(area),
             }
+            && match &self.supplier {
+                None => true,
+                Some(s) => notice.suppliers.is_empty() || notice.suppliers.contains(s),
+            }
     }
 }
 
@@ -142,6 +155,8 @@ pub struct Ending {
     pub id: String,
     pub kind: &'static str,
     pub parties: String,
+    /// The suppliers party to it.
+    pub suppliers: Vec<String>,
     pub end: DateTime<Utc>,
 }
 
@@ -163,6 +178,7 @@ pub fn agreements_ending(
                     a.authority,
                     a.suppliers.iter().cloned().collect::<Vec<_>>().join(", ")
                 ),
+                suppliers: a.suppliers.iter().cloned().collect(),
                 end,
             });
         }
@@ -173,6 +189,7 @@ pub fn agreements_ending(
                 id: a.id.clone(),
                 kind: "data_processing",
                 parties: format!("{} with {}", a.supplier, a.authority),
+                suppliers: vec![a.supplier.clone()],
                 end,
             });
         }
@@ -183,6 +200,7 @@ pub fn agreements_ending(
                 id: a.id.clone(),
                 kind: "cooperation",
                 parties: format!("{} with STAR", a.supplier),
+                suppliers: vec![a.supplier.clone()],
                 end,
             });
         }
@@ -212,6 +230,7 @@ mod tests {
             area: area.map(str::to_string),
             summary: "x".into(),
             details: serde_json::Value::Null,
+            suppliers: Vec::new(),
         }
     }
 
@@ -226,12 +245,42 @@ mod tests {
             areas: Some(["joblog".to_string()].into()),
             agreement_days: 30,
             behind_loads: 3,
+            supplier: None,
         };
         assert!(r.wants(&notice(EventKind::LoadFailed, Some("joblog"))));
         assert!(!r.wants(&notice(EventKind::LoadFailed, Some("plans"))));
         assert!(!r.wants(&notice(EventKind::LoadPublished, Some("joblog"))));
         let all = Recipient { areas: None, ..r };
         assert!(all.wants(&notice(EventKind::LoadFailed, Some("plans"))));
+    }
+
+    #[test]
+    fn a_suppliers_contact_gets_only_what_concerns_that_supplier() {
+        let alpha = Recipient {
+            id: "alpha".into(),
+            channel: Channel::Email {
+                to: "drift@alpha.example".into(),
+            },
+            events: [EventKind::AccessChange, EventKind::IncidentOpened].into(),
+            areas: None,
+            agreement_days: 30,
+            behind_loads: 3,
+            supplier: Some("bi-alpha".into()),
+        };
+        let about = |suppliers: &[&str]| Notice {
+            suppliers: suppliers.iter().map(|s| s.to_string()).collect(),
+            ..notice(EventKind::AccessChange, Some("joblog"))
+        };
+        assert!(alpha.wants(&about(&["bi-alpha"])));
+        assert!(alpha.wants(&about(&["bi-beta", "bi-alpha"])));
+        assert!(!alpha.wants(&about(&["bi-beta"])));
+        // A notice about the platform reaches every contact that asked for it.
+        assert!(alpha.wants(&notice(EventKind::IncidentOpened, None)));
+        let operator = Recipient {
+            supplier: None,
+            ..alpha
+        };
+        assert!(operator.wants(&about(&["bi-beta"])));
     }
 
     #[test]

@@ -275,40 +275,64 @@ fn test_ca_and_server_cert(
     (p("ca.pem"), p("cert.pem"), p("key.pem"))
 }
 
+/// The events of what `got` received.
+fn notices_in(got: &Got) -> Vec<serde_json::Value> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .map(|g| serde_json::from_slice(&g.3).unwrap())
+        .collect()
+}
+
+/// An operator (`contracts`) hears of every agreement about to end, access
+/// change ahead and supplier behind; a supplier's own contact only of what
+/// concerns that supplier.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_agreement_about_to_end_and_a_supplier_behind_are_each_sent_once() {
-    let hook = common::free_addr();
-    let got: Got = Arc::default();
+async fn agreements_ending_access_changes_and_suppliers_behind_are_each_sent_once_to_whom_they_concern()
+ {
+    let (hook, gamma_hook, beta_hook) = (
+        common::free_addr(),
+        common::free_addr(),
+        common::free_addr(),
+    );
+    let (got, gamma_got, beta_got): (Got, Got, Got) = Default::default();
     receiver(hook, got.clone()).await;
+    receiver(gamma_hook, gamma_got.clone()).await;
+    receiver(beta_hook, beta_got.clone()).await;
     let ends = (chrono::Utc::now() + chrono::Duration::days(10)).date_naive();
     let env = common::start_with(200, |dir, text| {
         std::fs::write(dir.join("webhook-secret"), SECRET).unwrap();
         text.push_str(&format!(
             "\n[[agreements.cooperation]]\nid = \"sup-gamma-2\"\nsupplier = \"bi-gamma\"\nareas = [\"joblog\"]\nvalid_from = \"2026-01-01\"\nvalid_to = \"{ends}\"\n\
              \n[[notify]]\nid = \"contracts\"\nwebhook = \"http://{hook}/hook\"\nsecret_file = \"webhook-secret\"\n\
-             events = [\"agreement_ending\", \"supplier_behind\"]\nagreement_days = 30\nbehind_loads = 1\n"
+             events = [\"agreement_ending\", \"supplier_behind\", \"access_change\"]\nagreement_days = 30\nbehind_loads = 1\n\
+             \n[[notify]]\nid = \"gamma-contact\"\nsupplier = \"bi-gamma\"\nwebhook = \"http://{gamma_hook}/hook\"\nsecret_file = \"webhook-secret\"\n\
+             events = [\"supplier_behind\", \"access_change\"]\nbehind_loads = 1\n\
+             \n[[notify]]\nid = \"beta-contact\"\nsupplier = \"bi-beta\"\nwebhook = \"http://{beta_hook}/hook\"\nsecret_file = \"webhook-secret\"\n\
+             events = [\"supplier_behind\", \"access_change\"]\nbehind_loads = 1\n"
         ));
     })
     .await;
     // No supplier has fetched anything: each is behind (bi-gamma too, now
     // that its second cooperation agreement is in force).
-    wait_for(&got, 5).await;
+    wait_for(&got, 6).await;
+    wait_for(&gamma_got, 2).await;
+    wait_for(&beta_got, 1).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let got = got.lock().unwrap().clone();
-    let notices: Vec<serde_json::Value> = got
-        .iter()
-        .map(|g| serde_json::from_slice(&g.3).unwrap())
-        .collect();
-    let ending: Vec<&serde_json::Value> = notices
-        .iter()
-        .filter(|n| n["event"] == "agreement_ending")
-        .collect();
+    let notices = notices_in(&got);
+    let of = |notices: &[serde_json::Value], event: &str| -> Vec<serde_json::Value> {
+        notices
+            .iter()
+            .filter(|n| n["event"] == event)
+            .cloned()
+            .collect()
+    };
+    let ending = of(&notices, "agreement_ending");
     assert_eq!(ending.len(), 1, "{notices:?}");
     assert_eq!(ending[0]["details"]["agreement"], "sup-gamma-2");
-    let mut behind: Vec<&str> = notices
+    let mut behind: Vec<String> = of(&notices, "supplier_behind")
         .iter()
-        .filter(|n| n["event"] == "supplier_behind")
-        .map(|n| n["details"]["supplier"].as_str().unwrap())
+        .map(|n| n["details"]["supplier"].as_str().unwrap().to_string())
         .collect();
     behind.sort();
     assert_eq!(
@@ -324,6 +348,30 @@ async fn an_agreement_about_to_end_and_a_supplier_behind_are_each_sent_once() {
         "valid_to is the last day in force: {}",
         ending[0]["summary"]
     );
+    // The end of sup-gamma-2 takes joblog of kommune/147 from bi-gamma.
+    let change = of(&notices, "access_change");
+    assert_eq!(change.len(), 1, "{notices:?}");
+    assert_eq!(change[0]["details"]["supplier"], "bi-gamma");
+    assert_eq!(change[0]["details"]["authority"], "kommune/147");
+    assert_eq!(change[0]["details"]["gained"], false);
+    assert_eq!(
+        change[0]["details"]["reasons"][0],
+        "cooperation agreement sup-gamma-2 ends"
+    );
+    // bi-gamma's contact: its own access change and delivery; bi-beta's: its delivery only.
+    let gamma = notices_in(&gamma_got);
+    assert_eq!(gamma.len(), 2, "{gamma:?}");
+    assert_eq!(
+        of(&gamma, "access_change")[0]["summary"],
+        change[0]["summary"]
+    );
+    assert_eq!(
+        of(&gamma, "supplier_behind")[0]["details"]["supplier"],
+        "bi-gamma"
+    );
+    let beta = notices_in(&beta_got);
+    assert_eq!(beta.len(), 1, "{beta:?}");
+    assert_eq!(beta[0]["details"]["supplier"], "bi-beta");
     // Sent once: the key is taken.
     let state = udstil::state::State::open(env.config.state_url.as_ref().unwrap())
         .await

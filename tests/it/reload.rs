@@ -295,3 +295,206 @@ async fn refused_handshakes_and_logins_are_logged_with_peer_and_reason() {
         std::fs::read_to_string(&log).unwrap()
     );
 }
+
+/// Names in `/kommune` of a session (`None` when the listing is refused).
+async fn kommuner_of(sftp: &russh_sftp::client::SftpSession) -> Option<Vec<String>> {
+    areas_of(sftp, "/kommune").await
+}
+
+/// A supplier switch planned in the agreements: kommune/151 moves from
+/// bi-alpha to bi-beta at a time the test sets. `access changes` lists it
+/// beforehand; at that time the open sessions change within a second,
+/// without a restart or reload; the audit trail records both sides; and
+/// restoring the agreements undoes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplier_switch_happens_at_its_time_and_is_undone_by_restoring_the_agreements() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let config_path = app::prepare_demo(dir.path(), addr, 200, 7).await.unwrap();
+    let config = app::check_config(&config_path).await.unwrap();
+    app::run_loads(&config, app::LoadRequest::full(None))
+        .await
+        .unwrap();
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    let switch_at = chrono::Utc::now() + chrono::Duration::seconds(12);
+    let at = switch_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let switched = original
+        .replacen(
+            "authority = \"kommune/151\"\nsuppliers = [\"bi-alpha\"]\nvalid_from = \"2025-01-01\"",
+            &format!(
+                "authority = \"kommune/151\"\nsuppliers = [\"bi-alpha\"]\nvalid_from = \"2025-01-01\"\nvalid_to = \"{at}\"\n\n\
+                 [[agreements.connection]]\nid = \"tilslutning-151-beta\"\nauthority = \"kommune/151\"\nsuppliers = [\"bi-beta\"]\nvalid_from = \"{at}\""
+            ),
+            1,
+        )
+        .replacen(
+            "supplier = \"bi-alpha\"\nauthority = \"kommune/151\"\nvalid_from = \"2025-01-01\"",
+            &format!(
+                "supplier = \"bi-alpha\"\nauthority = \"kommune/151\"\nvalid_from = \"2025-01-01\"\nvalid_to = \"{at}\"\n\n\
+                 [[agreements.data_processing]]\nid = \"dba-beta-151\"\nsupplier = \"bi-beta\"\nauthority = \"kommune/151\"\nvalid_from = \"{at}\""
+            ),
+            1,
+        );
+    assert_eq!(switched.matches(&at).count(), 4, "{switched}");
+    std::fs::write(&config_path, &switched).unwrap();
+
+    // Previewed: bi-alpha loses both areas, bi-beta gains joblog (its
+    // cooperation agreement does not list plans-and-activities).
+    let preview = Command::new(env!("CARGO_BIN_EXE_udstil"))
+        .args(["access", "changes", "--config"])
+        .arg(&config_path)
+        .args(["--to", "2099-01-01"])
+        .output()
+        .unwrap();
+    assert!(preview.status.success(), "{}", stderr(&preview));
+    let text = stdout(&preview);
+    let second = switch_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for line in [
+        format!(
+            "{second} bi-alpha loses kommune/151/joblog (connection agreement tilslutning-151 ends; data-processing agreement dba-alpha-151 ends)"
+        ),
+        format!(
+            "{second} bi-alpha loses kommune/151/plans-and-activities (connection agreement tilslutning-151 ends; data-processing agreement dba-alpha-151 ends)"
+        ),
+        format!(
+            "{second} bi-beta gains kommune/151/joblog (connection agreement tilslutning-151-beta starts; data-processing agreement dba-beta-151 starts)"
+        ),
+    ] {
+        assert!(text.contains(&line), "{line}\nnot in:\n{text}");
+    }
+    assert!(!text.contains("bi-beta gains kommune/151/plans"), "{text}");
+    println!("{text}");
+
+    let log = dir.path().join("daemon.log");
+    let daemon = Daemon::serve(&config_path, &log);
+    let key = |s: &str| dir.path().join("keys").join(s);
+    assert!(
+        within(Duration::from_secs(20), async || {
+            library_session(addr, "bi-alpha", &key("bi-alpha"))
+                .await
+                .is_ok()
+        })
+        .await,
+        "the daemon did not start: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let (_a, alpha) = library_session(addr, "bi-alpha", &key("bi-alpha"))
+        .await
+        .unwrap();
+    let (_b, beta) = library_session(addr, "bi-beta", &key("bi-beta"))
+        .await
+        .unwrap();
+    let has_151 = async |s: &russh_sftp::client::SftpSession| {
+        kommuner_of(s)
+            .await
+            .unwrap_or_default()
+            .contains(&"151".to_string())
+    };
+    assert!(has_151(&alpha).await, "{:?}", kommuner_of(&alpha).await);
+    assert!(!has_151(&beta).await, "{:?}", kommuner_of(&beta).await);
+    // bi-alpha holds a file of kommune/151 open across the switch.
+    let full = areas_of(&alpha, "/kommune/151/joblog/v1/full")
+        .await
+        .unwrap();
+    let data = format!("/kommune/151/joblog/v1/full/{}/MANIFEST.json", full[0]);
+    let mut open = alpha.open(&data).await.unwrap();
+    assert!(switch_at > chrono::Utc::now(), "the set-up took too long");
+
+    // At the time: both sessions change within a second.
+    let (mut lost, mut gained) = (None, None);
+    while lost.is_none() || gained.is_none() {
+        let now = chrono::Utc::now();
+        assert!(
+            now < switch_at + chrono::Duration::seconds(5),
+            "no switch by 5 s after"
+        );
+        if lost.is_none() && !has_151(&alpha).await {
+            lost = Some(chrono::Utc::now());
+        }
+        if gained.is_none() && has_151(&beta).await {
+            gained = Some(chrono::Utc::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (lost, gained) = (lost.unwrap(), gained.unwrap());
+    println!(
+        "bi-alpha lost kommune/151 {} ms and bi-beta gained it {} ms after the switch",
+        (lost - switch_at).num_milliseconds(),
+        (gained - switch_at).num_milliseconds()
+    );
+    for t in [lost, gained] {
+        assert!(t >= switch_at, "changed before its time");
+        assert!(t - switch_at < chrono::Duration::seconds(1), "changed late");
+    }
+    assert_eq!(areas_of(&beta, "/kommune/151").await.unwrap(), ["joblog"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut buf = Vec::new();
+    assert!(
+        open.read_to_end(&mut buf).await.is_err(),
+        "bi-alpha's open file of kommune/151 still reads after the switch"
+    );
+
+    // Both sides are in the audit trail, with the agreements that caused them.
+    let audit_of = |action: &str| {
+        stdout(&udstil(
+            &["audit", "query", "--action", action, "--format", "json"],
+            &config_path,
+        ))
+    };
+    assert!(
+        within(Duration::from_secs(5), async || {
+            audit_of("access_change").matches("\"kommune/151\"").count() == 3
+        })
+        .await,
+        "{}",
+        audit_of("access_change")
+    );
+    let events: Vec<serde_json::Value> = serde_json::from_str(&audit_of("access_change")).unwrap();
+    let summary: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["supplier"].as_str().unwrap().to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+                e["area"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for want in [
+        ("bi-alpha", "lost", "joblog"),
+        ("bi-alpha", "lost", "plans-and-activities"),
+        ("bi-beta", "gained", "joblog"),
+    ] {
+        assert!(
+            summary
+                .iter()
+                .any(|(s, o, a)| (s.as_str(), o.as_str(), a.as_str()) == want),
+            "{want:?} not in {summary:?}"
+        );
+    }
+    assert!(
+        events
+            .iter()
+            .all(|e| e["detail"].as_str().unwrap().contains("agreement"))
+    );
+
+    // Rolled back by restoring the agreements: a reload gives kommune/151 back.
+    std::fs::write(&config_path, &original).unwrap();
+    assert!(
+        within(Duration::from_secs(5), async || {
+            has_151(&alpha).await && !has_151(&beta).await
+        })
+        .await,
+        "the rollback did not apply"
+    );
+    let reloads = audit_of("config_reload");
+    assert!(
+        reloads.contains("bi-alpha gained kommune/151/joblog")
+            && reloads.contains("bi-beta lost kommune/151/joblog"),
+        "{reloads}"
+    );
+    drop(daemon);
+    let verify = udstil(&["audit", "verify"], &config_path);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+}
