@@ -73,7 +73,10 @@ pub async fn check_config(path: &Path) -> Result<Config, ConfigErrors> {
         return Err(ConfigErrors(errors));
     };
     match source_columns(&config).await {
-        Ok(columns) => errors.extend(config::check_columns(&config, &columns)),
+        Ok(columns) => {
+            errors.extend(config::check_columns(&config, &columns));
+            warn_undescribed(&config, &columns);
+        }
         Err(e) => errors.push(ConfigError {
             file: path.to_path_buf(),
             line: None,
@@ -101,6 +104,15 @@ async fn source_columns(config: &Config) -> Result<config::TableColumns, SourceE
     columns
 }
 
+/// A published column without a description is a warning, not an error:
+/// the dictionary says "no description" rather than guess.
+fn warn_undescribed(config: &Config, columns: &config::TableColumns) {
+    for (area, missing) in config::undescribed_columns(config, columns) {
+        tracing::warn!(area = %area, columns = %missing.join(", "),
+            "data dictionary: published columns without a description ([area.fields])");
+    }
+}
+
 /// How long the column check of `serve` and of a reload may take.
 const COLUMN_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -114,8 +126,9 @@ pub fn check_columns_in_background(config: Arc<Config>) {
         match checked {
             Ok(Ok(columns)) => {
                 for e in config::check_columns(&config, &columns) {
-                    tracing::warn!(error = %e, "column check: loads of this area will fail until it is fixed");
+                    tracing::warn!(error = %e, "column check: the area's config does not match DFDG");
                 }
+                warn_undescribed(&config, &columns);
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "column check: DFDG unreachable, column names not checked; loads retry on their schedule")

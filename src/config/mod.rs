@@ -141,6 +141,13 @@ impl Area {
             crate::authority::AuthorityKind::Akasse => self.route_akasse.is_some(),
         }
     }
+
+    /// Whether a column of the table is published: neither excluded nor
+    /// the draft flag.
+    pub fn publishes(&self, column: &str) -> bool {
+        !self.exclude_columns.iter().any(|c| c == column)
+            && self.draft_column.as_deref() != Some(column)
+    }
 }
 
 impl Supplier {
@@ -185,6 +192,12 @@ pub struct Area {
     pub legacy: Option<(String, String)>,
     /// Where the area is declared, for errors found later (column checks).
     pub line: usize,
+    /// A short description for suppliers (the data dictionary's first line).
+    pub description: Option<String>,
+    /// The data dictionary: column -> a short description.
+    pub fields: BTreeMap<String, String>,
+    /// Where each description is written, for the column check's errors.
+    pub field_lines: BTreeMap<String, usize>,
 }
 
 impl Config {
@@ -840,6 +853,18 @@ impl Validator<'_> {
         if r.key.is_empty() {
             self.err(spanned.span(), format!("area {id}: key names no column"));
         }
+        for (column, text) in r.description.iter().map(|d| ("description", d)).chain(
+            r.fields
+                .iter()
+                .map(|(column, text)| (column.as_str(), text)),
+        ) {
+            if text.get_ref().trim().is_empty() {
+                self.err(
+                    text.span(),
+                    format!("area {id}: the description of {column} is empty"),
+                );
+            }
+        }
         if r.route.kommune.is_none() && r.route.akasse.is_none() {
             self.err(
                 spanned.span(),
@@ -910,6 +935,20 @@ impl Validator<'_> {
             retention_full_loads: retention,
             legacy: r.legacy.as_ref().map(|l| self.legacy(&id, l)),
             line: line_of(self.text, spanned.span().start),
+            description: r
+                .description
+                .as_ref()
+                .map(|d| d.get_ref().trim().to_string()),
+            fields: r
+                .fields
+                .iter()
+                .map(|(c, d)| (c.clone(), d.get_ref().trim().to_string()))
+                .collect(),
+            field_lines: r
+                .fields
+                .iter()
+                .map(|(c, d)| (c.clone(), line_of(self.text, d.span().start)))
+                .collect(),
             id,
             version,
         }
@@ -1415,10 +1454,48 @@ fn parse_cidr(text: &str) -> Option<IpNet> {
 /// The columns a source table has, as found by introspection.
 pub type TableColumns = BTreeMap<String, BTreeSet<String>>;
 
+/// Per area, the published columns its data dictionary does not describe
+/// (a warning: the dictionary says so rather than guess).
+pub fn undescribed_columns(config: &Config, tables: &TableColumns) -> Vec<(String, Vec<String>)> {
+    config
+        .areas
+        .iter()
+        .filter_map(|area| {
+            let missing: Vec<String> = tables
+                .get(&area.table)?
+                .iter()
+                .filter(|c| area.publishes(c) && !area.fields.contains_key(*c))
+                .cloned()
+                .collect();
+            (!missing.is_empty()).then(|| (area.id.clone(), missing))
+        })
+        .collect()
+}
+
 /// Checks every column an area names against the source's tables.
 pub fn check_columns(config: &Config, tables: &TableColumns) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for area in &config.areas {
+        for column in area.fields.keys() {
+            let Some(table) = tables.get(&area.table) else {
+                break;
+            };
+            let wrong = if !table.contains(column) {
+                format!("which table {} does not have", area.table)
+            } else if !area.publishes(column) {
+                "which is never published (a draft or excluded column)".to_string()
+            } else {
+                continue;
+            };
+            errors.push(ConfigError {
+                file: config.file.clone(),
+                line: area.field_lines.get(column).copied().or(Some(area.line)),
+                message: format!(
+                    "area {}: fields describes column \"{column}\", {wrong}",
+                    area.id
+                ),
+            });
+        }
         let mut err = |message: String| {
             errors.push(ConfigError {
                 file: config.file.clone(),

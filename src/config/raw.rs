@@ -295,6 +295,18 @@ pub struct RawArea {
     pub retention: RawRetention,
     /// Also write the legacy SUP text format, e.g. `{ datapakke = "05", table = "tblJoblog" }`.
     pub legacy: Option<RawLegacy>,
+    /// A short description of the area for suppliers: the first line of its
+    /// data dictionary (`DICTIONARY.md`) and of its entry on the status page.
+    pub description: Option<Spanned<String>>,
+    /// The data dictionary: a short description of each published column,
+    /// e.g. `[area.fields]` with `joblog_id = "The joblog entry's id"`.
+    /// Checked against the source: a description of a column the table does
+    /// not have, or that is never published, is an error; a published column
+    /// without one is a warning. Published with every version as
+    /// `DICTIONARY.json` and `DICTIONARY.md` and in the Parquet files'
+    /// column metadata (`description`).
+    #[serde(default)]
+    pub fields: std::collections::BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

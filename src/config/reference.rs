@@ -139,6 +139,14 @@ fn kind_of(ty: &str) -> String {
     if let Some(t) = inner(ty, "Vec<") {
         return format!("list of {}", kind_of(&t));
     }
+    if let Some(t) = ty
+        .strip_prefix("std::collections::")
+        .unwrap_or(ty)
+        .strip_prefix("BTreeMap<String, ")
+        .and_then(|t| t.strip_suffix('>'))
+    {
+        return format!("table of {}", kind_of(t));
+    }
     match ty {
         "String" => "text".into(),
         "i64" => "whole number".into(),
@@ -215,6 +223,10 @@ mod tests {
         assert!(text.contains("- `key_file` (text, default audit.key)"));
         assert!(text.contains("- `key` (list of table, optional)"));
         assert!(text.contains("- `full_loads` (whole number, default 3)"));
+        assert!(
+            text.contains("- `fields` (table of text, optional)"),
+            "{text}"
+        );
         assert!(!text.contains("Spanned"), "{text}");
     }
 }

@@ -303,3 +303,77 @@ valid_to = "2027-12-31"
     );
     assert!(report::changes_text(at, at, &[]).starts_with("no access changes from"));
 }
+
+#[test]
+fn the_data_dictionary_is_checked_against_the_source_columns() {
+    let text = minimal(
+        r#"[[area]]
+id = "joblog"
+version = 1
+table = "joblog"
+journal = "joblog_journal"
+key = ["joblog_id"]
+sequence_column = "seq"
+operation_column = "op"
+changed_at_column = "changed_at"
+route = { kommune = "kommune_kode" }
+draft_column = "kladde"
+exclude_columns = ["skat"]
+description = "Job search"
+[area.fields]
+joblog_id = "The entry's id"
+kanal = "A column DFDG does not have"
+skat = "An excluded column"
+"#,
+    );
+    let c = parse(Path::new("/etc/udstil/u.toml"), &text).unwrap();
+    let cols = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    let tables: TableColumns = [
+        (
+            "joblog".to_string(),
+            cols(&[
+                "joblog_id",
+                "cpr",
+                "kommune_kode",
+                "kladde",
+                "skat",
+                "postnr",
+            ]),
+        ),
+        (
+            "joblog_journal".to_string(),
+            cols(&["seq", "op", "changed_at"]),
+        ),
+    ]
+    .into();
+    let found: Vec<String> = check_columns(&c, &tables)
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "/etc/udstil/u.toml:27: area joblog: fields describes column \"kanal\", which table joblog does not have",
+            "/etc/udstil/u.toml:28: area joblog: fields describes column \"skat\", which is never published (a draft or excluded column)",
+        ]
+    );
+    // Published but undescribed: a warning, not an error.
+    assert_eq!(
+        undescribed_columns(&c, &tables),
+        [(
+            "joblog".to_string(),
+            vec![
+                "cpr".to_string(),
+                "kommune_kode".to_string(),
+                "postnr".to_string()
+            ]
+        )]
+    );
+    let empty = errors(&minimal(
+        "[[area]]\nid = \"a\"\nversion = 1\ntable = \"t\"\njournal = \"j\"\nkey = [\"k\"]\nsequence_column = \"s\"\noperation_column = \"o\"\nchanged_at_column = \"c\"\nroute = { kommune = \"k\" }\nfields = { k = \" \" }\n",
+    ));
+    assert_eq!(
+        empty,
+        ["/etc/udstil/u.toml:22: area a: the description of k is empty"]
+    );
+}

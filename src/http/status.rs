@@ -107,6 +107,15 @@ struct Page {
     open: Vec<IncidentView>,
     past: Vec<IncidentView>,
     planned: Vec<MaintenanceView>,
+    areas: Vec<AreaView>,
+}
+
+/// A data area and its data dictionary, from the config in force.
+struct AreaView {
+    id: String,
+    version: u32,
+    description: String,
+    fields: Vec<(String, String)>,
 }
 
 /// The page's fixed texts in one language.
@@ -131,6 +140,11 @@ struct Texts {
     impact: &'static str,
     feed: &'static str,
     json: &'static str,
+    areas: &'static str,
+    areas_note: &'static str,
+    version: &'static str,
+    field: &'static str,
+    description: &'static str,
 }
 
 const DA: Texts = Texts {
@@ -154,6 +168,11 @@ const DA: Texts = Texts {
     impact: "Påvirkning",
     feed: "Abonnér (Atom)",
     json: "Status som JSON",
+    areas: "Dataområder",
+    areas_note: "Hvert felts beskrivelse. Den fulde dataordbog med typer ligger som DICTIONARY.md og DICTIONARY.json i hver versionsmappe.",
+    version: "version",
+    field: "Felt",
+    description: "Beskrivelse",
 };
 
 const EN: Texts = Texts {
@@ -177,6 +196,11 @@ const EN: Texts = Texts {
     impact: "Impact",
     feed: "Subscribe (Atom)",
     json: "Status as JSON",
+    areas: "Data areas",
+    areas_note: "Each field's description. The full data dictionary with types is DICTIONARY.md and DICTIONARY.json in each version folder.",
+    version: "version",
+    field: "Field",
+    description: "Description",
 };
 
 fn state_label(state: &str, lang: Lang) -> String {
@@ -220,7 +244,7 @@ fn incident_view(i: &status::Incident, lang: Lang) -> IncidentView {
     }
 }
 
-fn page(s: &Status, lang: Lang) -> Page {
+fn page(s: &Status, config: &crate::config::Config, lang: Lang) -> Page {
     let t: &'static Texts = match lang {
         Lang::Da => &DA,
         Lang::En => &EN,
@@ -283,6 +307,20 @@ fn page(s: &Status, lang: Lang) -> Page {
                 description: m.description.clone(),
             })
             .collect(),
+        areas: config
+            .areas
+            .iter()
+            .map(|a| AreaView {
+                id: a.id.clone(),
+                version: a.version,
+                description: a.description.clone().unwrap_or_default(),
+                fields: a
+                    .fields
+                    .iter()
+                    .map(|(c, d)| (c.clone(), d.clone()))
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
@@ -293,7 +331,7 @@ pub async fn html(Extract(views): Extract<Views>, Query(q): Query<LangQuery>) ->
         _ => Lang::Da,
     };
     match current(&views).await {
-        Ok(s) => match page(&s, lang).render() {
+        Ok(s) => match page(&s, &views.config.get(), lang).render() {
             Ok(html) => {
                 ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
             }

@@ -4,6 +4,7 @@
 //! last inside the staging folder, so a published folder is always whole).
 
 pub mod delta;
+pub mod dictionary;
 pub mod legacy;
 pub mod plan;
 pub mod retention;
@@ -341,7 +342,7 @@ pub async fn full_load(
     let started = Instant::now();
     let store = config.store();
     let columns = checked_columns(source, area).await?;
-    let arrow = crate::source::arrow_schema(&columns);
+    let arrow = dictionary::describe(&crate::source::arrow_schema(&columns), area);
     let schema = schema_fields(&arrow);
     check_schema(&store, area, &schema)?;
     let first_of_version = matches!(current_schema(&store, area), Ok(None));
@@ -434,7 +435,7 @@ pub async fn delta_load(
         .unwrap_or(load_id.at);
     let fanout = Fanout::delta(staging.dir().to_path_buf(), area, &columns, state)
         .with_legacy(legacy_spec(area, 'D', since, load_id.at));
-    let arrow = writer::delta_schema(&columns);
+    let arrow = dictionary::describe(&writer::delta_schema(&columns), area);
     let schema = schema_fields(&arrow);
     check_schema(&store, area, &schema)?;
     let result = pipeline(&store, area, &staging, fanout, progress, |tx| {
@@ -540,6 +541,11 @@ fn finish(
     let _ = store.discard(staging);
     published?;
     let published_at = started.elapsed();
+    // Documentation beside the loads: a failure to write it is logged and
+    // retried by the next load; the load stands.
+    if let Err(e) = publish_dictionary(store, plan.area, &plan.schema) {
+        tracing::warn!(area = %plan.area.id, error = %e, "could not write the data dictionary");
+    }
     // Retention runs after the new load is in place; a failure here leaves
     // extra loads behind, never fewer, so it is logged and not fatal.
     match apply_retention(store, plan.area) {
@@ -739,6 +745,32 @@ fn check_schema(store: &Store, area: &Area, schema: &[SchemaField]) -> Result<()
                         .join(", ")
                 ),
             });
+        }
+    }
+    Ok(())
+}
+
+/// Writes the area's data dictionary (`DICTIONARY.json`, `DICTIONARY.md`)
+/// into the current version's folder of every authority holding it, where
+/// it differs from what is there (a description edited in the config).
+fn publish_dictionary(store: &Store, area: &Area, schema: &[SchemaField]) -> std::io::Result<()> {
+    let d = dictionary::dictionary(area, schema);
+    let files = [
+        (dictionary::JSON, dictionary::json(&d)),
+        (dictionary::MARKDOWN, dictionary::markdown(&d).into_bytes()),
+    ];
+    for authority in store.authorities()? {
+        if !store.versions(authority, &area.id)?.contains(&area.version) {
+            continue;
+        }
+        for (name, data) in &files {
+            if store
+                .read_version_file(authority, &area.id, area.version, name)?
+                .as_ref()
+                != Some(data)
+            {
+                store.write_version_file(authority, &area.id, area.version, name, data)?;
+            }
         }
     }
     Ok(())

@@ -215,6 +215,7 @@ impl Fanout {
         schema: SchemaRef,
         delta: Option<DeltaState>,
     ) -> Self {
+        let schema = super::dictionary::describe(&schema, area);
         let index = |name: &Option<String>| {
             name.as_ref()
                 .and_then(|n| columns.iter().position(|c| &c.name == n))
@@ -1122,6 +1123,9 @@ mod tests {
             retention_full_loads: 2,
             legacy: None,
             line: 1,
+            description: None,
+            fields: Default::default(),
+            field_lines: Default::default(),
         }
     }
 

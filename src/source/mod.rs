@@ -460,10 +460,7 @@ impl Source {
             .columns(&area.table)
             .await?
             .into_iter()
-            .filter(|c| {
-                !area.exclude_columns.contains(&c.name)
-                    && area.draft_column.as_ref() != Some(&c.name)
-            })
+            .filter(|c| area.publishes(&c.name))
             .collect())
     }
 

@@ -202,11 +202,33 @@ impl Store {
         area: &str,
         name: &str,
     ) -> io::Result<Option<Vec<u8>>> {
-        match std::fs::read(super::area_dir(&self.root, authority, area).join(name)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        read_if_there(&super::area_dir(&self.root, authority, area).join(name))
+    }
+
+    /// A file in an authority's version folder of an area (`DICTIONARY.md`), if there is one.
+    pub fn read_version_file(
+        &self,
+        authority: AuthorityId,
+        area: &str,
+        version: u32,
+        name: &str,
+    ) -> io::Result<Option<Vec<u8>>> {
+        let dir = super::area_dir(&self.root, authority, area).join(format!("v{version}"));
+        read_if_there(&dir.join(name))
+    }
+
+    /// Replaces a file in an authority's version folder of an area
+    /// atomically, as [`Store::write_area_file`] does.
+    pub fn write_version_file(
+        &self,
+        authority: AuthorityId,
+        area: &str,
+        version: u32,
+        name: &str,
+        data: &[u8],
+    ) -> io::Result<()> {
+        let dir = super::area_dir(&self.root, authority, area).join(format!("v{version}"));
+        replace_file(&dir, name, data)
     }
 
     /// Replaces a file in an authority's area folder atomically (written and
@@ -218,13 +240,7 @@ impl Store {
         name: &str,
         data: &[u8],
     ) -> io::Result<()> {
-        use std::io::Write;
-        let dir = super::area_dir(&self.root, authority, area);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let mut f = File::create(&tmp).map_err(named(&tmp))?;
-        f.write_all(data).map_err(named(&tmp))?;
-        f.sync_all().map_err(named(&tmp))?;
-        std::fs::rename(&tmp, dir.join(name)).map_err(named(&dir))
+        replace_file(&super::area_dir(&self.root, authority, area), name, data)
     }
 
     // ---- The supplier's view ------------------------------------------
@@ -428,6 +444,25 @@ fn authorities_in(base: &Path) -> io::Result<Vec<AuthorityId>> {
 }
 
 /// The names in a folder; none if it does not exist.
+fn read_if_there(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `name` in `dir` under a hidden name, syncs it and renames it into
+/// place, so a reader sees the old file or the new one, never a part.
+fn replace_file(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = File::create(&tmp).map_err(named(&tmp))?;
+    f.write_all(data).map_err(named(&tmp))?;
+    f.sync_all().map_err(named(&tmp))?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(named(dir))
+}
+
 fn names(dir: &Path) -> io::Result<Vec<String>> {
     match std::fs::read_dir(dir) {
         Ok(rd) => rd

@@ -874,3 +874,73 @@ print("replayed", len(state), "fresh", len(truth), "equal", state == truth)
     assert!(last.ends_with("equal True"), "{}", stdout(&out));
     assert!(!last.contains("replayed 0 "), "{last}");
 }
+
+/// The data dictionary as a supplier meets it: `DICTIONARY.md` in the
+/// version folder, fetched with `sftp`, and the descriptions printed from a
+/// published Parquet file by docs/suppliers.md's pyarrow script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dictionary_is_in_the_tree_and_in_the_parquet_metadata() {
+    let env = start(100).await;
+    let got = tempfile::tempdir().unwrap();
+    let out = env.sftp(
+        "bi-alpha",
+        &format!(
+            "ls /kommune/101/joblog/v1\nget -R /kommune/101/joblog/v1 {}/v1\n",
+            got.path().display()
+        ),
+        &[],
+    );
+    assert!(out.status.success(), "sftp: {}", stderr(&out));
+    assert!(stdout(&out).contains("DICTIONARY.md"), "{}", stdout(&out));
+    let md = std::fs::read_to_string(got.path().join("v1/DICTIONARY.md")).unwrap();
+    println!("{md}");
+    assert!(
+        md.starts_with("# joblog, version 1\n\nJoblog: the job applications"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| `postnr` | Utf8 | yes | The job's postcode. |"),
+        "{md}"
+    );
+    assert!(md.contains("| `_op` | Utf8 | no | I (insert)"), "{md}");
+    assert!(
+        !md.contains("skat_indkomst") && !md.contains("kladde"),
+        "unpublished columns: {md}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(got.path().join("v1/DICTIONARY.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["columns"][0]["name"], "joblog_id");
+
+    let guide =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/suppliers.md")).unwrap();
+    let script = guide
+        .split("```python\n")
+        .find(|block| block.starts_with("# describe.py"))
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/suppliers.md has describe.py");
+    std::fs::write(got.path().join("describe.py"), script).unwrap();
+    let full = std::fs::read_dir(got.path().join("v1/full"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let out = std::process::Command::new("python3")
+        .arg("describe.py")
+        .arg(full.join("part-00000.parquet"))
+        .current_dir(got.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "describe.py: {}", stderr(&out));
+    let printed = stdout(&out);
+    println!("{printed}");
+    assert!(
+        printed.contains("postnr: The job's postcode.\n"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("joblog_id: The joblog entry's id.\n"),
+        "{printed}"
+    );
+}

@@ -44,6 +44,19 @@ async fn the_status_page_shows_an_incident_and_a_failed_load_accessibly() {
     assert_eq!(code, 200);
     assert!(page.contains("Samlet status: I drift"), "{page}");
     assert!(page.contains("Ingen aktuelle hændelser."));
+    // The data areas with their data dictionary.
+    assert!(
+        page.contains("<h2 id=\"areas-h\">Dataområder</h2>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<strong>plans-and-activities</strong>, version 1: Plans and activities"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<td><code>timer_pr_uge</code></td><td>Hours per week.</td>"),
+        "{page}"
+    );
     assert!(
         check_page(&format!("http://{http}/"), &shots.join("status-ok-da.png"))
             .as_array()

@@ -86,6 +86,23 @@ async fn a_format_change_starts_a_new_version() {
         ["kanal"]
     );
     assert!(changes[0].removed.is_empty() && changes[0].retyped.is_empty());
+    // Each version has its own data dictionary; the new column is listed,
+    // undescribed until the operator describes it.
+    let dictionary = |v: &str| {
+        std::fs::read_to_string(
+            root.join("kommune/101/joblog")
+                .join(v)
+                .join("DICTIONARY.md"),
+        )
+        .unwrap()
+    };
+    assert!(
+        dictionary("v2").contains("| `kanal` | Utf8 | yes | (no description yet) |"),
+        "{}",
+        dictionary("v2")
+    );
+    assert!(dictionary("v2").starts_with("# joblog, version 2\n"));
+    assert!(!dictionary("v1").contains("kanal"), "{}", dictionary("v1"));
     // Deltas continue in v2; v1 stops updating.
     udstil::fixtures::mutate(&source, 20, 2).await.unwrap();
     udstil::app::run_loads(&config, udstil::app::LoadRequest::delta(Some("joblog")))
