@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the code map.
 
 pub mod access;
+pub mod announce;
 pub mod app;
 pub mod audit;
 pub mod authority;
@@ -9,6 +10,7 @@ pub mod config;
 pub mod fixtures;
 pub mod http;
 pub mod ledger;
+pub mod lifecycle;
 pub mod load;
 pub mod metrics;
 pub mod notify;

@@ -68,6 +68,8 @@ pub struct CooperationAgreement {
     pub id: String,
     pub supplier: String,
     pub areas: BTreeSet<String>,
+    /// Areas whose test loads (`<area>.test`) it may fetch.
+    pub test_areas: BTreeSet<String>,
     pub validity: Validity,
 }
 
@@ -124,6 +126,17 @@ impl fmt::Display for Denial {
     }
 }
 
+impl CooperationAgreement {
+    /// Whether it covers `area`: a production area it lists, or the test
+    /// loads (`<area>.test`) of an area it lists as a test subscription.
+    pub fn lists(&self, area: &str) -> bool {
+        match crate::lifecycle::base_of_test(area) {
+            Some(base) => self.test_areas.contains(base),
+            None => self.areas.contains(area),
+        }
+    }
+}
+
 impl Agreements {
     /// Decides one supplier's access to one authority's data area at `now`.
     /// On denial, every unmet condition is named.
@@ -155,7 +168,7 @@ impl Agreements {
                 AgreementKind::Cooperation,
                 self.cooperation
                     .iter()
-                    .filter(|c| c.supplier == supplier && c.areas.contains(area))
+                    .filter(|c| c.supplier == supplier && c.lists(area))
                     .map(|c| (&c.id, c.validity)),
                 now,
             ),
@@ -177,11 +190,16 @@ impl Agreements {
         supplier: &str,
         now: DateTime<Utc>,
     ) -> BTreeMap<AuthorityId, BTreeSet<String>> {
-        let areas: BTreeSet<&String> = self
+        let areas: BTreeSet<String> = self
             .cooperation
             .iter()
             .filter(|c| c.supplier == supplier && c.validity.in_force(now))
-            .flat_map(|c| c.areas.iter())
+            .flat_map(|c| {
+                c.areas
+                    .iter()
+                    .cloned()
+                    .chain(c.test_areas.iter().map(|a| crate::lifecycle::test_id(a)))
+            })
             .collect();
         let mut out = BTreeMap::new();
         if areas.is_empty() {
@@ -195,7 +213,7 @@ impl Agreements {
                 d.authority == c.authority && d.supplier == supplier && d.validity.in_force(now)
             });
             if processing {
-                out.insert(c.authority, areas.iter().map(|a| a.to_string()).collect());
+                out.insert(c.authority, areas.clone());
             }
         }
         out

@@ -43,6 +43,7 @@ fn base() -> Agreements {
         id: "coop".into(),
         supplier: S.into(),
         areas: ["joblog".to_string(), "plans".to_string()].into(),
+        test_areas: Default::default(),
         validity: always(),
     });
     ag

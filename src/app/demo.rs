@@ -77,6 +77,7 @@ pub async fn demo(listen: SocketAddr, dir: &Path, citizens: u64) -> Result<Demo,
 
 /// Test keys and the demo config, compiled in so `udstil demo` runs from anywhere.
 const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+const DEMO_ANNOUNCEMENTS: &str = include_str!("../../config/announcements.toml");
 const DEMO_KEYS: &[(&str, &str)] = &[
     ("bi-alpha", include_str!("../../fixtures/keys/bi-alpha")),
     (
@@ -101,7 +102,7 @@ const DEMO_KEYS: &[(&str, &str)] = &[
 ];
 
 /// Lays out a demo data folder: keys (mode 0600), `udstil.toml` listening on
-/// `listen`, and a synthetic DFDG if there is none yet. Returns the config path.
+/// `listen` with its `announcements.toml`, and a synthetic DFDG if there is none yet. Returns the config path.
 pub async fn prepare_demo(
     dir: &Path,
     listen: SocketAddr,
@@ -127,6 +128,9 @@ pub async fn prepare_demo(
     let text = DEMO_CONFIG.replacen(default_listen, &format!("listen = \"{listen}\""), 1);
     let config_path = dir.join("udstil.toml");
     std::fs::write(&config_path, text).map_err(io(format!("writing {}", config_path.display())))?;
+    let announcements = dir.join("announcements.toml");
+    std::fs::write(&announcements, DEMO_ANNOUNCEMENTS)
+        .map_err(io(format!("writing {}", announcements.display())))?;
 
     let db = dir.join("dfdg.sqlite");
     if !db.exists() {

@@ -69,7 +69,7 @@ pub async fn run_loads(
     request: LoadRequest<'_>,
 ) -> Result<Vec<LoadReport>, AppError> {
     let (kind, trigger) = (request.kind, request.trigger);
-    let areas: Vec<&config::Area> = match request.area {
+    let requested: Vec<&config::Area> = match request.area {
         Some(id) => vec![
             config
                 .area(id)
@@ -77,29 +77,43 @@ pub async fn run_loads(
         ],
         None => config.areas.iter().collect(),
     };
+    let owned = loading_now(requested, &request)?;
+    let areas: Vec<&config::Area> = owned.iter().collect();
     let state = open_state(config).await;
     if let Some(s) = &state {
         record_unrecorded_loads(config, &areas, s).await;
     }
     let mut reports = Vec::new();
     let mut failure = None;
-    match Source::connect(&config.source_url).await {
-        Err(e) => {
-            crate::metrics::get().set_source_up(false);
-            failure = Some(AppError::Source(e));
-        }
-        Ok(source) => {
-            for area in &areas {
-                match run_one(config, &source, state.as_ref(), area, &request).await {
-                    Ok(r) => reports.push(r),
-                    Err(e) => {
-                        failure = Some(e.into());
-                        break;
-                    }
+    // Areas in order, one connection per run of areas on the same DFDG
+    // (test loads may come from a test source).
+    let mut connected: Option<(String, Source)> = None;
+    for area in &areas {
+        let url = source_of(config, area);
+        if connected.as_ref().is_none_or(|(u, _)| *u != url) {
+            if let Some((_, old)) = connected.take() {
+                old.close().await;
+            }
+            match Source::connect(&url).await {
+                Ok(source) => connected = Some((url, source)),
+                Err(e) => {
+                    crate::metrics::get().set_source_up(false);
+                    failure = Some(AppError::Source(e));
+                    break;
                 }
             }
-            source.close().await;
         }
+        let (_, source) = connected.as_ref().expect("connected above");
+        match run_one(config, source, state.as_ref(), area, &request).await {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                failure = Some(e.into());
+                break;
+            }
+        }
+    }
+    if let Some((_, source)) = connected {
+        source.close().await;
     }
     if let Some(s) = &state
         && !reports.is_empty()
@@ -121,6 +135,42 @@ pub async fn run_loads(
         Some(e) => Err(e),
         None => Ok(reports),
     }
+}
+
+/// The areas of a request as they load now: an area in its test stage as
+/// its test twin; one planned or retired left out, or refused when an
+/// operator asked for it by name.
+fn loading_now(
+    requested: Vec<&config::Area>,
+    request: &LoadRequest<'_>,
+) -> Result<Vec<config::Area>, AppError> {
+    use crate::lifecycle::Stage;
+    let now = Utc::now();
+    let mut out = Vec::new();
+    for area in requested {
+        match area.stage_at(now) {
+            Stage::Production => out.push(area.clone()),
+            Stage::Test => out.push(area.test_twin()),
+            stage if request.area.is_some() && request.trigger == "manual" => {
+                return Err(AppError::NotLoading {
+                    area: area.id.clone(),
+                    stage: stage.as_str(),
+                });
+            }
+            stage => {
+                tracing::debug!(area = %area.id, stage = stage.as_str(), "no loads in this stage");
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The DFDG an area's loads come from: its test source for test loads, if it has one.
+fn source_of(config: &Config, area: &config::Area) -> String {
+    area.is_test()
+        .then(|| area.lifecycle.as_ref()?.test_source.clone())
+        .flatten()
+        .unwrap_or_else(|| config.source_url.clone())
 }
 
 /// One load of one area, recorded: its run in the state database (started,
@@ -152,6 +202,9 @@ async fn run_one(
             };
             if let Ok(r) = &r {
                 recorded(state, run, area, r, trigger).await;
+                if let Some(change) = &r.new_version {
+                    write_version_draft(config, area, change);
+                }
             }
             r
         }
@@ -164,6 +217,33 @@ async fn run_one(
         crate::notify::outbox::enqueue(config, s, &notice(area, kind, &result)).await;
     }
     result
+}
+
+/// Where the draft announcement of a new version goes: a folder beside the
+/// config, never read by udstil itself.
+pub fn drafts_dir(config: &Config) -> std::path::PathBuf {
+    let dir = config.file.parent().unwrap_or(std::path::Path::new("."));
+    dir.join("announcement-drafts")
+}
+
+/// Writes the draft announcement of a new version of `area` for the
+/// operator to edit and add to the announcements file; a failure is logged.
+fn write_version_draft(
+    config: &Config,
+    area: &config::Area,
+    change: &crate::load::version::SchemaChange,
+) {
+    let dir = drafts_dir(config);
+    let path = dir.join(format!("{}-v{}.toml", area.id, change.to_version));
+    let text = crate::announce::version_draft(&area.id, change);
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+        Ok(()) => {
+            tracing::info!(area = %area.id, version = change.to_version, path = %path.display(),
+            "a new version began: a draft announcement of what changed is ready to edit and publish")
+        }
+        Err(e) => tracing::warn!(area = %area.id, path = %path.display(), error = %e,
+            "could not write the draft announcement of the new version"),
+    }
 }
 
 /// What the notification recipients are told of a load.
@@ -187,6 +267,7 @@ fn notice(
                 "authorities": r.authorities,
                 "rows_written": r.rows_written,
                 "watermark_to": r.watermark_to,
+                "new_version": r.new_version,
             }),
             suppliers: Vec::new(),
         },
@@ -413,6 +494,7 @@ pub fn schedules_differ(a: &Config, b: &Config) -> bool {
                     a.id.clone(),
                     a.schedule_delta.as_ref().map(|s| s.to_string()),
                     a.schedule_full.as_ref().map(|s| s.to_string()),
+                    a.lifecycle.clone(),
                 )
             })
             .collect::<Vec<_>>()
@@ -486,6 +568,9 @@ pub fn spawn_schedules(
                 async move { stop.cancelled().await },
             )));
         }
+    }
+    if config.areas.iter().any(|a| a.lifecycle.is_some()) {
+        tasks.push(tokio::spawn(super::lifecycle::run(config, shutdown)));
     }
     tasks
 }

@@ -3,6 +3,7 @@
 
 mod demo;
 mod ledger;
+mod lifecycle;
 mod loads;
 mod serve;
 mod status;
@@ -49,6 +50,8 @@ pub enum AppError {
     },
     #[error("no data area \"{0}\" in the config")]
     UnknownArea(String),
+    #[error("data area {area} is {stage} now ([area.lifecycle]): it has no loads to run")]
+    NotLoading { area: String, stage: &'static str },
     #[error(transparent)]
     Unknown(#[from] config::report::UnknownName),
     #[error(transparent)]
@@ -75,7 +78,7 @@ pub async fn check_config(path: &Path) -> Result<Config, ConfigErrors> {
     match source_columns(&config).await {
         Ok(columns) => {
             errors.extend(config::check_columns(&config, &columns));
-            warn_undescribed(&config, &columns);
+            warnings(&config, &columns);
         }
         Err(e) => errors.push(ConfigError {
             file: path.to_path_buf(),
@@ -104,9 +107,13 @@ async fn source_columns(config: &Config) -> Result<config::TableColumns, SourceE
     columns
 }
 
-/// A published column without a description is a warning, not an error:
-/// the dictionary says "no description" rather than guess.
-fn warn_undescribed(config: &Config, columns: &config::TableColumns) {
+/// What a config check warns of: a published column without a description
+/// (the dictionary says so rather than guess), and a planned step of an
+/// area that no announcement tells suppliers of.
+fn warnings(config: &Config, columns: &config::TableColumns) {
+    for warning in config::unannounced_steps(config) {
+        tracing::warn!("announcements: {warning}");
+    }
     for (area, missing) in config::undescribed_columns(config, columns) {
         tracing::warn!(area = %area, columns = %missing.join(", "),
             "data dictionary: published columns without a description ([area.fields])");
@@ -128,7 +135,7 @@ pub fn check_columns_in_background(config: Arc<Config>) {
                 for e in config::check_columns(&config, &columns) {
                     tracing::warn!(error = %e, "column check: the area's config does not match DFDG");
                 }
-                warn_undescribed(&config, &columns);
+                warnings(&config, &columns);
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "column check: DFDG unreachable, column names not checked; loads retry on their schedule")

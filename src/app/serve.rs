@@ -305,7 +305,7 @@ async fn record_agreement_boundaries(config: &Config, audit: &Trail, since: &mut
 }
 
 /// The files a config is read from, with their modification time and size,
-/// to notice edits by polling (portable, and cheap at one stat per second).
+/// to notice edits by polling (portable, and cheap at a few stats per second).
 pub fn config_files_state(config: &Config) -> Vec<(PathBuf, Option<(std::time::SystemTime, u64)>)> {
     std::iter::once(config.file.clone())
         .chain(config.key_files.iter().cloned())
@@ -355,7 +355,8 @@ pub async fn serve_until_stopped(server: Server) -> Result<(), AppError> {
     tracing::info!(schedules = schedules.len(), "schedules started");
     let mut watched = config_files_state(&live.get());
     let mut access_seen = Utc::now();
-    let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+    // Edits (and agreement boundaries) take effect within a quarter second.
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(250));
     let stopper = server.stopper();
     let run = server.run();
     tokio::pin!(run);

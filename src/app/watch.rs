@@ -1,5 +1,7 @@
 //! The notifications nothing else raises: an agreement about to end, a
-//! supplier about to gain or lose access, and a supplier falling behind. `serve` checks shortly after its start and then
+//! supplier about to gain or lose access, a supplier falling behind, and an
+//! announcement that is new or changed (looked for whenever the config,
+//! with its announcements file, is reloaded). `serve` checks shortly after its start and then
 //! every hour; each is sent once per recipient (per day, for a supplier
 //! behind), as the state database records what was sent.
 
@@ -18,20 +20,75 @@ const EVERY: Duration = Duration::from_secs(3600);
 /// The first look, once the server has settled.
 const FIRST: Duration = Duration::from_secs(2);
 
+/// How often the watch checks whether the config was reloaded.
+const RELOADED: Duration = Duration::from_millis(250);
+
 /// Runs the watch until `stop`.
 pub async fn watch_notices(live: Arc<Live>, state: State, stop: CancellationToken) {
-    let mut wait = FIRST;
+    let mut next_look = tokio::time::Instant::now() + FIRST;
+    let mut generation = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(RELOADED) => {}
         }
-        wait = EVERY;
-        // A stop does not wait for a pass (the ledger can take a while).
         let config = live.get();
+        if generation != Some(live.generation()) {
+            generation = Some(live.generation());
+            announcements(&config, &state).await;
+        }
+        if tokio::time::Instant::now() < next_look {
+            continue;
+        }
+        next_look = tokio::time::Instant::now() + EVERY;
+        // A stop does not wait for a pass (the ledger can take a while).
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = look(&config, &state) => {}
+        }
+    }
+}
+
+/// Each announcement to every recipient that wants it: an operator hears
+/// of all, a supplier's contact of those whose areas its agreements cover.
+/// Sent once per version of its text (an edited announcement is news).
+async fn announcements(config: &Config, state: &State) {
+    let now = Utc::now();
+    for a in &config.announcements {
+        let digest = {
+            use sha2::Digest;
+            let text = serde_json::to_vec(a).expect("serialises");
+            hex::encode(&sha2::Sha256::digest(&text)[..8])
+        };
+        let suppliers: Vec<String> =
+            crate::announce::suppliers_concerned(a, &config.agreements, now)
+                .into_iter()
+                .collect();
+        let notice = Notice {
+            event: EventKind::Announcement,
+            at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            area: (a.areas.len() == 1)
+                .then(|| a.areas.iter().next().cloned())
+                .flatten(),
+            summary: format!("{}: {}", a.kind.label(false), a.title),
+            details: serde_json::json!({
+                "announcement": a,
+                "file": format!("/{}/{}", crate::announce::FOLDER, a.file_name()),
+                "markdown": a.markdown(),
+            }),
+            suppliers,
+        };
+        for r in config
+            .notify
+            .iter()
+            .filter(|r| r.events.contains(&EventKind::Announcement))
+        {
+            // An empty list here means no supplier is concerned, not all.
+            if r.supplier.is_some() && notice.suppliers.is_empty() {
+                continue;
+            }
+            let key = format!("announcement:{}:{}:{digest}", r.id, a.id);
+            send_once(state, r, &key, &notice).await;
         }
     }
 }
@@ -160,6 +217,7 @@ async fn send_once(state: &State, r: &Recipient, key: &str, notice: &Notice) {
             {
                 tracing::error!(recipient = %r.id, error = %e, "cannot queue a notification");
             }
+            crate::notify::outbox::queued();
         }
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "notifications: cannot record what was sent"),

@@ -52,6 +52,7 @@ pub fn read(text: &str) -> Result<(Document, Vec<Problem>), Vec<Problem>> {
             "audit" => r.doc.raw.audit = r.item(value, "[audit]"),
             "http" => r.doc.raw.http = r.item(value, "[http]"),
             "smtp" => r.doc.raw.smtp = r.item(value, "[smtp]"),
+            "announcements" => r.doc.raw.announcements = r.item(value, "[announcements]"),
             "supplier" => {
                 let (read, unreadable) = r.elements(value, "supplier", "supplier");
                 r.doc.raw.suppliers = read;
@@ -70,7 +71,7 @@ pub fn read(text: &str) -> Result<(Document, Vec<Problem>), Vec<Problem>> {
             other => r.problem(
                 key.span(),
                 format!(
-                    "unknown section or field `{other}` (known: sftp, storage, source, state, audit, http, supplier, agreements, area, notify, smtp)"
+                    "unknown section or field `{other}` (known: sftp, storage, source, state, audit, http, supplier, agreements, area, notify, smtp, announcements)"
                 ),
             ),
         }

@@ -85,7 +85,10 @@ pub struct Config {
     pub suppliers: BTreeMap<String, Supplier>,
     pub agreements: Agreements,
     pub areas: Vec<Area>,
-    /// Key files the config reads (a reload watches them too).
+    /// `[announcements] file`: what suppliers are told, newest last as written.
+    pub announcements: Vec<crate::announce::Announcement>,
+    /// Key files (and the announcements file) the config reads; a reload
+    /// watches them too.
     pub key_files: Vec<PathBuf>,
 }
 
@@ -140,6 +143,25 @@ impl Area {
             crate::authority::AuthorityKind::Kommune => self.route_kommune.is_some(),
             crate::authority::AuthorityKind::Akasse => self.route_akasse.is_some(),
         }
+    }
+
+    /// The area's stage at `at`.
+    pub fn stage_at(&self, at: DateTime<Utc>) -> crate::lifecycle::Stage {
+        crate::lifecycle::stage_at(self.lifecycle.as_ref(), at)
+    }
+
+    /// The area its test loads are made as: the same extract, named
+    /// `<area>.test` in the tree, the state database and the locks.
+    pub fn test_twin(&self) -> Area {
+        Area {
+            id: crate::lifecycle::test_id(&self.id),
+            ..self.clone()
+        }
+    }
+
+    /// Whether this is the test twin of an area.
+    pub fn is_test(&self) -> bool {
+        crate::lifecycle::base_of_test(&self.id).is_some()
     }
 
     /// Whether a column of the table is published: neither excluded nor
@@ -198,6 +220,8 @@ pub struct Area {
     pub fields: BTreeMap<String, String>,
     /// Where each description is written, for the column check's errors.
     pub field_lines: BTreeMap<String, usize>,
+    /// `[area.lifecycle]`; `None`: in production for good.
+    pub lifecycle: Option<crate::lifecycle::Lifecycle>,
 }
 
 impl Config {
@@ -210,6 +234,9 @@ impl Config {
         crate::tree::Store::new(&self.storage_root)
     }
 }
+
+/// Days a retired area's loads stay in the tree when `removed_from` is not given.
+const RETIRED_KEPT_DAYS: i64 = 30;
 
 /// A config file is read only up to this size (a 100 MB file took 6.8 GB).
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
@@ -284,6 +311,7 @@ pub fn parse_all(file: &Path, text: &str) -> (Option<Config>, Vec<ConfigError>) 
         key_files: Vec::new(),
         unreadable_suppliers: doc.unreadable_suppliers,
         unreadable_areas: doc.unreadable_areas,
+        test_stage_areas: BTreeSet::new(),
     };
     let config = v.config(doc.raw);
     v.errors.sort_by_key(|e| e.line.unwrap_or(0));
@@ -308,6 +336,8 @@ struct Validator<'a> {
     /// Suppliers and areas whose section could not be read (already reported).
     unreadable_suppliers: BTreeSet<String>,
     unreadable_areas: BTreeSet<String>,
+    /// Areas with a test stage, which cooperation agreements may list in `test_areas`.
+    test_stage_areas: BTreeSet<String>,
 }
 
 impl Validator<'_> {
@@ -347,6 +377,11 @@ impl Validator<'_> {
 
         let areas = self.areas(&raw.areas);
         let area_ids: BTreeSet<String> = areas.iter().map(|a| a.id.clone()).collect();
+        self.test_stage_areas = areas
+            .iter()
+            .filter(|a| a.lifecycle.as_ref().is_some_and(|l| l.test_from.is_some()))
+            .map(|a| a.id.clone())
+            .collect();
         self.default_sessions = self.count(
             "[sftp] max_sessions_per_supplier",
             &sftp.max_sessions_per_supplier,
@@ -356,6 +391,7 @@ impl Validator<'_> {
         let agreements = self.agreements(&raw.agreements, &suppliers, &area_ids);
         let notify = self.recipients(&raw.notify, &area_ids, &suppliers);
         let smtp = self.smtp(raw.smtp.as_ref(), &notify);
+        let announcements = self.announcements(raw.announcements.as_ref(), &area_ids);
         let config = Config {
             file: self.file.clone(),
             sftp: self.sftp_settings(&sftp, &suppliers),
@@ -372,9 +408,127 @@ impl Validator<'_> {
             areas,
             notify,
             smtp,
+            announcements,
             key_files: std::mem::take(&mut self.key_files),
         };
         source_usable.then_some(config)
+    }
+
+    /// The announcements file: read, watched, and checked with its own
+    /// file name and lines in the errors.
+    fn announcements(
+        &mut self,
+        raw: Option<&RawAnnouncements>,
+        area_ids: &BTreeSet<String>,
+    ) -> Vec<crate::announce::Announcement> {
+        let Some(raw) = raw else {
+            return Vec::new();
+        };
+        let path = self.path(raw.file.get_ref());
+        self.key_files.push(path.clone());
+        let text = match read_bounded(&path, MAX_CONFIG_BYTES) {
+            Ok(text) => text,
+            Err(e) => {
+                self.err(
+                    raw.file.span(),
+                    format!("[announcements] file {}: {e}", path.display()),
+                );
+                return Vec::new();
+            }
+        };
+        let mut v = Validator {
+            file: path,
+            dir: self.dir.clone(),
+            text: &text,
+            errors: Vec::new(),
+            default_sessions: self.default_sessions,
+            key_files: Vec::new(),
+            unreadable_suppliers: BTreeSet::new(),
+            unreadable_areas: self.unreadable_areas.clone(),
+            test_stage_areas: BTreeSet::new(),
+        };
+        let list = match toml::from_str::<RawAnnouncementFile>(&text) {
+            Ok(file) => v.announcement_list(&file.announcement, area_ids),
+            Err(e) => {
+                v.err(e.span().unwrap_or(0..0), e.message().trim().to_string());
+                Vec::new()
+            }
+        };
+        self.errors.append(&mut v.errors);
+        list
+    }
+
+    fn announcement_list(
+        &mut self,
+        raw: &[Spanned<RawAnnouncement>],
+        area_ids: &BTreeSet<String>,
+    ) -> Vec<crate::announce::Announcement> {
+        use crate::announce::{Announcement, Kind};
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for r in raw.iter().map(Spanned::get_ref) {
+            let id = self.named_id(&mut seen, "announcement", &r.id);
+            for (what, text) in [("title", &r.title), ("body", &r.body)] {
+                if text.get_ref().trim().is_empty() {
+                    self.err(text.span(), format!("announcement {id}: {what} is empty"));
+                }
+            }
+            if r.title.get_ref().contains('\n') {
+                self.err(
+                    r.title.span(),
+                    format!("announcement {id}: title must be one line"),
+                );
+            }
+            let kind = Kind::parse(r.kind.get_ref());
+            if kind.is_none() {
+                self.err(
+                    r.kind.span(),
+                    format!(
+                        "announcement {id}: unknown kind \"{}\" (known: {})",
+                        r.kind.get_ref(),
+                        Kind::ALL.map(|k| k.as_str()).join(", ")
+                    ),
+                );
+            }
+            for a in &r.areas {
+                if !area_ids.contains(a.get_ref()) && !self.unreadable_areas.contains(a.get_ref()) {
+                    self.err(
+                        a.span(),
+                        format!("announcement {id}: unknown area \"{}\"", a.get_ref()),
+                    );
+                }
+            }
+            let effective = self.instant(
+                &format!("announcement {id}"),
+                "effective",
+                &r.effective,
+                false,
+            );
+            if let (Some(kind), Some(effective)) = (kind, effective) {
+                out.push(Announcement {
+                    title: r.title.get_ref().trim().to_string(),
+                    kind,
+                    areas: r.areas.iter().map(|a| a.get_ref().clone()).collect(),
+                    effective,
+                    body: r.body.get_ref().clone(),
+                    id,
+                });
+            }
+        }
+        out
+    }
+
+    /// An entry's id: unique among its kind, and lower-case letters, digits and `-`.
+    fn named_id(&mut self, seen: &mut HashSet<String>, what: &str, id: &Spanned<String>) -> String {
+        self.unique(seen, what, id);
+        let text = id.get_ref().clone();
+        if !is_name(&text) {
+            self.err(
+                id.span(),
+                format!("{what} id \"{text}\" must be lower-case letters, digits and -"),
+            );
+        }
+        text
     }
 
     /// `[[notify]]` recipients: a reachable kind of URL, a secret long
@@ -388,14 +542,7 @@ impl Validator<'_> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for r in raw.iter().map(Spanned::get_ref) {
-            self.unique(&mut seen, "notify", &r.id);
-            let id = r.id.get_ref().clone();
-            if !is_name(&id) {
-                self.err(
-                    r.id.span(),
-                    format!("notify id \"{id}\" must be lower-case letters, digits and -"),
-                );
-            }
+            let id = self.named_id(&mut seen, "notify", &r.id);
             let channel = self.channel(&id, r);
             let mut events = BTreeSet::new();
             for e in &r.events {
@@ -949,9 +1096,88 @@ impl Validator<'_> {
                 .iter()
                 .map(|(c, d)| (c.clone(), line_of(self.text, d.span().start)))
                 .collect(),
+            lifecycle: r.lifecycle.as_ref().and_then(|l| self.lifecycle(&id, l)),
             id,
             version,
         }
+    }
+
+    /// `[area.lifecycle]`: its instants in order (test, production,
+    /// retirement, removal), a test source that is a database URL.
+    fn lifecycle(&mut self, id: &str, r: &RawLifecycle) -> Option<crate::lifecycle::Lifecycle> {
+        let what = format!("area {id}: lifecycle");
+        let at = |me: &mut Self, field: &str, v: &Spanned<toml::Value>| {
+            me.instant(&what, field, v, false)
+                .map(|t| (t, v.span(), field.to_string()))
+        };
+        let test_from = r.test_from.as_ref().map(|v| at(self, "test_from", v));
+        let production_from = at(self, "production_from", &r.production_from);
+        let retired_from = r.retired_from.as_ref().map(|v| at(self, "retired_from", v));
+        let removed_from = r.removed_from.as_ref().map(|v| at(self, "removed_from", v));
+        if let (Some(removed), None) = (&r.removed_from, &r.retired_from) {
+            self.err(
+                removed.span(),
+                format!("{what}: removed_from needs retired_from (an area is retired before its loads are removed)"),
+            );
+        }
+        // Zero is allowed: test loads leave when production begins.
+        let test_kept_days = match &r.test_kept_days {
+            None => defaults::TEST_KEPT_DAYS,
+            Some(n) if *n.get_ref() >= 0 => *n.get_ref() as u64,
+            Some(n) => {
+                self.err(
+                    n.span(),
+                    format!("{what}: test_kept_days = {} must be 0 or more", n.get_ref()),
+                );
+                defaults::TEST_KEPT_DAYS
+            }
+        };
+        let test_source = r
+            .test_source
+            .as_ref()
+            .map(|u| self.db_url(&format!("{what}: test_source"), u));
+        // Any value that did not parse is reported already.
+        let parsed = |v: Option<Option<_>>| match v {
+            None => Some(None),
+            Some(Some(x)) => Some(Some(x)),
+            Some(None) => None,
+        };
+        let (test_from, retired_from, removed_from) = (
+            parsed(test_from)?,
+            parsed(retired_from)?,
+            parsed(removed_from)?,
+        );
+        let production_from = production_from?;
+        let order: Vec<&(DateTime<Utc>, Range<usize>, String)> = [
+            test_from.as_ref(),
+            Some(&production_from),
+            retired_from.as_ref(),
+            removed_from.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for pair in order.windows(2) {
+            if pair[1].0 <= pair[0].0 {
+                self.err(
+                    pair[1].1.clone(),
+                    format!("{what}: {} is not after {}", pair[1].2, pair[0].2),
+                );
+                return None;
+            }
+        }
+        let retired = retired_from.map(|(t, ..)| t);
+        Some(crate::lifecycle::Lifecycle {
+            test_from: test_from.map(|(t, ..)| t),
+            production_from: production_from.0,
+            test_removed_from: production_from.0
+                + chrono::Duration::days(test_kept_days.min(36_500) as i64),
+            retired_from: retired,
+            removed_from: removed_from
+                .map(|(t, ..)| t)
+                .or(retired.map(|t| t + chrono::Duration::days(RETIRED_KEPT_DAYS))),
+            test_source,
+        })
     }
 
     /// A column the load needs (key, routes, person) must never be one the
@@ -1249,11 +1475,25 @@ impl Validator<'_> {
                     );
                 }
             }
+            for a in &c.test_areas {
+                if !self.test_stage_areas.contains(a.get_ref())
+                    && !self.unreadable_areas.contains(a.get_ref())
+                {
+                    self.err(
+                        a.span(),
+                        format!(
+                            "{what}: test_areas names \"{}\", which is not an area with a test stage ([area.lifecycle] test_from)",
+                            a.get_ref()
+                        ),
+                    );
+                }
+            }
             if let Some(validity) = validity {
                 out.cooperation.push(CooperationAgreement {
                     id: c.id.get_ref().clone(),
                     supplier: c.supplier.get_ref().clone(),
                     areas: c.areas.iter().map(|a| a.get_ref().clone()).collect(),
+                    test_areas: c.test_areas.iter().map(|a| a.get_ref().clone()).collect(),
                     validity,
                 });
             }
@@ -1453,6 +1693,40 @@ fn parse_cidr(text: &str) -> Option<IpNet> {
 
 /// The columns a source table has, as found by introspection.
 pub type TableColumns = BTreeMap<String, BTreeSet<String>>;
+
+/// Planned steps of areas that no announcement tells suppliers of: a new
+/// area (a test stage, or production from a date) without a `new_area`
+/// announcement, a retirement without a `retirement` one. Warnings.
+pub fn unannounced_steps(config: &Config) -> Vec<String> {
+    use crate::announce::Kind;
+    let announced = |area: &str, kind: Kind| {
+        config
+            .announcements
+            .iter()
+            .any(|a| a.kind == kind && a.covers(area))
+    };
+    let mut out = Vec::new();
+    for area in &config.areas {
+        let Some(l) = &area.lifecycle else { continue };
+        if !announced(&area.id, Kind::NewArea) {
+            out.push(format!(
+                "area {} goes into production {} but no new_area announcement covers it",
+                area.id,
+                l.production_from.to_rfc3339()
+            ));
+        }
+        if let Some(t) = l.retired_from
+            && !announced(&area.id, Kind::Retirement)
+        {
+            out.push(format!(
+                "area {} is retired {} but no retirement announcement covers it",
+                area.id,
+                t.to_rfc3339()
+            ));
+        }
+    }
+    out
+}
 
 /// Per area, the published columns its data dictionary does not describe
 /// (a warning: the dictionary says so rather than guess).

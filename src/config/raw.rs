@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub notify: Vec<Spanned<RawNotify>>,
     /// `[smtp]`
     pub smtp: Option<RawSmtp>,
+    /// `[announcements]`
+    pub announcements: Option<RawAnnouncements>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,7 +132,8 @@ pub struct RawNotify {
     /// The events wanted: `load_published`, `load_failed`, `incident_opened`,
     /// `incident_updated`, `incident_resolved`, `maintenance_planned`,
     /// `agreement_ending`, `supplier_behind`, `access_change` (a supplier
-    /// gains or loses an authority's data area when an agreement starts or ends).
+    /// gains or loses an authority's data area when an agreement starts or
+    /// ends), `announcement` (one in the announcements file is new or changed).
     pub events: Vec<Spanned<String>>,
     /// Only events of these data areas (every area when not given).
     #[serde(default)]
@@ -164,6 +167,41 @@ pub struct RawSmtp {
     pub username: Option<Spanned<String>>,
     /// File holding the password for `username`.
     pub password_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawAnnouncements {
+    /// The announcements file (TOML, `[[announcement]]` entries), watched and
+    /// reloaded like the config; an invalid edit is refused as a whole.
+    pub file: Spanned<String>,
+}
+
+/// The announcements file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnnouncementFile {
+    #[serde(default)]
+    pub announcement: Vec<Spanned<RawAnnouncement>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnnouncement {
+    /// Lower-case letters, digits and `-`; unique in the file; part of the
+    /// file name suppliers see (`ANNOUNCEMENTS/<effective date>-<id>.md`).
+    pub id: Spanned<String>,
+    /// One line.
+    pub title: Spanned<String>,
+    /// `release`, `data_conversion`, `new_area`, `retirement` or `maintenance`.
+    pub kind: Spanned<String>,
+    /// The data areas it concerns (ids of `[[area]]`); every area when left out.
+    /// It goes to the suppliers whose cooperation agreements list one of them.
+    #[serde(default)]
+    pub areas: Vec<Spanned<String>>,
+    /// When what it announces takes effect: a date or an RFC 3339 time.
+    pub effective: Spanned<toml::Value>,
+    /// The text, in Markdown.
+    pub body: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,6 +292,10 @@ pub struct RawCooperation {
     pub supplier: Spanned<String>,
     /// The data areas it may fetch (ids of `[[area]]`).
     pub areas: Vec<Spanned<String>>,
+    /// Areas whose test loads it may fetch (`<area>.test/`), during their
+    /// test stage and until the test loads are removed.
+    #[serde(default)]
+    pub test_areas: Vec<Spanned<String>>,
     /// A date (from the start of that day, Danish time) or an RFC 3339 instant.
     pub valid_from: Spanned<toml::Value>,
     /// A date (until the end of that day, Danish time) or an RFC 3339 instant (exclusive).
@@ -307,6 +349,29 @@ pub struct RawArea {
     /// column metadata (`description`).
     #[serde(default)]
     pub fields: std::collections::BTreeMap<String, Spanned<String>>,
+    /// The area's life: test loads, production from a planned time,
+    /// retirement, removal. An area without one is in production.
+    pub lifecycle: Option<RawLifecycle>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawLifecycle {
+    /// Test loads from then (a date or RFC 3339 time), into
+    /// `<area>.test/` and only for suppliers whose cooperation agreement
+    /// lists the area in `test_areas`. Left out: no test stage.
+    pub test_from: Option<Spanned<toml::Value>>,
+    /// Production loads from then, starting with a full load at that time;
+    /// test loads stop.
+    pub production_from: Spanned<toml::Value>,
+    /// Days the test loads stay in the tree after production starts.
+    pub test_kept_days: Option<Spanned<i64>>,
+    /// No more loads from then (announce it first).
+    pub retired_from: Option<Spanned<toml::Value>>,
+    /// The area's loads leave the tree then (after `retired_from`); left
+    /// out, 30 days after `retired_from`.
+    pub removed_from: Option<Spanned<toml::Value>>,
+    /// Test loads from this DFDG instead of `[source] url` (same tables).
+    pub test_source: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -386,5 +451,6 @@ pub mod defaults {
         "smtp.port" => SMTP_PORT: u64 = 587;
         "notify.agreement_days" => AGREEMENT_DAYS: u64 = 30;
         "notify.behind_loads" => BEHIND_LOADS: u64 = 3;
+        "area.lifecycle.test_kept_days" => TEST_KEPT_DAYS: u64 = 14;
     }
 }

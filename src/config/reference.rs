@@ -37,7 +37,14 @@ const SECTIONS: &[(&str, &str, &str)] = &[
     ("RawArea", "[[area]]", "area"),
     ("RawNotify", "[[notify]]", "notify"),
     ("RawSmtp", "[smtp]", "smtp"),
+    ("RawAnnouncements", "[announcements]", "announcements"),
+    (
+        "RawAnnouncement",
+        "[[announcement]] (in the announcements file)",
+        "announcement",
+    ),
     ("RawRoute", "[[area]] route = { ... }", "area.route"),
+    ("RawLifecycle", "[area.lifecycle]", "area.lifecycle"),
     (
         "RawSchedule",
         "[[area]] schedule = { ... }",

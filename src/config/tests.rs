@@ -377,3 +377,205 @@ skat = "An excluded column"
         ["/etc/udstil/u.toml:22: area a: the description of k is empty"]
     );
 }
+
+#[test]
+fn the_announcements_file_is_checked_with_its_own_name_and_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("u.toml");
+    std::fs::write(&config, minimal("[announcements]\nfile = \"a.toml\"\n")).unwrap();
+    let check = |text: &str| -> Vec<String> {
+        std::fs::write(dir.path().join("a.toml"), text).unwrap();
+        match load(&config) {
+            Ok(c) => {
+                assert_eq!(
+                    c.key_files.last(),
+                    Some(&dir.path().join("a.toml")),
+                    "watched"
+                );
+                vec![]
+            }
+            Err(e) => {
+                e.0.iter()
+                    .map(|e| e.to_string().replace(&dir.path().display().to_string(), ""))
+                    .collect()
+            }
+        }
+    };
+    let good = "[[announcement]]\nid = \"r-1\"\ntitle = \"Release\"\nkind = \"maintenance\"\neffective = \"2027-03-01\"\nbody = \"Text\"\n";
+    assert_eq!(check(good), Vec::<String>::new());
+    assert_eq!(check(""), Vec::<String>::new());
+    assert_eq!(
+        check(&format!(
+            "{good}[[announcement]]\nid = \"r-1\"\ntitle = \"\"\nkind = \"news\"\nareas = [\"nope\"]\neffective = \"2027-02-30\"\nbody = \"x\"\n"
+        )),
+        [
+            "/a.toml:8: duplicate announcement id \"r-1\"",
+            "/a.toml:9: announcement r-1: title is empty",
+            "/a.toml:10: announcement r-1: unknown kind \"news\" (known: release, data_conversion, new_area, retirement, maintenance)",
+            "/a.toml:11: announcement r-1: unknown area \"nope\"",
+            "/a.toml:12: announcement r-1: effective = 2027-02-30 is not a date (2026-01-31) or an RFC 3339 time (2026-01-31T08:00:00+01:00)",
+        ]
+    );
+    let typo = check(&good.replace("body", "bodyy"));
+    assert_eq!(typo.len(), 1, "{typo:?}");
+    assert!(
+        typo[0].starts_with("/a.toml:6: unknown field `bodyy`"),
+        "{typo:?}"
+    );
+    std::fs::remove_file(dir.path().join("a.toml")).unwrap();
+    let missing = match load(&config) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a missing announcements file was accepted"),
+    };
+    assert!(
+        missing.contains("u.toml:13: [announcements] file"),
+        "{missing}"
+    );
+}
+
+const NEW_AREA: &str = r#"[[area]]
+id = "next"
+version = 1
+table = "t"
+journal = "j"
+key = ["k"]
+sequence_column = "s"
+operation_column = "o"
+changed_at_column = "c"
+route = { kommune = "kk" }
+"#;
+
+#[test]
+fn a_lifecycle_is_in_order_and_test_subscriptions_need_a_test_stage() {
+    let with = |lifecycle: &str, cooperation: &str| {
+        minimal(&format!(
+            "[[agreements.cooperation]]\nid = \"sup-a\"\nsupplier = \"bi-a\"\nareas = [\"next\"]\n{cooperation}valid_from = \"2025-01-01\"\n{NEW_AREA}{lifecycle}"
+        ))
+    };
+    let good = with(
+        "[area.lifecycle]\ntest_from = \"2027-01-04\"\nproduction_from = \"2027-02-01T06:00:00+01:00\"\nretired_from = \"2028-01-01\"\n",
+        "test_areas = [\"next\"]\n",
+    );
+    let c = parse(Path::new("/etc/udstil/u.toml"), &good).unwrap();
+    let l = c.areas[0].lifecycle.clone().unwrap();
+    let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+    assert_eq!(l.production_from, t("2027-02-01T05:00:00Z"));
+    assert_eq!(
+        l.test_removed_from,
+        t("2027-02-15T05:00:00Z"),
+        "14 days by default"
+    );
+    assert_eq!(
+        l.removed_from,
+        Some(t("2028-01-30T23:00:00Z")),
+        "30 days after retirement"
+    );
+    // The test subscription reads `next.test`, the production one `next`.
+    let coop = &c.agreements.cooperation[0];
+    assert!(coop.lists("next") && coop.lists("next.test") && !coop.lists("other.test"));
+    assert_eq!(c.areas[0].test_twin().id, "next.test");
+    assert!(c.areas[0].test_twin().is_test() && !c.areas[0].is_test());
+
+    assert_eq!(
+        errors(&with(
+            "[area.lifecycle]\ntest_from = \"2027-03-01\"\nproduction_from = \"2027-02-01\"\n",
+            ""
+        )),
+        ["/etc/udstil/u.toml:29: area next: lifecycle: production_from is not after test_from"]
+    );
+    assert_eq!(
+        errors(&with(
+            "[area.lifecycle]\nproduction_from = \"2027-02-01\"\nremoved_from = \"2027-03-01\"\n",
+            "test_areas = [\"next\"]\n"
+        )),
+        [
+            "/etc/udstil/u.toml:16: cooperation agreement sup-a: test_areas names \"next\", which is not an area with a test stage ([area.lifecycle] test_from)",
+            "/etc/udstil/u.toml:30: area next: lifecycle: removed_from needs retired_from (an area is retired before its loads are removed)",
+        ]
+    );
+}
+
+#[test]
+fn test_loads_are_visible_only_to_test_subscribers() {
+    let text = minimal(&format!(
+        r#"[[supplier]]
+id = "bi-b"
+name = "B"
+keys = ["{KEY}"]
+[[agreements.connection]]
+id = "t-101"
+authority = "kommune/101"
+suppliers = ["bi-a", "bi-b"]
+valid_from = "2025-01-01"
+[[agreements.data_processing]]
+id = "d-a"
+supplier = "bi-a"
+authority = "kommune/101"
+valid_from = "2025-01-01"
+[[agreements.data_processing]]
+id = "d-b"
+supplier = "bi-b"
+authority = "kommune/101"
+valid_from = "2025-01-01"
+[[agreements.cooperation]]
+id = "sup-a"
+supplier = "bi-a"
+areas = ["next"]
+test_areas = ["next"]
+valid_from = "2025-01-01"
+[[agreements.cooperation]]
+id = "sup-b"
+supplier = "bi-b"
+areas = ["next"]
+valid_from = "2025-01-01"
+{NEW_AREA}[area.lifecycle]
+test_from = "2026-01-01"
+production_from = "2030-01-01"
+"#
+    ));
+    let c = parse(Path::new("/etc/udstil/u.toml"), &text).unwrap();
+    let now = chrono::Utc::now();
+    let k101: AuthorityId = "kommune/101".parse().unwrap();
+    let areas = |s: &str| {
+        c.agreements
+            .visible(s, now)
+            .remove(&k101)
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        areas("bi-a"),
+        BTreeSet::from(["next".to_string(), "next.test".to_string()])
+    );
+    assert_eq!(areas("bi-b"), BTreeSet::from(["next".to_string()]));
+    assert!(c.agreements.decide("bi-a", k101, "next.test", now).is_ok());
+    assert!(c.agreements.decide("bi-b", k101, "next.test", now).is_err());
+}
+
+#[test]
+fn planned_steps_without_an_announcement_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("u.toml");
+    std::fs::write(
+        &config,
+        minimal(&format!(
+            "[announcements]\nfile = \"a.toml\"\n{NEW_AREA}[area.lifecycle]\nproduction_from = \"2027-02-01\"\nretired_from = \"2028-01-01\"\n"
+        )),
+    )
+    .unwrap();
+    let announce = |kind: &str| {
+        format!(
+            "[[announcement]]\nid = \"{kind}\"\ntitle = \"t\"\nkind = \"{kind}\"\nareas = [\"next\"]\neffective = \"2027-02-01\"\nbody = \"b\"\n"
+        )
+    };
+    std::fs::write(dir.path().join("a.toml"), announce("new_area")).unwrap();
+    assert_eq!(
+        unannounced_steps(&load(&config).unwrap()),
+        ["area next is retired 2027-12-31T23:00:00+00:00 but no retirement announcement covers it"]
+    );
+    std::fs::write(
+        dir.path().join("a.toml"),
+        announce("new_area") + &announce("retirement"),
+    )
+    .unwrap();
+    assert!(unannounced_steps(&load(&config).unwrap()).is_empty());
+}

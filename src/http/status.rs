@@ -108,12 +108,26 @@ struct Page {
     past: Vec<IncidentView>,
     planned: Vec<MaintenanceView>,
     areas: Vec<AreaView>,
+    announcements: Vec<AnnouncementView>,
+}
+
+/// An announcement from the announcements file.
+struct AnnouncementView {
+    id: String,
+    kind: &'static str,
+    title: String,
+    effective: String,
+    areas: String,
+    /// Rendered from the operator's Markdown, raw HTML escaped.
+    body_html: String,
 }
 
 /// A data area and its data dictionary, from the config in force.
 struct AreaView {
     id: String,
     version: u32,
+    /// Its stage now, with the next planned change.
+    stage: String,
     description: String,
     fields: Vec<(String, String)>,
 }
@@ -142,6 +156,10 @@ struct Texts {
     json: &'static str,
     areas: &'static str,
     areas_note: &'static str,
+    announcements: &'static str,
+    none_announced: &'static str,
+    effective: &'static str,
+    all_areas: &'static str,
     version: &'static str,
     field: &'static str,
     description: &'static str,
@@ -168,6 +186,10 @@ const DA: Texts = Texts {
     impact: "Påvirkning",
     feed: "Abonnér (Atom)",
     json: "Status som JSON",
+    announcements: "Meddelelser til leverandørerne",
+    none_announced: "Ingen meddelelser.",
+    effective: "Gælder fra",
+    all_areas: "alle dataområder",
     areas: "Dataområder",
     areas_note: "Hvert felts beskrivelse. Den fulde dataordbog med typer ligger som DICTIONARY.md og DICTIONARY.json i hver versionsmappe.",
     version: "version",
@@ -196,6 +218,10 @@ const EN: Texts = Texts {
     impact: "Impact",
     feed: "Subscribe (Atom)",
     json: "Status as JSON",
+    announcements: "Announcements to suppliers",
+    none_announced: "No announcements.",
+    effective: "Effective",
+    all_areas: "every data area",
     areas: "Data areas",
     areas_note: "Each field's description. The full data dictionary with types is DICTIONARY.md and DICTIONARY.json in each version folder.",
     version: "version",
@@ -307,12 +333,28 @@ fn page(s: &Status, config: &crate::config::Config, lang: Lang) -> Page {
                 description: m.description.clone(),
             })
             .collect(),
+        announcements: announcements(config)
+            .into_iter()
+            .map(|a| AnnouncementView {
+                id: a.id.clone(),
+                kind: a.kind.label(lang == Lang::Da),
+                title: a.title.clone(),
+                effective: local(a.effective),
+                areas: if a.areas.is_empty() {
+                    t.all_areas.to_string()
+                } else {
+                    a.areas.iter().cloned().collect::<Vec<_>>().join(", ")
+                },
+                body_html: crate::announce::html(&a.body),
+            })
+            .collect(),
         areas: config
             .areas
             .iter()
             .map(|a| AreaView {
                 id: a.id.clone(),
                 version: a.version,
+                stage: stage_text(a, lang),
                 description: a.description.clone().unwrap_or_default(),
                 fields: a
                     .fields
@@ -322,6 +364,47 @@ fn page(s: &Status, config: &crate::config::Config, lang: Lang) -> Page {
             })
             .collect(),
     }
+}
+
+/// An area's stage now, with its next planned change, as suppliers read it.
+fn stage_text(a: &crate::config::Area, lang: Lang) -> String {
+    use crate::lifecycle::Stage;
+    let da = lang == Lang::Da;
+    let Some(l) = &a.lifecycle else {
+        return if da { "i produktion" } else { "in production" }.into();
+    };
+    let from = |t: Option<DateTime<Utc>>, da_text: &str, en_text: &str| {
+        t.map(|t| format!(" ({} {})", if da { da_text } else { en_text }, local(t)))
+            .unwrap_or_default()
+    };
+    match a.stage_at(Utc::now()) {
+        Stage::Planned => format!(
+            "{}{}",
+            if da { "planlagt" } else { "planned" },
+            from(l.test_from.or(Some(l.production_from)), "fra", "from")
+        ),
+        Stage::Test => format!(
+            "test{}",
+            from(Some(l.production_from), "produktion fra", "production from")
+        ),
+        Stage::Production => format!(
+            "{}{}",
+            if da { "i produktion" } else { "in production" },
+            from(l.retired_from, "udfases", "retired from")
+        ),
+        Stage::Retired => format!(
+            "{}{}",
+            if da { "udfaset" } else { "retired" },
+            from(l.removed_from, "fjernes", "removed")
+        ),
+    }
+}
+
+/// The announcements of the config in force, newest effective date first.
+fn announcements(config: &crate::config::Config) -> Vec<&crate::announce::Announcement> {
+    let mut list: Vec<_> = config.announcements.iter().collect();
+    list.sort_by(|a, b| b.effective.cmp(&a.effective).then(a.id.cmp(&b.id)));
+    list
 }
 
 /// `/`: the page, Danish unless `?lang=en`.
@@ -389,6 +472,17 @@ pub async fn atom(Extract(views): Extract<Views>) -> Response {
                 },
             ));
         }
+    }
+    for a in announcements(&views.config.get()) {
+        entries.push((
+            a.effective,
+            Entry {
+                id: format!("urn:udstil:announcement:{}", a.id),
+                title: format!("{}: {}", a.kind.label(true), a.title),
+                updated: rfc(a.effective),
+                summary: a.body.trim().to_string(),
+            },
+        ));
     }
     for m in &s.planned {
         entries.push((

@@ -77,6 +77,9 @@ pub struct Manifest {
     pub version: u32,
     pub kind: LoadKind,
     pub authority: String,
+    /// `test` for a test load (in `<area>.test/`); absent for production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
     pub key: Vec<String>,
     /// Deltas: the watermark of the previous load (exclusive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,6 +143,9 @@ pub struct LoadReport {
     /// Old load folders removed by retention afterwards.
     pub removed: usize,
     pub elapsed: Duration,
+    /// The first full load of a new version: what changed from the
+    /// previous one (as appended to `CHANGES.json`).
+    pub new_version: Option<version::SchemaChange>,
 }
 
 impl std::fmt::Display for LoadReport {
@@ -379,11 +385,12 @@ pub async fn full_load(
         watermark_to: snapshot.watermark,
         previous: BTreeMap::new(),
     };
-    let report = finish(&store, &staging, plan, rows, outputs, withheld, started)?;
-    if first_of_version
-        && let Err(e) = record_version_change(&store, area, load_id, &schema_for_changes)
-    {
-        tracing::warn!(area = %area.id, error = %e, "could not write CHANGES.json");
+    let mut report = finish(&store, &staging, plan, rows, outputs, withheld, started)?;
+    if first_of_version {
+        match record_version_change(&store, area, load_id, &schema_for_changes) {
+            Ok(change) => report.new_version = change,
+            Err(e) => tracing::warn!(area = %area.id, error = %e, "could not write CHANGES.json"),
+        }
     }
     Ok(report)
 }
@@ -535,6 +542,7 @@ fn finish(
         bytes: 0,
         removed: 0,
         elapsed: Duration::ZERO,
+        new_version: None,
     };
     let written = started.elapsed();
     let published = publish_all(store, staging, &plan, outputs, &mut report);
@@ -633,6 +641,7 @@ impl Publication<'_> {
             version: area.version,
             kind: self.kind,
             authority: authority.to_string(),
+            stage: area.is_test().then(|| "test".to_string()),
             key: area.key.clone(),
             watermark_from: self.watermark_from,
             watermark_to: self.watermark_to,
@@ -680,6 +689,12 @@ pub fn apply_retention(store: &Store, area: &Area) -> std::io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// Takes every load of `area` (a tree name: an area or its `.test` twin)
+/// out of the tree, for every authority, with the area's folder.
+pub fn remove_area(store: &Store, area: &str) -> std::io::Result<usize> {
+    store.remove_area(area)
 }
 
 /// The schema of the area's current version as published (any authority's
@@ -777,14 +792,17 @@ fn publish_dictionary(store: &Store, area: &Area, schema: &[SchemaField]) -> std
 }
 
 /// After the first full load of a new version: per authority, appends what
-/// changed since its previous version to `<area>/CHANGES.json`.
+/// changed since its previous version to `<area>/CHANGES.json`. Returns the
+/// change (the first authority's, as they share the schemas) if there was
+/// an older version.
 fn record_version_change(
     store: &Store,
     area: &Area,
     load_id: LoadId,
     schema: &[SchemaField],
-) -> std::io::Result<()> {
+) -> std::io::Result<Option<version::SchemaChange>> {
     const CHANGES: &str = "CHANGES.json";
+    let mut first = None;
     for authority in store.authorities()? {
         let older = store
             .versions(authority, &area.id)?
@@ -800,18 +818,20 @@ fn record_version_change(
             .read_area_file(authority, &area.id, CHANGES)?
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        changes.push(version::SchemaChange {
+        let change = version::SchemaChange {
             from_version,
             to_version: area.version,
             load_id: load_id.to_string(),
             added,
             removed,
             retyped,
-        });
+        };
+        first.get_or_insert_with(|| change.clone());
+        changes.push(change);
         let json = serde_json::to_vec_pretty(&changes).expect("serialises");
         store.write_area_file(authority, &area.id, CHANGES, &json)?;
     }
-    Ok(())
+    Ok(first)
 }
 
 /// Per authority holding the area's current version: its latest load and

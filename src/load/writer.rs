@@ -1126,6 +1126,7 @@ mod tests {
             description: None,
             fields: Default::default(),
             field_lines: Default::default(),
+            lifecycle: None,
         }
     }
 

@@ -25,10 +25,11 @@ pub enum EventKind {
     AgreementEnding,
     SupplierBehind,
     AccessChange,
+    Announcement,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::LoadPublished,
         EventKind::LoadFailed,
         EventKind::IncidentOpened,
@@ -38,6 +39,7 @@ impl EventKind {
         EventKind::AgreementEnding,
         EventKind::SupplierBehind,
         EventKind::AccessChange,
+        EventKind::Announcement,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +53,7 @@ impl EventKind {
             EventKind::AgreementEnding => "agreement_ending",
             EventKind::SupplierBehind => "supplier_behind",
             EventKind::AccessChange => "access_change",
+            EventKind::Announcement => "announcement",
         }
     }
 
@@ -292,6 +295,7 @@ mod tests {
             id: format!("sup-{days}"),
             supplier: "bi-alpha".into(),
             areas: Default::default(),
+            test_areas: Default::default(),
             validity: Validity {
                 from: now - chrono::Duration::days(400),
                 to: Some(now + chrono::Duration::days(days)),

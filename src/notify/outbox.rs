@@ -19,6 +19,16 @@ const POLL: Duration = Duration::from_secs(1);
 /// How long one delivery may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Wakes `deliver` in this process when something was queued, so a notice
+/// goes out at once rather than at the next poll (which still finds what
+/// other processes queue, and what is due for a retry).
+static QUEUED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Tells this process's `deliver` that a notification was queued.
+pub fn queued() {
+    QUEUED.notify_one();
+}
+
 /// Queues `notice` for every recipient that wants it. A state database
 /// that cannot take it is logged: the event itself has happened anyway.
 pub async fn enqueue(config: &Config, state: &State, notice: &Notice) {
@@ -31,6 +41,7 @@ pub async fn enqueue(config: &Config, state: &State, notice: &Notice) {
             tracing::error!(recipient = %r.id, event = notice.event.as_str(), error = %e, "cannot queue a notification");
         }
     }
+    queued();
 }
 
 /// Posts due notifications until `stop`.
@@ -48,6 +59,7 @@ pub async fn deliver(live: Arc<Live>, state: State, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            _ = QUEUED.notified() => {}
         }
         let due = match state.notify_due(50).await {
             Ok(d) => d,

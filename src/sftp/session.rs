@@ -57,7 +57,7 @@ pub type LedgerSource = Arc<
 /// What an open file handle reads from.
 enum Content {
     Disk(Arc<std::fs::File>),
-    /// A file made for the session (`LEDGER.json`).
+    /// A file made for the session (`LEDGER.json`, an announcement).
     Memory(Arc<Vec<u8>>),
 }
 
@@ -389,10 +389,36 @@ impl SftpSession {
         make(self.supplier.clone()).await.ok_or_else(not_found)
     }
 
+    /// The supplier's `/ANNOUNCEMENTS` folder as of now, from the config in
+    /// force: (file name, contents); empty when nothing concerns it.
+    fn announcements(&self) -> Vec<(String, Vec<u8>)> {
+        let config = self.config.get();
+        let list = crate::announce::for_supplier(
+            &config.announcements,
+            &config.agreements,
+            &self.supplier,
+            Utc::now(),
+        );
+        crate::announce::folder(&list)
+    }
+
+    fn announcement(&self, name: &str) -> Reply<Vec<u8>> {
+        self.announcements()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, data)| data)
+            .ok_or_else(not_found)
+    }
+
     async fn attrs(&self, loc: &Location) -> Reply<FileAttributes> {
-        if *loc == Location::Ledger {
-            let size = self.ledger().await?.len() as u64;
-            return Ok(memory_attrs(size));
+        match loc {
+            Location::Ledger => return Ok(memory_attrs(self.ledger().await?.len() as u64)),
+            Location::Announcement(name) => {
+                return Ok(memory_attrs(self.announcement(name)?.len() as u64));
+            }
+            Location::Announcements if self.announcements().is_empty() => return Err(not_found()),
+            Location::Announcements => return Ok(dir_attrs(self.root_mtime().await)),
+            _ => {}
         }
         let at = loc.clone();
         let meta = self
@@ -428,8 +454,24 @@ impl SftpSession {
                 if let Ok(ledger) = self.ledger().await {
                     out.push(File::new(tree::LEDGER, memory_attrs(ledger.len() as u64)));
                 }
+                if !self.announcements().is_empty() {
+                    out.push(File::new(crate::announce::FOLDER, dir_attrs(mtime)));
+                }
             }
-            Location::Ledger => return Err(StatusCode::Failure.with_message("not a folder")),
+            Location::Ledger | Location::Announcement(_) => {
+                return Err(StatusCode::Failure.with_message("not a folder"));
+            }
+            Location::Announcements => {
+                let files = self.announcements();
+                if files.is_empty() {
+                    return Err(not_found());
+                }
+                out.extend(
+                    files
+                        .into_iter()
+                        .map(|(name, data)| File::new(name, memory_attrs(data.len() as u64))),
+                );
+            }
             // The synthetic levels list what is visible and has something published.
             Location::Kind(kind) => {
                 let candidates: Vec<Location> = visible
@@ -523,8 +565,12 @@ impl russh_sftp::server::Handler for SftpSession {
             return Err(denied("open for writing"));
         }
         let loc = self.locate_audited(&filename, Action::FileOpen).await?;
-        let (content, size, mtime) = if loc == Location::Ledger {
-            let data = self.ledger().await?;
+        let made = match &loc {
+            Location::Ledger => Some(self.ledger().await?),
+            Location::Announcement(name) => Some(self.announcement(name)?),
+            _ => None,
+        };
+        let (content, size, mtime) = if let Some(data) = made {
             let size = data.len() as u64;
             (Content::Memory(Arc::new(data)), size, now_mtime())
         } else {

@@ -113,6 +113,10 @@ pub enum Location {
     Root,
     /// `/LEDGER.json`: the supplier's own delivery ledger, made when read.
     Ledger,
+    /// `/ANNOUNCEMENTS`: the announcements that concern the supplier.
+    Announcements,
+    /// `/ANNOUNCEMENTS/<file>`: one of them, or its `index.json`.
+    Announcement(String),
     /// `/kommune`: lists the visible municipalities.
     Kind(AuthorityKind),
     /// `/kommune/101`: lists the visible data areas.
@@ -163,8 +167,14 @@ pub fn resolve(path: &str) -> Result<Location, PathError> {
             }
         }
     }
-    if parts == [LEDGER] {
-        return Ok(Location::Ledger);
+    match parts.as_slice() {
+        [LEDGER] => return Ok(Location::Ledger),
+        [crate::announce::FOLDER] => return Ok(Location::Announcements),
+        [crate::announce::FOLDER, name] if !name.starts_with('.') => {
+            return Ok(Location::Announcement(name.to_string()));
+        }
+        [crate::announce::FOLDER, ..] => return Err(PathError::NotFound),
+        _ => {}
     }
     let mut it = parts.into_iter();
     let Some(kind) = it.next() else {
@@ -195,6 +205,8 @@ impl Location {
         match self {
             Location::Root => "/".into(),
             Location::Ledger => format!("/{LEDGER}"),
+            Location::Announcements => format!("/{}", crate::announce::FOLDER),
+            Location::Announcement(name) => format!("/{}/{name}", crate::announce::FOLDER),
             Location::Kind(k) => format!("/{k}"),
             Location::Authority(a) => format!("/{a}"),
             Location::Area {
@@ -215,7 +227,11 @@ impl Location {
     /// Whether a supplier whose visible set is `visible` may see this location.
     pub fn is_visible(&self, visible: &BTreeMap<AuthorityId, BTreeSet<String>>) -> bool {
         match self {
-            Location::Root | Location::Ledger => true,
+            // Made per supplier: what is not its own is not there at all.
+            Location::Root
+            | Location::Ledger
+            | Location::Announcements
+            | Location::Announcement(_) => true,
             Location::Kind(k) => visible.keys().any(|a| a.kind == *k),
             Location::Authority(a) => visible.contains_key(a),
             Location::Area {
@@ -303,6 +319,18 @@ mod tests {
                 Err(PathError::NotFound),
             ),
             ("/kommune/101/joblog\0/x", Err(PathError::Nul)),
+            ("/ANNOUNCEMENTS", Ok(Location::Announcements)),
+            ("ANNOUNCEMENTS/", Ok(Location::Announcements)),
+            (
+                "/ANNOUNCEMENTS/2027-03-01-release.md",
+                Ok(Location::Announcement("2027-03-01-release.md".into())),
+            ),
+            (
+                "/kommune/../ANNOUNCEMENTS/index.json",
+                Ok(Location::Announcement("index.json".into())),
+            ),
+            ("/ANNOUNCEMENTS/.x", Err(PathError::NotFound)),
+            ("/ANNOUNCEMENTS/a/b", Err(PathError::NotFound)),
         ];
         for (input, want) in cases {
             assert_eq!(&resolve(input), want, "{input:?}");
@@ -424,7 +452,7 @@ mod resolve_props {
                 }
                 if loc.is_visible(&visible) {
                     match &loc {
-                        Location::Root | Location::Ledger => {}
+                        Location::Root | Location::Ledger | Location::Announcements | Location::Announcement(_) => {}
                         Location::Kind(k) => prop_assert_eq!(*k, AuthorityKind::Kommune),
                         Location::Authority(a) => prop_assert_eq!(a.to_string(), "kommune/101"),
                         Location::Area { authority, area, .. } => {

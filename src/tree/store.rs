@@ -251,7 +251,7 @@ impl Store {
         match loc {
             Location::Root | Location::Kind(_) => true,
             // Made by the session, not kept in the tree.
-            Location::Ledger => false,
+            Location::Ledger | Location::Announcements | Location::Announcement(_) => false,
             Location::Authority(a) => super::authority_dir(&self.root, *a).is_dir(),
             Location::Area { .. } => self.checked(loc).is_ok(),
         }
@@ -386,6 +386,29 @@ impl Store {
             std::fs::remove_dir_all(&vdir).map_err(named(&vdir))?;
         }
         Ok(())
+    }
+
+    /// Takes an area out of the tree for every authority: each area folder
+    /// is renamed to a hidden name (it leaves the view at once; open files
+    /// finish), then deleted. Returns how many authorities held it.
+    pub fn remove_area(&self, area: &str) -> io::Result<usize> {
+        let mut removed = 0;
+        for authority in self.authorities()? {
+            let dir = super::area_dir(&self.root, authority, area);
+            let hidden = dir.with_file_name(format!(".removed-{area}"));
+            // What a crash left of an earlier removal goes first.
+            if hidden.exists() {
+                std::fs::remove_dir_all(&hidden).map_err(named(&hidden))?;
+            }
+            match std::fs::rename(&dir, &hidden) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(named(&dir)(e)),
+            }
+            std::fs::remove_dir_all(&hidden).map_err(named(&hidden))?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// Deletes the hidden `.removed-*` folders a crash inside [`Store::remove`]

@@ -6,10 +6,12 @@
 mod common;
 
 mod access_cli;
+mod announcements;
 mod audit;
 mod config_check;
 mod front_door;
 mod ledger;
+mod lifecycle;
 mod notify;
 mod operations;
 mod postgres_source;

@@ -13,10 +13,10 @@ use crate::common;
 const SECRET: &str = "a-webhook-secret-of-32-bytes-len";
 
 /// What the receiver got: signature header, delivery id, event, body.
-type Got = Arc<Mutex<Vec<(String, String, String, Bytes)>>>;
+pub type Got = Arc<Mutex<Vec<(String, String, String, Bytes)>>>;
 
 /// Starts a webhook receiver on `addr`, recording every POST to `/hook`.
-async fn receiver(addr: std::net::SocketAddr, got: Got) {
+pub async fn receiver(addr: std::net::SocketAddr, got: Got) {
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(move |headers: HeaderMap, body: Bytes| {
@@ -44,7 +44,7 @@ async fn receiver(addr: std::net::SocketAddr, got: Got) {
 }
 
 /// Waits until `got` holds `n` notifications (or 60 s pass).
-async fn wait_for(got: &Got, n: usize) {
+pub async fn wait_for(got: &Got, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while got.lock().unwrap().len() < n {
         assert!(
@@ -276,7 +276,7 @@ fn test_ca_and_server_cert(
 }
 
 /// The events of what `got` received.
-fn notices_in(got: &Got) -> Vec<serde_json::Value> {
+pub fn notices_in(got: &Got) -> Vec<serde_json::Value> {
     got.lock()
         .unwrap()
         .iter()

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use udstil::app;
 
-struct Daemon(std::process::Child);
+pub struct Daemon(pub std::process::Child);
 
 impl Daemon {
     /// `udstil serve --config <config>`, its log in `log`.
-    fn serve(config: &std::path::Path, log: &std::path::Path) -> Daemon {
+    pub fn serve(config: &std::path::Path, log: &std::path::Path) -> Daemon {
         Daemon(
             Command::new(env!("CARGO_BIN_EXE_udstil"))
                 .args(["serve", "--config"])
@@ -33,7 +33,7 @@ impl Drop for Daemon {
 }
 
 /// Polls `check` every 100 ms for up to `limit`.
-async fn within<F: AsyncFnMut() -> bool>(limit: Duration, mut check: F) -> bool {
+pub async fn within<F: AsyncFnMut() -> bool>(limit: Duration, mut check: F) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
         if check().await {
@@ -44,7 +44,7 @@ async fn within<F: AsyncFnMut() -> bool>(limit: Duration, mut check: F) -> bool 
     false
 }
 
-async fn areas_of(sftp: &russh_sftp::client::SftpSession, dir: &str) -> Option<Vec<String>> {
+pub async fn areas_of(sftp: &russh_sftp::client::SftpSession, dir: &str) -> Option<Vec<String>> {
     let mut names: Vec<String> = sftp
         .read_dir(dir)
         .await

@@ -9,7 +9,7 @@ use std::process::Command;
 use crate::common;
 
 /// Renders `url` in Chromium, saves a screenshot to `shot`, returns axe-core's violations.
-fn check_page(url: &str, shot: &std::path::Path) -> serde_json::Value {
+pub fn check_page(url: &str, shot: &std::path::Path) -> serde_json::Value {
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/page_check.js");
     let out = tokio::task::block_in_place(|| {
@@ -50,7 +50,9 @@ async fn the_status_page_shows_an_incident_and_a_failed_load_accessibly() {
         "{page}"
     );
     assert!(
-        page.contains("<strong>plans-and-activities</strong>, version 1: Plans and activities"),
+        page.contains(
+            "<strong>plans-and-activities</strong>, version 1, i produktion: Plans and activities"
+        ),
         "{page}"
     );
     assert!(

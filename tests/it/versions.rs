@@ -103,6 +103,23 @@ async fn a_format_change_starts_a_new_version() {
     );
     assert!(dictionary("v2").starts_with("# joblog, version 2\n"));
     assert!(!dictionary("v1").contains("kanal"), "{}", dictionary("v1"));
+    // A draft announcement of the change waits for the operator; added to
+    // the announcements file as it is, it is a valid announcement.
+    let draft =
+        std::fs::read_to_string(dir.path().join("announcement-drafts/joblog-v2.toml")).unwrap();
+    assert!(draft.contains("- Added columns: `kanal` (Utf8)"), "{draft}");
+    let file = dir.path().join("announcements.toml");
+    let mut announcements = std::fs::read_to_string(&file).unwrap();
+    announcements.push_str(&draft);
+    std::fs::write(&file, announcements).unwrap();
+    let with_draft = udstil::app::check_config(&config_path).await.unwrap();
+    let a = with_draft
+        .announcements
+        .iter()
+        .find(|a| a.id == "joblog-v2")
+        .unwrap();
+    assert_eq!(a.kind, udstil::announce::Kind::DataConversion);
+    assert!(a.areas.contains("joblog"));
     // Deltas continue in v2; v1 stops updating.
     udstil::fixtures::mutate(&source, 20, 2).await.unwrap();
     udstil::app::run_loads(&config, udstil::app::LoadRequest::delta(Some("joblog")))
