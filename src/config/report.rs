@@ -250,8 +250,10 @@ pub fn planned_changes(
         access_at(config, at)
             .into_iter()
             .filter(|(_, authority, area)| {
+                // Test loads (`<area>.test`) route as their area does.
+                let base = crate::lifecycle::base_of_test(area).unwrap_or(area);
                 config
-                    .area(area)
+                    .area(base)
                     .is_some_and(|ar| ar.routes_to(authority.kind))
             })
             .collect::<BTreeSet<_>>()
@@ -306,7 +308,7 @@ fn causes(
         .chain(
             a.cooperation
                 .iter()
-                .filter(|c| c.supplier == supplier && c.areas.contains(area))
+                .filter(|c| c.supplier == supplier && c.lists(area))
                 .map(|c| (AgreementKind::Cooperation, &c.id, c.validity)),
         );
     let boundary = |v: Validity| {

@@ -579,3 +579,39 @@ fn planned_steps_without_an_announcement_are_named() {
     .unwrap();
     assert!(unannounced_steps(&load(&config).unwrap()).is_empty());
 }
+
+#[test]
+fn planned_changes_include_test_subscriptions() {
+    let text = minimal(&format!(
+        r#"[[agreements.connection]]
+id = "t-101"
+authority = "kommune/101"
+suppliers = ["bi-a"]
+valid_from = "2025-01-01"
+[[agreements.data_processing]]
+id = "d-a"
+supplier = "bi-a"
+authority = "kommune/101"
+valid_from = "2025-01-01"
+[[agreements.cooperation]]
+id = "sup-a-test"
+supplier = "bi-a"
+areas = []
+test_areas = ["next"]
+valid_from = "2027-01-04"
+{NEW_AREA}[area.lifecycle]
+test_from = "2027-01-04"
+production_from = "2027-02-01"
+"#
+    ));
+    let c = parse(Path::new("/etc/udstil/u.toml"), &text).unwrap();
+    let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+    let changes = report::planned_changes(&c, t("2027-01-01T00:00:00Z"), t("2027-01-10T00:00:00Z"));
+    let lines: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+    assert_eq!(
+        lines,
+        [
+            "2027-01-03T23:00:00Z bi-a gains kommune/101/next.test (cooperation agreement sup-a-test starts)"
+        ]
+    );
+}
