@@ -62,6 +62,25 @@ pub fn describe(schema: &SchemaRef, area: &Area) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, metadata))
 }
 
+/// The descriptions as the Parquet file's own key-value metadata too
+/// (`description` for the area, `description.<column>` per column), for
+/// readers that do not decode the Arrow schema (DuckDB's
+/// `parquet_kv_metadata`, polars' `read_parquet_metadata`).
+pub fn key_values(schema: &Schema) -> Option<Vec<parquet::file::metadata::KeyValue>> {
+    use parquet::file::metadata::KeyValue;
+    let area = schema
+        .metadata()
+        .get(DESCRIPTION)
+        .map(|d| KeyValue::new(DESCRIPTION.to_string(), d.clone()));
+    let columns = schema.fields().iter().filter_map(|f| {
+        f.metadata()
+            .get(DESCRIPTION)
+            .map(|d| KeyValue::new(format!("{DESCRIPTION}.{}", f.name()), d.clone()))
+    });
+    let all: Vec<KeyValue> = area.into_iter().chain(columns).collect();
+    (!all.is_empty()).then_some(all)
+}
+
 /// The dictionary of one version of an area.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Dictionary {
@@ -262,6 +281,15 @@ responsible municipality"""
             described.metadata().get(DESCRIPTION).map(String::as_str),
             Some("Job search | joblog")
         );
+        let kv = key_values(&described).unwrap();
+        let pairs: Vec<(&str, &str)> = kv
+            .iter()
+            .map(|k| (k.key.as_str(), k.value.as_deref().unwrap_or_default()))
+            .collect();
+        assert_eq!(pairs[0], ("description", "Job search | joblog"));
+        assert!(pairs.contains(&("description.joblog_id", "The entry's id")));
+        assert!(!pairs.iter().any(|(k, _)| *k == "description.postnr"));
+        assert_eq!(key_values(&schema), None);
         // Names and types are untouched: batches of the plain schema still fit.
         assert!(
             described
