@@ -220,7 +220,7 @@ fn cpu_seconds() -> (f64, f64, f64) {
 }
 
 /// A fresh work folder holding the demo config pointed at `source`, with
-/// placeholder supplier keys; returns the config's path.
+/// its announcements and placeholder supplier keys; returns the config's path.
 fn work_folder(work: &std::path::Path, source: &str) -> anyhow::Result<std::path::PathBuf> {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
@@ -238,6 +238,10 @@ fn work_folder(work: &std::path::Path, source: &str) -> anyhow::Result<std::path
     }
     let cfg_path = work.join("udstil.toml");
     std::fs::write(&cfg_path, cfg_text)?;
+    std::fs::write(
+        work.join("announcements.toml"),
+        include_str!("../config/announcements.toml"),
+    )?;
     Ok(cfg_path)
 }
 

@@ -355,7 +355,8 @@ pub async fn serve_until_stopped(server: Server) -> Result<(), AppError> {
     tracing::info!(schedules = schedules.len(), "schedules started");
     let mut watched = config_files_state(&live.get());
     let mut access_seen = Utc::now();
-    // Edits (and agreement boundaries) take effect within a quarter second.
+    // An edit takes effect, and an agreement's start or end is audited,
+    // within a quarter second (sessions see the latter at once anyway).
     let mut poll = tokio::time::interval(std::time::Duration::from_millis(250));
     let stopper = server.stopper();
     let run = server.run();
