@@ -73,36 +73,49 @@ async fn catch_up(config: &Arc<Config>, area: &Area) {
         .and_then(Result::ok)
         .unwrap_or(false);
     if empty {
-        first_load(config, area, "lifecycle catch-up").await;
+        // Any instant in the stage: a replica that catches up first loads.
+        let since = match area.stage_at(Utc::now()) {
+            Stage::Test => area.lifecycle.as_ref().and_then(|l| l.test_from),
+            _ => area.lifecycle.as_ref().map(|l| l.production_from),
+        };
+        first_load(
+            config,
+            area,
+            "lifecycle catch-up",
+            since.unwrap_or_else(Utc::now),
+        )
+        .await;
     }
 }
 
 /// What happens at one step of an area's life.
 async fn take(config: &Arc<Config>, area: &Area, at: DateTime<Utc>, step: Step) {
-    let at = at.to_rfc3339();
+    let when = at.to_rfc3339();
     match step {
         Step::TestBegins => {
-            tracing::info!(area = %area.id, at, "test stage begins: a first full test load");
-            first_load(config, area, "test stage").await;
+            tracing::info!(area = %area.id, at = when, "test stage begins: a first full test load");
+            first_load(config, area, "test stage", at).await;
         }
         Step::ProductionBegins => {
-            tracing::info!(area = %area.id, at, "production begins: a first full load");
-            first_load(config, area, "production").await;
+            tracing::info!(area = %area.id, at = when, "production begins: a first full load");
+            first_load(config, area, "production", at).await;
         }
         Step::Retired => {
-            tracing::info!(area = %area.id, at, "retired: no more loads; its loads stay until removed_from");
+            tracing::info!(area = %area.id, at = when, "retired: no more loads; its loads stay until removed_from");
         }
         // Taken by `remove_due`, which also catches up after a stop.
         Step::TestRemoved | Step::Removed => {}
     }
 }
 
-async fn first_load(config: &Config, area: &Area, trigger: &str) {
+async fn first_load(config: &Config, area: &Area, trigger: &str, at: DateTime<Utc>) {
     let request = LoadRequest {
         area: Some(&area.id),
         kind: LoadKind::Full,
         trigger,
         progress: None,
+        // Replicas all reach this step: one loads, the others find its load.
+        for_tick: Some(at),
     };
     if let Err(e) = run_loads(config, request).await {
         tracing::error!(area = %area.id, error = %e, "the first full load of the stage failed; the area's schedule tries again");

@@ -37,6 +37,12 @@ pub struct LoadRequest<'a> {
     pub trigger: &'a str,
     /// Counts the rows read, for a progress display.
     pub progress: Option<load::Progress>,
+    /// The scheduled instant this run is for. Replicas run the same
+    /// schedules: the one that gets an area's lease first loads; the
+    /// others wait for the lease and then find a load published since this
+    /// instant, and do nothing. `None` (an operator's load): runs, or fails
+    /// at once as busy while another load of the area runs.
+    pub for_tick: Option<chrono::DateTime<Utc>>,
 }
 
 impl<'a> LoadRequest<'a> {
@@ -47,6 +53,7 @@ impl<'a> LoadRequest<'a> {
             kind,
             trigger: "manual",
             progress: None,
+            for_tick: None,
         }
     }
 
@@ -80,6 +87,16 @@ pub async fn run_loads(
     let owned = loading_now(requested, &request)?;
     let areas: Vec<&config::Area> = owned.iter().collect();
     let state = open_state(config).await;
+    // On PostgreSQL the state database is what keeps replicas from loading
+    // the same area at once: without it, no load.
+    if state.is_none()
+        && config
+            .state_url
+            .as_deref()
+            .is_some_and(|u| !u.starts_with("sqlite:"))
+    {
+        return Err(AppError::NoCoordination);
+    }
     if let Some(s) = &state {
         record_unrecorded_loads(config, &areas, s).await;
     }
@@ -104,7 +121,19 @@ pub async fn run_loads(
             }
         }
         let (_, source) = connected.as_ref().expect("connected above");
-        match run_one(config, source, state.as_ref(), area, &request).await {
+        let lease = match lease(config, state.as_ref(), area, &request).await {
+            Ok(Leased::Run(lease)) => lease,
+            Ok(Leased::Done) => continue,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        let result = run_one(config, source, state.as_ref(), area, &request).await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        match result {
             Ok(r) => reports.push(r),
             Err(e) => {
                 failure = Some(e.into());
@@ -135,6 +164,55 @@ pub async fn run_loads(
         Some(e) => Err(e),
         None => Ok(reports),
     }
+}
+
+enum Leased {
+    /// This process runs the load, holding the lease (none without a state database).
+    Run(Option<crate::state::AreaLease>),
+    /// Another replica already published a load for the scheduled instant.
+    Done,
+}
+
+/// Takes the area's lease among replicas (waiting for it for a scheduled
+/// run, failing as busy for an operator's), then checks the tree: a load
+/// published since the scheduled instant means another replica ran it.
+async fn lease(
+    config: &Config,
+    state: Option<&State>,
+    area: &config::Area,
+    request: &LoadRequest<'_>,
+) -> Result<Leased, AppError> {
+    let lease = match state {
+        Some(s) => match s.area_lease(&area.id, request.for_tick.is_some()).await? {
+            Some(lease) => Some(lease),
+            None => {
+                return Err(AppError::Load(LoadError::Busy {
+                    area: area.id.clone(),
+                }));
+            }
+        },
+        None => None,
+    };
+    if let Some(tick) = request.for_tick {
+        let (store, name, kind) = (config.store(), area.id.clone(), request.kind);
+        let done =
+            tokio::task::spawn_blocking(move || load::published_since(&store, &name, kind, tick))
+                .await
+                .unwrap_or(Ok(false))
+                .map_err(|source| AppError::Io {
+                    what: format!("reading the loads of {}", area.id),
+                    source,
+                })?;
+        if done {
+            tracing::info!(area = %area.id, kind = request.kind.as_str(), tick = %tick.to_rfc3339(),
+                "another replica published this scheduled load; nothing to do");
+            if let Some(lease) = lease {
+                lease.release().await;
+            }
+            return Ok(Leased::Done);
+        }
+    }
+    Ok(Leased::Run(lease))
 }
 
 /// The areas of a request as they load now: an area in its test stage as
@@ -545,7 +623,7 @@ pub fn spawn_schedules(
                 clock,
                 lock.clone(),
                 last_run,
-                move || {
+                move |tick| {
                     let config = config.clone();
                     let area_id = area_id.clone();
                     async move {
@@ -554,6 +632,7 @@ pub fn spawn_schedules(
                             kind,
                             trigger: "schedule",
                             progress: None,
+                            for_tick: Some(tick),
                         };
                         match run_loads(&config, request(kind)).await {
                             Err(AppError::Load(LoadError::NoFullLoad { .. })) => {

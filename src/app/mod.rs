@@ -58,6 +58,10 @@ pub enum AppError {
     State(#[from] crate::state::StateError),
     #[error("no [state] url in the config: the audit trail lives in the state database")]
     NoState,
+    #[error(
+        "the state database cannot be reached; it keeps replicas from running the same load, so none runs"
+    )]
+    NoCoordination,
     #[error("audit key {path}: {source}")]
     AuditKey {
         path: PathBuf,

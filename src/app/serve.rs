@@ -91,6 +91,11 @@ impl Server {
         self.shared.config.get()
     }
 
+    /// The state database, if the config has one.
+    pub fn state(&self) -> Option<State> {
+        self.state.clone()
+    }
+
     /// The config handle that reloads replace.
     pub fn live(&self) -> Arc<Live> {
         self.shared.config.clone()
@@ -285,9 +290,28 @@ pub async fn reload_recorded(
 /// `since`, in the audit trail and the log. Nothing else has to happen at
 /// that instant: sessions ask the policy on every request and re-ask for
 /// open files every 250 ms.
-async fn record_agreement_boundaries(config: &Config, audit: &Trail, since: &mut DateTime<Utc>) {
+async fn record_agreement_boundaries(
+    config: &Config,
+    audit: &Trail,
+    state: Option<&State>,
+    since: &mut DateTime<Utc>,
+) {
     let now = Utc::now();
     for c in crate::config::report::planned_changes(config, *since, now) {
+        // Every replica sees the instant; the one that claims it records it.
+        let key = format!(
+            "audit:access_change:{}:{}:{}:{}:{}",
+            c.supplier,
+            c.authority,
+            c.area,
+            c.gained,
+            c.at.to_rfc3339()
+        );
+        if let Some(s) = state
+            && !s.notify_once(&key).await.unwrap_or(true)
+        {
+            continue;
+        }
         let change = if c.gained { "gained" } else { "lost" };
         let reasons = c.reasons.join("; ");
         tracing::info!(supplier = %c.supplier, authority = %c.authority, area = %c.area,
@@ -349,6 +373,7 @@ pub async fn serve_until_stopped(server: Server) -> Result<(), AppError> {
     let mut hup = signals(SignalKind::hangup())?;
     let live = server.live();
     let audit = server.audit();
+    let state = server.state();
     let path = live.get().file.clone();
     let mut stop = tokio_util::sync::CancellationToken::new();
     let mut schedules = spawn_schedules(live.get(), stop.clone());
@@ -369,7 +394,7 @@ pub async fn serve_until_stopped(server: Server) -> Result<(), AppError> {
             _ = term.recv() => { tracing::info!("terminated; stopping"); break; }
             _ = hup.recv() => "SIGHUP",
             _ = poll.tick() => {
-                record_agreement_boundaries(&live.get(), &audit, &mut access_seen).await;
+                record_agreement_boundaries(&live.get(), &audit, state.as_ref(), &mut access_seen).await;
                 let now = config_files_state(&live.get());
                 if now == watched { continue; }
                 watched = now;
@@ -379,7 +404,7 @@ pub async fn serve_until_stopped(server: Server) -> Result<(), AppError> {
         let before = live.get();
         // What the config in force did up to now is its own; the reload
         // records what the new one changes from now on.
-        record_agreement_boundaries(&before, &audit, &mut access_seen).await;
+        record_agreement_boundaries(&before, &audit, state.as_ref(), &mut access_seen).await;
         match reload_recorded(&live, &path, &audit, why).await {
             Ok(_) => {
                 access_seen = Utc::now();

@@ -691,6 +691,21 @@ pub fn apply_retention(store: &Store, area: &Area) -> std::io::Result<usize> {
     Ok(removed)
 }
 
+/// Whether a load of `area` (a tree name) was published at or after `tick`:
+/// any load for a delta's tick, a full load for a full's. Load ids carry
+/// the second their load started, so this reads the tree, the truth.
+pub fn published_since(
+    store: &Store,
+    area: &str,
+    kind: LoadKind,
+    tick: chrono::DateTime<Utc>,
+) -> std::io::Result<bool> {
+    Ok(store
+        .loads(area)?
+        .iter()
+        .any(|l| l.id.at >= tick && (kind == LoadKind::Delta || l.kind == LoadKind::Full)))
+}
+
 /// Takes every load of `area` (a tree name: an area or its `.test` twin)
 /// out of the tree, for every authority, with the area's folder.
 pub fn remove_area(store: &Store, area: &str) -> std::io::Result<usize> {

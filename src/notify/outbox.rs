@@ -18,6 +18,10 @@ use crate::state::{Pending, State};
 const POLL: Duration = Duration::from_secs(1);
 /// How long one delivery may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a taken delivery is this process's: a process that dies while
+/// sending leaves it to another replica after this (at least once; the
+/// delivery header lets a receiver drop a repeat).
+const CLAIM: Duration = Duration::from_secs(60);
 
 /// Wakes `deliver` in this process when something was queued, so a notice
 /// goes out at once rather than at the next poll (which still finds what
@@ -69,6 +73,15 @@ pub async fn deliver(live: Arc<Live>, state: State, stop: CancellationToken) {
             }
         };
         for n in due {
+            // Replicas read the same outbox: the one that takes it sends it.
+            match state.notify_claim(&n, CLAIM).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(delivery = n.id, error = %e, "notifications: cannot take a delivery");
+                    continue;
+                }
+            }
             let config = live.get();
             let sent = tokio::select! {
                 _ = stop.cancelled() => return,

@@ -93,8 +93,10 @@ pub const RETRY_DELAYS: [Duration; 3] = [
     Duration::from_secs(600),
 ];
 
-/// Runs `job` on every tick of `schedule` until `shutdown` resolves.
-/// `last_run` (from the published tree) decides one catch-up run at start.
+/// Runs `job` on every tick of `schedule` until `shutdown` resolves, giving
+/// it the tick it runs for (replicas running the same schedule agree on it).
+/// `last_run` (from the published tree) decides one catch-up run at start,
+/// for the last tick missed.
 /// A failed run is retried after each of [`RETRY_DELAYS`], then left to the next tick.
 pub async fn run<F, Fut, E>(
     name: String,
@@ -105,14 +107,16 @@ pub async fn run<F, Fut, E>(
     mut job: F,
     shutdown: impl Future<Output = ()>,
 ) where
-    F: FnMut() -> Fut,
+    F: FnMut(DateTime<Utc>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     tokio::pin!(shutdown);
     let mut due_now = catch_up_due(&schedule, last_run, clock.now());
     loop {
-        if !due_now {
+        let tick = if due_now {
+            last_tick(&schedule, clock.now()).unwrap_or_else(|| clock.now())
+        } else {
             let Some(next) = next_tick(&schedule, clock.now()) else {
                 tracing::warn!(%name, "schedule has no future tick; stopping it");
                 return;
@@ -122,7 +126,8 @@ pub async fn run<F, Fut, E>(
                 _ = tokio::time::sleep(wait) => {}
                 _ = &mut shutdown => return,
             }
-        }
+            next
+        };
         due_now = false;
         let _running = tokio::select! {
             guard = lock.lock() => guard,
@@ -138,7 +143,7 @@ pub async fn run<F, Fut, E>(
                     _ = &mut shutdown => return,
                 }
             }
-            match job().await {
+            match job(tick).await {
                 Ok(()) => break,
                 Err(e) => match RETRY_DELAYS.get(attempt) {
                     Some(retry) => {

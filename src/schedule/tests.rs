@@ -46,14 +46,17 @@ fn one_catch_up_only_when_a_tick_was_missed() {
 
 type Log = Arc<Mutex<Vec<(DateTime<Utc>, &'static str)>>>;
 
+/// One run of a test job.
+type Run = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
 /// A job that records its start and end and takes `takes` of (paused) time.
 fn job(
     log: Log,
     clock: Clock,
     name: &'static str,
     takes: Duration,
-) -> impl FnMut() -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
-    move || {
+) -> impl FnMut(DateTime<Utc>) -> Run {
+    move |_tick| {
         let log = log.clone();
         Box::pin(async move {
             log.lock().unwrap().push((clock.now(), name));
@@ -165,15 +168,18 @@ async fn after_downtime_one_catch_up_run_not_one_per_missed_tick() {
 async fn a_failed_run_is_retried_with_backoff() {
     let clock = Clock::starting_at(t("2026-11-22T12:00:00Z"));
     let attempts: Arc<Mutex<Vec<DateTime<Utc>>>> = Default::default();
+    let ticks: Arc<Mutex<Vec<DateTime<Utc>>>> = Default::default();
     let a = attempts.clone();
+    let k = ticks.clone();
     let task = tokio::spawn(run(
         "delta".into(),
         every("0 0 * * * *"),
         clock,
         Arc::new(tokio::sync::Mutex::new(())),
         Some(clock.now()),
-        move || {
+        move |tick| {
             let a = a.clone();
+            k.lock().unwrap().push(tick);
             async move {
                 let mut v = a.lock().unwrap();
                 v.push(clock.now());
@@ -195,6 +201,8 @@ async fn a_failed_run_is_retried_with_backoff() {
         .map(|t| t.format("%H:%M:%S").to_string())
         .collect();
     assert_eq!(at, ["13:00:00", "13:00:30", "13:02:30"]);
+    // Every retry is for the same tick, the one a replica would agree on.
+    assert_eq!(*ticks.lock().unwrap(), vec![t("2026-11-22T13:00:00Z"); 3]);
 }
 
 #[test]

@@ -59,10 +59,12 @@ macro_rules! on {
 
 // After `on!`, so the audit SQL uses the same dispatch.
 mod audit;
+mod lease;
 mod notify;
 mod status;
 
 pub use audit::AuditFilter;
+pub use lease::AreaLease;
 pub use notify::Pending;
 
 impl State {

@@ -10,6 +10,8 @@ pub struct Pending {
     pub event: String,
     pub body: String,
     pub attempts: i64,
+    /// When it became due, as stored: what [`State::notify_claim`] compares.
+    pub due_at: String,
 }
 
 impl State {
@@ -36,11 +38,33 @@ impl State {
 
     /// Notifications due now, oldest first.
     pub async fn notify_due(&self, limit: i64) -> Result<Vec<Pending>, StateError> {
-        let sql = "SELECT id, recipient, event, body, CAST(attempts AS BIGINT) AS attempts \
-                   FROM notify_outbox WHERE delivered_at IS NULL AND next_attempt_at <= $1 \
+        let sql = "SELECT id, recipient, event, body, CAST(attempts AS BIGINT) AS attempts, \
+                   next_attempt_at AS due_at FROM notify_outbox WHERE delivered_at IS NULL AND next_attempt_at <= $1 \
                    ORDER BY id LIMIT $2";
         let at = now();
         Ok(on!(self, p => sqlx::query_as(sql).bind(&at).bind(limit).fetch_all(p).await)?)
+    }
+
+    /// Takes a due notification for this process for `lease`: its due time
+    /// moves on only if no other replica took it since it was read. A
+    /// process that dies while sending leaves it due again after `lease`.
+    pub async fn notify_claim(
+        &self,
+        n: &Pending,
+        lease: std::time::Duration,
+    ) -> Result<bool, StateError> {
+        let sql = "UPDATE notify_outbox SET next_attempt_at = $1 \
+                   WHERE id = $2 AND delivered_at IS NULL AND next_attempt_at = $3";
+        let until = (chrono::Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default())
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let taken = on!(self, p => sqlx::query(sql)
+            .bind(&until)
+            .bind(n.id)
+            .bind(&n.due_at)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(taken == 1)
     }
 
     pub async fn notify_delivered(&self, id: i64) -> Result<(), StateError> {

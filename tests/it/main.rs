@@ -17,6 +17,7 @@ mod operations;
 mod postgres_source;
 mod reload;
 mod replay;
+mod replicas;
 mod schedules;
 mod sftp_library;
 mod sftp_openssh;
