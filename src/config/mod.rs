@@ -114,6 +114,8 @@ pub struct SftpSettings {
     pub handshake: Duration,
     /// Addresses never banned: `ban_exempt` and every supplier's `allow_from`.
     pub ban_exempt: Vec<IpNet>,
+    /// Load balancers whose connections begin with a PROXY protocol v2 header.
+    pub proxy_from: Vec<IpNet>,
     pub stop_timeout: Duration,
     /// The legacy profile's ECDSA P-256 host key; `None` when the profile is off.
     pub legacy_host_key: Option<PathBuf>,
@@ -796,6 +798,24 @@ impl Validator<'_> {
     }
 
     /// The `[sftp]` settings; supplier networks are never banned either.
+    /// Address blocks (`192.0.2.0/24`, or one address), each bad one named.
+    fn networks(&mut self, what: &str, raw: &[Spanned<String>]) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for cidr in raw {
+            match parse_cidr(cidr.get_ref()) {
+                Some(net) => out.push(net),
+                None => self.err(
+                    cidr.span(),
+                    format!(
+                        "{what} \"{}\" is not an address block such as 192.0.2.0/24 or 2001:db8::/32",
+                        cidr.get_ref()
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
     fn sftp_settings(
         &mut self,
         sftp: &RawSftp,
@@ -814,19 +834,8 @@ impl Validator<'_> {
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }
         };
-        let mut ban_exempt = Vec::new();
-        for cidr in &sftp.ban_exempt {
-            match parse_cidr(cidr.get_ref()) {
-                Some(net) => ban_exempt.push(net),
-                None => self.err(
-                    cidr.span(),
-                    format!(
-                        "[sftp] ban_exempt \"{}\" is not an address block such as 192.0.2.0/24 or 2001:db8::/32",
-                        cidr.get_ref()
-                    ),
-                ),
-            }
-        }
+        let mut ban_exempt = self.networks("[sftp] ban_exempt", &sftp.ban_exempt);
+        let proxy_from = self.networks("[sftp] proxy_protocol_from", &sftp.proxy_protocol_from);
         ban_exempt.extend(
             suppliers
                 .values()
@@ -873,6 +882,7 @@ impl Validator<'_> {
                 defaults::HANDSHAKE_SECONDS,
             )),
             ban_exempt,
+            proxy_from,
             stop_timeout: Duration::from_secs(self.count(
                 "[sftp] stop_timeout_seconds",
                 &sftp.stop_timeout_seconds,

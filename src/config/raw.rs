@@ -62,6 +62,13 @@ pub struct RawSftp {
     /// Address blocks never banned (monitoring, load balancers); their failures are logged.
     #[serde(default)]
     pub ban_exempt: Vec<Spanned<String>>,
+    /// Load balancers in front, as address blocks: a connection from one
+    /// must begin with a PROXY protocol v2 header, and the address it names
+    /// is the one admitted, banned, logged and audited; one without a valid
+    /// header is refused. A header from anywhere else is not read (the SSH
+    /// handshake refuses it). Empty: the PROXY protocol is off.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<Spanned<String>>,
     /// Seconds a stop waits for open sessions to end before it closes them.
     pub stop_timeout_seconds: Option<Spanned<i64>>,
     /// Also offer what JSch 0.1.54/0.1.55 needs: ECDH key exchange over NIST
@@ -85,6 +92,7 @@ impl RawSftp {
             max_unauthenticated_per_address: None,
             handshake_seconds: None,
             ban_exempt: Vec::new(),
+            proxy_protocol_from: Vec::new(),
             stop_timeout_seconds: None,
             legacy_profile: None,
         }

@@ -15,6 +15,7 @@ mod defender;
 mod exec;
 mod gate;
 mod pipe;
+mod proxy;
 mod quickack;
 mod session;
 
@@ -454,6 +455,14 @@ pub async fn serve(
                 continue;
             }
         };
+        if from_balancer(&shared, peer) {
+            // The header is read on the connection's own task: a slow
+            // balancer never holds up the accept loop.
+            shared
+                .tracker
+                .spawn(behind_balancer(shared.clone(), ssh.clone(), stream, peer));
+            continue;
+        }
         let cancel = shared.stop.child_token();
         let spoke = Arc::new(AtomicBool::new(false));
         let Some(place) = admit(&shared, peer, &cancel, &spoke) else {
@@ -505,6 +514,56 @@ fn log_drops(shared: &Shared) {
             "connections turned away or closed before login in the last interval"
         );
     }
+}
+
+/// Whether `peer` is a load balancer of `[sftp] proxy_protocol_from`.
+fn from_balancer(shared: &Shared, peer: SocketAddr) -> bool {
+    let config = shared.config.get();
+    let nets = &config.sftp.proxy_from;
+    if nets.is_empty() {
+        return false;
+    }
+    // An IPv4 balancer on a dual-stack socket shows up as ::ffff:a.b.c.d.
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer.ip(), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+/// A connection from a load balancer: its PROXY header names the client,
+/// whose address is then admitted, banned, logged and audited like a
+/// direct connection's. No valid header in the handshake time: refused.
+async fn behind_balancer(
+    shared: Arc<Shared>,
+    ssh: Arc<russh::server::Config>,
+    mut stream: TcpStream,
+    balancer: SocketAddr,
+) {
+    let limit = {
+        let settings = &shared.config.get().sftp;
+        settings.handshake.min(settings.login_grace)
+    };
+    let read = tokio::select! {
+        r = proxy::read_header(&mut stream, limit) => r,
+        _ = shared.stop.cancelled() => return,
+    };
+    let client = match read {
+        Ok(Some(client)) => client,
+        // The balancer speaking for itself (a health check).
+        Ok(None) => balancer,
+        Err(e) => {
+            tracing::warn!(balancer = %balancer, error = %e, "connection from a load balancer refused");
+            return;
+        }
+    };
+    tracing::debug!(peer = %client, balancer = %balancer, "connection through a load balancer");
+    let cancel = shared.stop.child_token();
+    let spoke = Arc::new(AtomicBool::new(false));
+    let Some(place) = admit(&shared, client, &cancel, &spoke) else {
+        return;
+    };
+    connection(shared, ssh, stream, client, place, cancel, spoke).await;
 }
 
 /// What the watchdog of a connection needs to know about it.

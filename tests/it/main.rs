@@ -8,6 +8,7 @@ mod common;
 mod access_cli;
 mod announcements;
 mod audit;
+mod balancer;
 mod config_check;
 mod front_door;
 mod ledger;
