@@ -10,6 +10,7 @@ mod announcements;
 mod audit;
 mod balancer;
 mod config_check;
+mod deploy;
 mod front_door;
 mod ledger;
 mod lifecycle;
