@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::common::*;
 use crate::reload::within;
 
-struct Haproxy(Child);
+pub struct Haproxy(Child);
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
@@ -20,23 +20,30 @@ impl Drop for Haproxy {
     }
 }
 
-/// Starts HAProxy in the foreground: `front` -> udstil's SFTP at `sftp`
-/// with `send-proxy-v2`, health-checked on `/readyz` at `http`; its stats
+/// Starts HAProxy in the foreground: `front` -> each server's SFTP
+/// `(name, sftp, http)` with `send-proxy-v2`, round robin, health-checked on
+/// `/readyz` at `http` (a failed connect goes to another server); its stats
 /// as CSV at `stats`.
-fn haproxy(
+pub fn haproxy(
     dir: &std::path::Path,
     front: std::net::SocketAddr,
-    sftp: std::net::SocketAddr,
-    http: std::net::SocketAddr,
+    servers: &[(String, std::net::SocketAddr, std::net::SocketAddr)],
     stats: std::net::SocketAddr,
 ) -> Haproxy {
+    let lines: String = servers
+        .iter()
+        .map(|(name, sftp, http)| {
+            format!(
+                "  server {name} {sftp} send-proxy-v2 check port {} inter 300ms fall 2 rise 2\n",
+                http.port()
+            )
+        })
+        .collect();
     let cfg = format!(
-        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\n\
+        "defaults\n  mode tcp\n  retries 3\n  option redispatch\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\n\
          frontend sftp\n  bind {front}\n  default_backend udstil\n\n\
-         backend udstil\n  option httpchk GET /readyz\n  http-check expect status 200\n  \
-         server replica1 {sftp} send-proxy-v2 check port {port} inter 300ms\n\n\
-         listen stats\n  mode http\n  bind {stats}\n  stats enable\n  stats uri /stats\n",
-        port = http.port()
+         backend udstil\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n{lines}\n\
+         listen stats\n  mode http\n  bind {stats}\n  stats enable\n  stats uri /stats\n"
     );
     let path = dir.join("haproxy.cfg");
     std::fs::File::create(&path)
@@ -65,6 +72,14 @@ fn haproxy(
     )
 }
 
+/// Whether HAProxy's health check has `server` up.
+pub fn is_up(stats: std::net::SocketAddr, server: &str) -> bool {
+    http_get(stats, "/stats;csv")
+        .1
+        .lines()
+        .any(|l| l.starts_with(&format!("udstil,{server},")) && l.contains(",UP,"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_haproxy_the_suppliers_own_address_is_logged_audited_and_banned() {
     let env = start_with(60, |dir, text| {
@@ -78,14 +93,16 @@ async fn behind_haproxy_the_suppliers_own_address_is_logged_audited_and_banned()
     })
     .await;
     let (front, stats) = (free_addr(), free_addr());
-    let _haproxy = haproxy(env.path(), front, env.addr, env.http_addr.unwrap(), stats);
+    let _haproxy = haproxy(
+        env.path(),
+        front,
+        &[("replica1".into(), env.addr, env.http_addr.unwrap())],
+        stats,
+    );
     // HAProxy finds udstil ready through /readyz.
     assert!(
         within(Duration::from_secs(20), async || {
-            http_get(stats, "/stats;csv")
-                .1
-                .lines()
-                .any(|l| l.starts_with("udstil,replica1,") && l.contains(",UP,"))
+            is_up(stats, "replica1")
         })
         .await,
         "HAProxy never saw udstil ready: {}",

@@ -4,6 +4,7 @@
 //! over at once; the audit trail stays one valid chain.
 
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
@@ -12,6 +13,71 @@ use crate::common::pg::TempDb;
 use crate::common::*;
 use crate::reload::{Daemon, within};
 use udstil::app;
+
+/// One `udstil serve` of a replica set: its own config (listen addresses,
+/// PostgreSQL application name), the rest shared.
+pub struct Replica {
+    pub daemon: Daemon,
+    pub log: std::path::PathBuf,
+    pub config: std::path::PathBuf,
+    pub sftp: std::net::SocketAddr,
+    pub http: Option<std::net::SocketAddr>,
+}
+
+impl Replica {
+    /// Writes replica `i`'s config from the shared `text` (whose `[sftp]
+    /// listen` it replaces, and `application_name=REPLICA` in the state
+    /// URL) and starts it once it listens. With `http`, it also gets an
+    /// `[http]` listener there.
+    pub fn start(
+        dir: &std::path::Path,
+        text: &str,
+        i: usize,
+        http: Option<std::net::SocketAddr>,
+    ) -> Replica {
+        let sftp = free_addr();
+        let first_listen = text
+            .split("listen = \"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let mut own = text
+            .replacen(
+                &format!("listen = \"{first_listen}\""),
+                &format!("listen = \"{sftp}\""),
+                1,
+            )
+            .replace(
+                "application_name=REPLICA",
+                &format!("application_name=replica{i}"),
+            );
+        if let Some(h) = http {
+            own.push_str(&format!("\n[http]\nlisten = \"{h}\"\n"));
+        }
+        let config = dir.join(format!("replica{i}.toml"));
+        std::fs::write(&config, own).unwrap();
+        let log = dir.join(format!("replica{i}.log"));
+        let daemon = Daemon::serve(&config, &log);
+        let up = std::time::Instant::now();
+        while std::net::TcpStream::connect(sftp).is_err() {
+            assert!(
+                up.elapsed() < Duration::from_secs(20),
+                "replica{i} did not start: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Replica {
+            daemon,
+            log,
+            config,
+            sftp,
+            http,
+        }
+    }
+}
 
 /// The replica holding an area's load lease now, by its PostgreSQL
 /// application name (`replica<N>`).
@@ -71,41 +137,8 @@ async fn three_replicas_run_each_scheduled_load_once_and_take_over_from_a_killed
     let root = dir.path().join("tree");
     let mut replicas = BTreeMap::new();
     for i in 0..3 {
-        let listen = free_addr();
-        let config = dir.path().join(format!("replica{i}.toml"));
-        std::fs::write(
-            &config,
-            text.replacen(
-                &format!(
-                    "listen = \"{}\"",
-                    text.split("listen = \"")
-                        .nth(1)
-                        .unwrap()
-                        .split('"')
-                        .next()
-                        .unwrap()
-                ),
-                &format!("listen = \"{listen}\""),
-                1,
-            )
-            .replace(
-                "application_name=REPLICA",
-                &format!("application_name=replica{i}"),
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join(format!("replica{i}.log"));
-        let daemon = Daemon::serve(&config, &log);
-        // The first one makes the shared host key; the others start after it.
-        assert!(
-            within(Duration::from_secs(20), async || {
-                std::net::TcpStream::connect(listen).is_ok()
-            })
-            .await,
-            "replica{i} did not start: {}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        replicas.insert(format!("replica{i}"), (daemon, log, config));
+        let r = Replica::start(dir.path(), &text, i, None);
+        replicas.insert(format!("replica{i}"), (r.daemon, r.log, r.config));
     }
 
     // The first tick's load runs once.
@@ -219,4 +252,157 @@ async fn three_replicas_run_each_scheduled_load_once_and_take_over_from_a_killed
         "every load recorded once: {recorded:?}"
     );
     drop(replicas);
+}
+
+/// A rolling restart of all three replicas behind HAProxy while 8 clients
+/// download in a loop through it: every download completes, after at most
+/// one retry by its client, and verifies; the audit trail holds the clients'
+/// own addresses (PROXY protocol), not the balancer's, in one valid chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_behind_haproxy_needs_at_most_one_retry_per_download() {
+    use crate::balancer::{haproxy, is_up};
+    let db = TempDb::create("rolling").await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = app::prepare_demo(dir.path(), free_addr(), 3_000, 7)
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&base)
+        .unwrap()
+        .replace(
+            "url = \"sqlite://state.sqlite\"",
+            &format!("url = \"{}?application_name=REPLICA\"", db.url),
+        )
+        .replacen(
+            "[sftp]\n",
+            "[sftp]\nproxy_protocol_from = [\"127.0.0.1/32\"]\n",
+            1,
+        );
+    std::fs::write(&base, &text).unwrap();
+    let config = app::check_config(&base).await.unwrap();
+    app::run_loads(&config, app::LoadRequest::full(Some("joblog")))
+        .await
+        .unwrap();
+    // What the clients fetch, and what it must hash to.
+    let full = config.storage_root.join("kommune/101/joblog/v1/full");
+    let load = std::fs::read_dir(&full)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let file = format!(
+        "/kommune/101/joblog/v1/full/{}/part-00000.parquet",
+        load.to_string_lossy()
+    );
+    let want = sha256_file(&full.join(&load).join("part-00000.parquet"));
+
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|i| Replica::start(dir.path(), &text, i, Some(free_addr())))
+        .collect();
+    let (front, stats) = (free_addr(), free_addr());
+    let servers: Vec<_> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("replica{i}"), r.sftp, r.http.unwrap()))
+        .collect();
+    let _haproxy = haproxy(dir.path(), front, &servers, stats);
+    for (name, ..) in &servers {
+        assert!(
+            within(Duration::from_secs(20), async || is_up(stats, name)).await,
+            "{name} never up"
+        );
+    }
+
+    // Eight clients, each from its own address, download until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (stop, file, want) = (stop.clone(), file.clone(), want.clone());
+        let key = dir.path().join("keys/bi-alpha");
+        let out = dir.path().join(format!("client{c}"));
+        std::fs::create_dir_all(&out).unwrap();
+        clients.push(tokio::task::spawn_blocking(move || {
+            let (mut done, mut retried, mut failed) = (0u32, 0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let dest = out.join("part.parquet");
+                let mut ok = false;
+                for attempt in 0..2 {
+                    let _ = std::fs::remove_file(&dest);
+                    let got = sftp_with_key(
+                        front,
+                        "bi-alpha",
+                        &key,
+                        &format!("get {file} {}\n", dest.display()),
+                        &["-o", &format!("BindAddress=127.0.0.{}", 20 + c)],
+                    );
+                    if got.status.success() && sha256_file(&dest) == want {
+                        ok = true;
+                        retried += attempt;
+                        break;
+                    }
+                }
+                if ok {
+                    done += 1;
+                } else {
+                    failed.push(done);
+                }
+            }
+            (done, retried, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Restart each replica in turn (SIGTERM: a graceful stop), waiting
+    // until HAProxy has it back before the next.
+    for (i, r) in replicas.iter_mut().enumerate() {
+        let pid = r.daemon.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let _ = r.daemon.0.wait();
+        r.daemon = Daemon::serve(&r.config, &r.log);
+        let name = format!("replica{i}");
+        assert!(
+            within(Duration::from_secs(30), async || is_up(stats, &name)).await,
+            "{name} not back: {}",
+            std::fs::read_to_string(&r.log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let mut total = (0, 0);
+    for (c, client) in clients.into_iter().enumerate() {
+        let (done, retried, failed) = client.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "client {c}: downloads that failed twice: {failed:?}"
+        );
+        assert!(done > 0, "client {c} downloaded nothing");
+        total = (total.0 + done, total.1 + retried);
+    }
+    println!(
+        "rolling restart of 3 replicas: {} downloads by 8 clients, {} needed one retry, none more",
+        total.0, total.1
+    );
+
+    // The audit trail: the clients' addresses, one chain.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let verify = udstil(&["audit", "verify"], &replicas[0].config);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    let downloads = stdout(&udstil(
+        &["audit", "query", "--action", "download", "--format", "json"],
+        &replicas[0].config,
+    ));
+    let events: Vec<serde_json::Value> = serde_json::from_str(&downloads).unwrap();
+    let addresses: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| e["address"].as_str())
+        .collect();
+    assert!(!addresses.contains("127.0.0.1"), "{addresses:?}");
+    assert_eq!(addresses.len(), 8, "{addresses:?}");
 }
