@@ -108,6 +108,24 @@ fn full_loads(root: &std::path::Path) -> Vec<chrono::DateTime<chrono::Utc>> {
     out
 }
 
+/// A demo folder of `citizens` whose config keeps its state in `db`
+/// (`application_name=REPLICA`, which [`Replica::start`] names): its path
+/// and text.
+async fn shared_config(
+    dir: &std::path::Path,
+    citizens: u64,
+    db: &TempDb,
+) -> (std::path::PathBuf, String) {
+    let base = app::prepare_demo(dir, free_addr(), citizens, 7)
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&base).unwrap().replace(
+        "url = \"sqlite://state.sqlite\"",
+        &format!("url = \"{}?application_name=REPLICA\"", db.url),
+    );
+    (base, text)
+}
+
 /// The ten-second tick a load that started at `at` was for.
 fn tick_of(at: chrono::DateTime<chrono::Utc>) -> i64 {
     at.timestamp() / 10 * 10
@@ -118,15 +136,8 @@ async fn three_replicas_run_each_scheduled_load_once_and_take_over_from_a_killed
     let db = TempDb::create("replicas").await;
     let dir = tempfile::tempdir().unwrap();
     // Big enough that a full load of joblog takes a few seconds (debug build).
-    let base = app::prepare_demo(dir.path(), free_addr(), 20_000, 7)
-        .await
-        .unwrap();
-    let text = std::fs::read_to_string(&base)
-        .unwrap()
-        .replace(
-            "url = \"sqlite://state.sqlite\"",
-            &format!("url = \"{}?application_name=REPLICA\"", db.url),
-        )
+    let (_, text) = shared_config(dir.path(), 20_000, &db).await;
+    let text = text
         .replace(
             "schedule = { delta = \"0 0 * * * *\", full = \"0 30 2 * * Sun\" }",
             "schedule = { full = \"*/10 * * * * *\" }",
@@ -263,20 +274,12 @@ async fn a_rolling_restart_behind_haproxy_needs_at_most_one_retry_per_download()
     use crate::balancer::{haproxy, is_up};
     let db = TempDb::create("rolling").await;
     let dir = tempfile::tempdir().unwrap();
-    let base = app::prepare_demo(dir.path(), free_addr(), 3_000, 7)
-        .await
-        .unwrap();
-    let text = std::fs::read_to_string(&base)
-        .unwrap()
-        .replace(
-            "url = \"sqlite://state.sqlite\"",
-            &format!("url = \"{}?application_name=REPLICA\"", db.url),
-        )
-        .replacen(
-            "[sftp]\n",
-            "[sftp]\nproxy_protocol_from = [\"127.0.0.1/32\"]\n",
-            1,
-        );
+    let (base, text) = shared_config(dir.path(), 3_000, &db).await;
+    let text = text.replacen(
+        "[sftp]\n",
+        "[sftp]\nproxy_protocol_from = [\"127.0.0.1/32\"]\n",
+        1,
+    );
     std::fs::write(&base, &text).unwrap();
     let config = app::check_config(&base).await.unwrap();
     app::run_loads(&config, app::LoadRequest::full(Some("joblog")))
