@@ -97,9 +97,6 @@ pub async fn run_loads(
     {
         return Err(AppError::NoCoordination);
     }
-    if let Some(s) = &state {
-        record_unrecorded_loads(config, &areas, s).await;
-    }
     let mut reports = Vec::new();
     let mut failure = None;
     // Areas in order, one connection per run of areas on the same DFDG
@@ -129,6 +126,10 @@ pub async fn run_loads(
                 break;
             }
         };
+        // Under the lease: replicas waiting for it do not touch the area.
+        if let Some(s) = &state {
+            record_unrecorded_loads(config, &[*area], s).await;
+        }
         let result = run_one(config, source, state.as_ref(), area, &request).await;
         if let Some(lease) = lease {
             lease.release().await;
@@ -194,15 +195,31 @@ async fn lease(
         None => None,
     };
     if let Some(tick) = request.for_tick {
-        let (store, name, kind) = (config.store(), area.id.clone(), request.kind);
-        let done =
-            tokio::task::spawn_blocking(move || load::published_since(&store, &name, kind, tick))
-                .await
-                .unwrap_or(Ok(false))
-                .map_err(|source| AppError::Io {
-                    what: format!("reading the loads of {}", area.id),
-                    source,
-                })?;
+        // A load a dead replica left staged is finished (or discarded)
+        // first, so one it had all but published counts as the tick's. (A
+        // lease dropped on an error closes its connection, which frees it.)
+        let (store, twin, kind) = (config.store(), area.clone(), request.kind);
+        let done = tokio::task::spawn_blocking(move || {
+            // The tree's lock may be held for a moment by a replica starting
+            // up (it records what is published); wait for it, briefly.
+            let mut tries = 0;
+            loop {
+                match load::lock_area(&store, &twin) {
+                    Err(LoadError::Busy { .. }) if tries < 50 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    held => break drop(held?),
+                }
+            }
+            load::published_since(&store, &twin.id, kind, tick).map_err(|source| LoadError::Io {
+                area: twin.id.clone(),
+                path: store.root().to_path_buf(),
+                source,
+            })
+        })
+        .await
+        .unwrap_or(Ok(false))?;
         if done {
             tracing::info!(area = %area.id, kind = request.kind.as_str(), tick = %tick.to_rfc3339(),
                 "another replica published this scheduled load; nothing to do");
