@@ -220,6 +220,13 @@ async fn lease(
         })
         .await
         .unwrap_or(Ok(false))?;
+        // The state database too: on a shared file system a replica may see
+        // another's new load a moment late.
+        let done = done
+            || match state {
+                Some(s) => s.published_since(&area.id, request.kind, tick).await?,
+                None => false,
+            };
         if done {
             tracing::info!(area = %area.id, kind = request.kind.as_str(), tick = %tick.to_rfc3339(),
                 "another replica published this scheduled load; nothing to do");
@@ -505,7 +512,18 @@ fn log_state(e: crate::state::StateError) -> crate::state::StateError {
 /// `load_published` event now.
 async fn record_unrecorded_loads(config: &Config, areas: &[&config::Area], state: &State) {
     for area in areas {
-        // A load that is running now is recorded by its own run.
+        // A load that is running now, here or on another replica, is
+        // recorded by its own run: skip an area whose lease is taken.
+        let lease = match state.area_lease(&area.id, false).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(area = %area.id, error = %e, "cannot check for unrecorded loads");
+                continue;
+            }
+        };
+        // Dropped with the iteration: its connection closes, which frees it.
+        let _lease = lease;
         let _held = match load::lock_area(&config.store(), area) {
             Ok(held) => held,
             Err(load::LoadError::Busy { .. }) => continue,

@@ -257,12 +257,30 @@ impl State {
     }
 
     /// After a crash: runs still marked running were interrupted, and the
-    /// watermarks are set from the published tree (the truth).
+    /// watermarks are set from the published tree (the truth). A run is only
+    /// marked where the area's lease is free: with replicas, a run another
+    /// one has under way holds the lease and keeps its status.
     pub async fn reconcile(&self, config: &Config) -> Result<usize, StateError> {
-        let sql =
-            "UPDATE loads SET status = 'interrupted', finished_at = $1 WHERE status = 'running'";
-        let interrupted =
-            on!(self, p => sqlx::query(sql).bind(now()).execute(p).await?.rows_affected());
+        let running: Vec<(String,)> = on!(self, p => sqlx::query_as(
+            "SELECT DISTINCT area FROM loads WHERE status = 'running'",
+        )
+        .fetch_all(p)
+        .await?);
+        let mut interrupted = 0;
+        for (area,) in running {
+            let Some(lease) = self.area_lease(&area, false).await? else {
+                continue;
+            };
+            let sql = "UPDATE loads SET status = 'interrupted', finished_at = $1 \
+                       WHERE status = 'running' AND area = $2";
+            interrupted += on!(self, p => sqlx::query(sql)
+                .bind(now())
+                .bind(&area)
+                .execute(p)
+                .await?
+                .rows_affected());
+            lease.release().await;
+        }
         for area in &config.areas {
             let latest = crate::load::latest_loads(&config.store(), area)?;
             if let Some((id, wm)) = latest.values().max_by_key(|(id, _)| *id) {
@@ -271,5 +289,26 @@ impl State {
             }
         }
         Ok(interrupted as usize)
+    }
+
+    /// Whether a run of `area` that started at or after `since` is recorded
+    /// as published: any run for a delta, a full one for a full. A load is
+    /// recorded before its lease is released, so this holds even where a
+    /// shared file system shows a replica another's new load late.
+    pub async fn published_since(
+        &self,
+        area: &str,
+        kind: LoadKind,
+        since: DateTime<Utc>,
+    ) -> Result<bool, StateError> {
+        let sql = "SELECT COUNT(*) FROM loads WHERE area = $1 AND status = 'published' \
+                   AND started_at >= $2 AND (kind = 'full' OR $3 = 'delta')";
+        let (n,): (i64,) = on!(self, p => sqlx::query_as(sql)
+            .bind(area)
+            .bind(since.to_rfc3339_opts(SecondsFormat::Millis, true))
+            .bind(kind.as_str())
+            .fetch_one(p)
+            .await?);
+        Ok(n > 0)
     }
 }
