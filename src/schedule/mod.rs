@@ -96,7 +96,7 @@ pub const RETRY_DELAYS: [Duration; 3] = [
 /// Runs `job` on every tick of `schedule` until `shutdown` resolves, giving
 /// it the tick it runs for (replicas running the same schedule agree on it).
 /// `last_run` (from the published tree) decides one catch-up run at start,
-/// for the last tick missed.
+/// for the last tick missed; so is a tick that passed during a run.
 /// A failed run is retried after each of [`RETRY_DELAYS`], then left to the next tick.
 pub async fn run<F, Fut, E>(
     name: String,
@@ -128,7 +128,6 @@ pub async fn run<F, Fut, E>(
             }
             next
         };
-        due_now = false;
         let _running = tokio::select! {
             guard = lock.lock() => guard,
             _ = &mut shutdown => return,
@@ -164,6 +163,10 @@ pub async fn run<F, Fut, E>(
                 },
             }
         }
+        // A tick that passed while this one ran (or waited for another
+        // replica's run) is run at once, once: with replicas, the replica
+        // that ran the load past the next tick may be the only one left.
+        due_now = next_tick(&schedule, tick).is_some_and(|t| t <= clock.now());
     }
 }
 

@@ -222,3 +222,38 @@ fn the_longest_gap_spans_a_weekend_and_joins_schedules() {
     assert!(joined < 3 * day && joined > day, "{joined:?}");
     assert_eq!(longest_gap(&[], from), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn ticks_that_pass_during_a_run_get_one_run_right_after_it() {
+    let clock = Clock::starting_at(t("2026-11-22T12:00:00Z"));
+    let runs: Arc<Mutex<Vec<(String, String)>>> = Default::default();
+    let r = runs.clone();
+    // Every 10 minutes, each run taking 25: ticks 12:20 and 12:30 pass
+    // during the 12:10 run; the last of them runs when it ends.
+    let task = tokio::spawn(run(
+        "delta".into(),
+        every("0 */10 * * * *"),
+        clock,
+        Arc::new(tokio::sync::Mutex::new(())),
+        Some(clock.now()),
+        move |tick: DateTime<Utc>| {
+            r.lock().unwrap().push((
+                clock.now().format("%H:%M").to_string(),
+                tick.format("%H:%M").to_string(),
+            ));
+            async move {
+                tokio::time::sleep(Duration::from_secs(25 * 60)).await;
+                Ok::<(), String>(())
+            }
+        },
+        std::future::pending(),
+    ));
+    tokio::time::sleep(Duration::from_secs(61 * 60)).await;
+    task.abort();
+    let runs = runs.lock().unwrap().clone();
+    let want: Vec<(String, String)> = [("12:10", "12:10"), ("12:35", "12:30"), ("13:00", "13:00")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(runs, want);
+}
