@@ -12,6 +12,7 @@ mod balancer;
 mod config_check;
 mod deploy;
 mod front_door;
+mod gluster;
 mod ledger;
 mod lifecycle;
 mod notify;

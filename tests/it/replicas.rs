@@ -85,7 +85,7 @@ async fn lease_holder(url: &str) -> Option<String> {
     let mut conn = sqlx::PgConnection::connect(url).await.ok()?;
     let holder: Option<(String,)> = sqlx::query_as(
         "SELECT a.application_name::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-         WHERE l.locktype = 'advisory' AND l.granted LIMIT 1",
+         WHERE l.locktype = 'advisory' AND l.classid = 1969517428 AND l.granted LIMIT 1",
     )
     .fetch_optional(&mut conn)
     .await
@@ -96,7 +96,12 @@ async fn lease_holder(url: &str) -> Option<String> {
 
 /// Full loads of joblog for kommune/101 in the tree, by their start second.
 fn full_loads(root: &std::path::Path) -> Vec<chrono::DateTime<chrono::Utc>> {
-    let dir = root.join("kommune/101/joblog/v1/full");
+    loads_of(root, "full")
+}
+
+/// Loads of `kind` of joblog for kommune/101 in the tree, by their start second.
+fn loads_of(root: &std::path::Path, kind: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let dir = root.join("kommune/101/joblog/v1").join(kind);
     let mut out: Vec<_> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -408,4 +413,314 @@ async fn a_rolling_restart_behind_haproxy_needs_at_most_one_retry_per_download()
         .collect();
     assert!(!addresses.contains("127.0.0.1"), "{addresses:?}");
     assert_eq!(addresses.len(), 8, "{addresses:?}");
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The connections a server listening on `port` has open now.
+fn connections_to(port: u16) -> usize {
+    let out = Command::new("ss")
+        .args(["-Htn", "state", "established"])
+        .arg(format!("( sport = :{port} )"))
+        .output()
+        .expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// Three replicas behind HAProxy with the tree on GlusterFS (one volume,
+/// mounted by each replica) while DFDG changes and a delta of joblog runs
+/// every 10 s: six suppliers download through the balancer in a loop; the
+/// replica running a scheduled delta is killed (SIGKILL) while it also
+/// serves downloads. Another replica publishes that tick's delta, nothing
+/// is published twice, the deltas replay to a fresh full load, every
+/// interrupted download succeeds on its client's retry, and the audit
+/// trail is one valid chain holding the clients' own addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_on_glusterfs_behind_haproxy_survive_a_kill_mid_load_and_mid_download() {
+    use crate::balancer::{haproxy, is_up};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let volume = crate::gluster::Volume::create("udstilreplicas", 3);
+    let db = TempDb::create("sharedtree").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (base, text) = shared_config(dir.path(), 20_000, &db).await;
+    let text = text
+        .replacen(
+            "[sftp]\n",
+            "[sftp]\nproxy_protocol_from = [\"127.0.0.1/32\"]\n",
+            1,
+        )
+        .replace(
+            "schedule = { delta = \"0 0 * * * *\", full = \"0 30 2 * * Sun\" }",
+            "schedule = { delta = \"*/10 * * * * *\" }",
+        )
+        .replace("schedule = { delta = \"0 15 * * * *\" }\n", "")
+        .replace("schedule = { delta = \"0 45 1 * * *\" }\n", "");
+    assert!(text.contains("*/10 * * * * *") && text.contains("root = \"tree\""));
+    // Each replica has the volume at a mount of its own.
+    let on = |i: usize| {
+        text.replace(
+            "root = \"tree\"",
+            &format!("root = \"{}\"", volume.mounts[i].display()),
+        )
+    };
+    std::fs::write(&base, on(0)).unwrap();
+    let config = app::check_config(&base).await.unwrap();
+    app::run_loads(&config, app::LoadRequest::full(Some("joblog")))
+        .await
+        .unwrap();
+    let root = volume.mounts[0].clone();
+    // What the suppliers fetch, and what it must hash to; seen through
+    // another replica's mount.
+    let full = root.join("kommune/101/joblog/v1/full");
+    let load = std::fs::read_dir(&full)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let file = format!(
+        "/kommune/101/joblog/v1/full/{}/part-00000.parquet",
+        load.to_string_lossy()
+    );
+    let other = volume.mounts[2].join(&file[1..]);
+    let want = sha256_file(&other);
+    let size = std::fs::metadata(&other).unwrap().len();
+    // A rate (Kbit/s) at which one download takes about two seconds, so
+    // that a replica always has some under way.
+    let limit = (size * 8 / 1000 / 2).max(8).to_string();
+
+    let mut replicas: Vec<Option<Replica>> = (0..3)
+        .map(|i| Some(Replica::start(dir.path(), &on(i), i, Some(free_addr()))))
+        .collect();
+    let (front, stats) = (free_addr(), free_addr());
+    let servers: Vec<_> = replicas
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| (format!("replica{i}"), r.sftp, r.http.unwrap()))
+        .collect();
+    let _haproxy = haproxy(dir.path(), front, &servers, stats);
+    for (name, ..) in &servers {
+        assert!(
+            within(Duration::from_secs(20), async || is_up(stats, name)).await,
+            "{name} never up"
+        );
+    }
+
+    // DFDG changes all along.
+    let changing = std::sync::Arc::new(AtomicBool::new(true));
+    // On a failed assertion too: the runtime waits for the clients' threads.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = StopOnDrop(stop.clone());
+    let mutator = {
+        let (changing, url) = (changing.clone(), config.source_url.clone());
+        tokio::spawn(async move {
+            let source = udstil::source::Source::connect(&url).await.unwrap();
+            let mut round = 0;
+            while changing.load(Ordering::Acquire) {
+                udstil::fixtures::mutate(&source, 20, 7_000 + round)
+                    .await
+                    .unwrap();
+                round += 1;
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+            source.close().await;
+        })
+    };
+    // Six suppliers' clients, each from its own address, download until
+    // told to stop; a download that fails is retried once.
+    let mut clients = Vec::new();
+    for c in 0..6 {
+        let (stop, file, want, limit) = (stop.clone(), file.clone(), want.clone(), limit.clone());
+        let key = dir.path().join("keys/bi-alpha");
+        let out = dir.path().join(format!("client{c}"));
+        std::fs::create_dir_all(&out).unwrap();
+        clients.push(tokio::task::spawn_blocking(move || {
+            let (mut done, mut retried, mut failed) = (0u32, 0u32, Vec::new());
+            while !stop.load(Ordering::Acquire) {
+                let dest = out.join("part.parquet");
+                let mut ok = false;
+                for attempt in 0..2 {
+                    let _ = std::fs::remove_file(&dest);
+                    let got = sftp_with_key(
+                        front,
+                        "bi-alpha",
+                        &key,
+                        &format!("get {file} {}\n", dest.display()),
+                        &[
+                            "-l",
+                            &limit,
+                            "-o",
+                            &format!("BindAddress=127.0.0.{}", 40 + c),
+                        ],
+                    );
+                    if got.status.success() && sha256_file(&dest) == want {
+                        ok = true;
+                        retried += attempt;
+                        break;
+                    }
+                }
+                if ok {
+                    done += 1;
+                } else {
+                    failed.push(done);
+                }
+            }
+            (done, retried, failed)
+        }));
+    }
+
+    // A delta by the replicas, then: at a later tick, kill the replica
+    // running the delta as soon as it also serves a download.
+    let started = chrono::Utc::now();
+    assert!(
+        within(Duration::from_secs(30), async || loads_of(&root, "delta")
+            .iter()
+            .any(|t| *t > started))
+        .await,
+        "no scheduled delta"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (victim, tick, serving) = loop {
+        assert!(
+            Instant::now() < deadline,
+            "never found the replica running a delta while serving downloads"
+        );
+        let now = chrono::Utc::now().timestamp();
+        if now % 10 < 8
+            && let Some(holder) = lease_holder(&db.url).await
+        {
+            let i: usize = holder.trim_start_matches("replica").parse().unwrap();
+            let serving = connections_to(replicas[i].as_ref().unwrap().sftp.port());
+            if serving > 0
+                && !loads_of(&root, "delta")
+                    .iter()
+                    .any(|t| tick_of(*t) == now / 10 * 10)
+            {
+                break (i, now / 10 * 10, serving);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut dead = replicas[victim].take().unwrap();
+    dead.daemon.0.kill().unwrap();
+    let killed_at = Instant::now();
+    let _ = dead.daemon.0.wait();
+    println!(
+        "killed replica{victim} while it ran the delta of the tick at {tick} and served {serving} connection(s)"
+    );
+    assert!(
+        within(Duration::from_secs(20), async || {
+            loads_of(&root, "delta").iter().any(|t| tick_of(*t) == tick)
+        })
+        .await,
+        "no replica took over the delta of {tick}: {}",
+        replicas
+            .iter()
+            .flatten()
+            .map(|r| std::fs::read_to_string(&r.log).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    );
+    println!(
+        "the tick's delta was published {} ms after the kill",
+        killed_at.elapsed().as_millis()
+    );
+
+    // One more tick with changes, then a last delta after the changes stop.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    changing.store(false, Ordering::Release);
+    mutator.await.unwrap();
+    let quiet = chrono::Utc::now();
+    assert!(
+        within(Duration::from_secs(25), async || loads_of(&root, "delta")
+            .iter()
+            .any(|t| *t > quiet))
+        .await,
+        "no delta after the changes stopped"
+    );
+    // Published for every authority: each authority's folder is renamed in
+    // turn, and the run is recorded after the last.
+    assert!(
+        within(Duration::from_secs(30), async || {
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM loads WHERE area = 'joblog' AND kind = 'delta' \
+                 AND status = 'published' AND started_at > $1",
+            )
+            .bind(quiet.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            let _ = conn.close().await;
+            n > 0
+        })
+        .await,
+        "the last delta was never recorded as published"
+    );
+    stop.store(true, Ordering::Release);
+    let mut total = (0, 0);
+    for (c, client) in clients.into_iter().enumerate() {
+        let (done, retried, failed) = client.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "client {c}: downloads that failed twice: {failed:?}"
+        );
+        assert!(done > 0, "client {c} downloaded nothing");
+        total = (total.0 + done, total.1 + retried);
+    }
+    println!(
+        "{} downloads by 6 clients through HAProxy, {} completed on a retry",
+        total.0, total.1
+    );
+    assert!(total.1 > 0, "the kill interrupted no download");
+
+    // Nothing published twice: one delta per tick.
+    let deltas = loads_of(&root, "delta");
+    let mut per_tick: BTreeMap<i64, usize> = BTreeMap::new();
+    for t in &deltas {
+        *per_tick.entry(tick_of(*t)).or_default() += 1;
+    }
+    println!("deltas per tick: {per_tick:?}");
+    assert!(
+        per_tick.values().all(|n| *n == 1),
+        "a tick loaded twice: {per_tick:?}"
+    );
+    for e in std::fs::read_dir(root.join("kommune/101/joblog/v1/delta")).unwrap() {
+        assert_load_verifies("tree", &e.unwrap().path());
+    }
+    let config0 = replicas.iter().flatten().next().unwrap().config.clone();
+    drop(replicas);
+
+    // Every authority's deltas replay to what a fresh full load gives now.
+    let mut fresh = config.clone();
+    fresh.state_url = None;
+    crate::replay::assert_joblog_replays_to_a_fresh_full_load(&fresh).await;
+
+    // One chain with three writers; the suppliers' own addresses.
+    let verify = udstil(&["audit", "verify"], &config0);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    let downloads = stdout(&udstil(
+        &["audit", "query", "--action", "download", "--format", "json"],
+        &config0,
+    ));
+    let events: Vec<serde_json::Value> = serde_json::from_str(&downloads).unwrap();
+    let addresses: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| e["address"].as_str())
+        .collect();
+    let clients: std::collections::BTreeSet<String> =
+        (0..6).map(|c| format!("127.0.0.{}", 40 + c)).collect();
+    assert_eq!(
+        addresses,
+        clients.iter().map(String::as_str).collect(),
+        "download events' addresses"
+    );
 }
