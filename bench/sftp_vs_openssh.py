@@ -14,6 +14,8 @@ the work folder, as user `udstilbench` (created if missing).
 
     python3 bench/sftp_vs_openssh.py            # full run, writes BENCHMARKS.md
     python3 bench/sftp_vs_openssh.py --smoke    # tiny files, 2 rounds (CI)
+    python3 bench/sftp_vs_openssh.py --shared /mnt/udstil-shared --shared-name GlusterFS
+                                                # also transfers from a tree on shared storage
 
 Only the Python standard library is used.
 """
@@ -167,8 +169,9 @@ def client_key(work: Path) -> Path:
     return key
 
 
-def start_udstil(work: Path, binary: Path, key: Path, sizes: Sizes, group) -> tuple[subprocess.Popen, int]:
-    d = work / "udstil"
+def start_udstil(work: Path, binary: Path, key: Path, sizes: Sizes, group,
+                 tree: Path, name: str = "udstil") -> tuple[subprocess.Popen, int]:
+    d = work / name
     d.mkdir(exist_ok=True)
     port = free_port()
     source = d / "dfdg.sqlite"
@@ -186,7 +189,7 @@ max_unauthenticated = {caps}
 ban_after_failures = 1000
 
 [storage]
-root = "{work / 'tree'}"
+root = "{tree}"
 
 [source]
 url = "sqlite://dfdg.sqlite"
@@ -242,9 +245,10 @@ retention = {{ full_loads = 3 }}
     return proc, port
 
 
-def start_sshd(work: Path, key: Path, sizes: Sizes, group) -> tuple[subprocess.Popen, int]:
+def start_sshd(work: Path, key: Path, sizes: Sizes, group,
+               tree: Path, name: str = "sshd") -> tuple[subprocess.Popen, int]:
     ensure_user()
-    d = work / "sshd"
+    d = work / name
     d.mkdir(mode=0o755, exist_ok=True)
     host = d / "host_ed25519"
     if not host.exists():
@@ -275,7 +279,7 @@ PermitTTY no
 MaxStartups {sizes.idle + 100}
 LoginGraceTime 120
 Subsystem sftp internal-sftp -R
-ChrootDirectory {work / 'tree'}
+ChrootDirectory {tree}
 ForceCommand internal-sftp -R
 """)
     run(["/usr/sbin/sshd", "-t", "-f", str(conf)])
@@ -543,6 +547,9 @@ def main() -> None:
     ap.add_argument("--work", default="/var/lib/udstil-bench",
                     help="work folder; its path must be root-owned and closed to others (sshd's chroot)")
     ap.add_argument("--out", help="write the report here (default: BENCHMARKS.md for a full run)")
+    ap.add_argument("--shared", help="a folder on shared storage (a mounted shared file system): "
+                    "the transfers are also measured with both servers serving a tree there")
+    ap.add_argument("--shared-name", default="shared storage", help="what the report calls the shared storage")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: sshd needs it for its chroot and its user")
@@ -569,13 +576,30 @@ def main() -> None:
     shutil.rmtree(downloads, ignore_errors=True)
     downloads.mkdir()
 
-    groups = {name: CpuGroup.create(name) for name in ("udstil", "openssh")}
+    names = ("udstil", "openssh") + (("udstil-shared", "openssh-shared") if args.shared else ())
+    groups = {name: CpuGroup.create(name) for name in names}
     if not all(groups.values()):
         log("warning: no writable cgroup; OpenSSH's CPU misses per-connection processes it did not reap")
-    up, up_port = start_udstil(work, binary, key, sizes, groups["udstil"])
-    ssh, ssh_port = start_sshd(work, key, sizes, groups["openssh"])
+    up, up_port = start_udstil(work, binary, key, sizes, groups["udstil"], work / "tree")
+    ssh, ssh_port = start_sshd(work, key, sizes, groups["openssh"], work / "tree")
     servers = [Server("udstil", up, up_port, SUPPLIER, groups["udstil"]),
                Server("openssh", ssh, ssh_port, BENCH_USER, groups["openssh"])]
+    # The same servers' twins serving a tree on the shared storage (their
+    # own folders stay local: only the tree is shared).
+    shared_servers, shared_remote, shared_sums = [], "", {}
+    if args.shared:
+        shared = Path(args.shared)
+        shared.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chown(shared, 0, 0)
+        shared.chmod(0o755)
+        shared_remote, shared_sums = make_tree(shared, sizes)
+        sup, sup_port = start_udstil(work, binary, key, sizes, groups["udstil-shared"],
+                                     shared / "tree", "udstil-shared")
+        ssh2, ssh2_port = start_sshd(work, key, sizes, groups["openssh-shared"],
+                                     shared / "tree", "sshd-shared")
+        shared_servers = [Server("udstil", sup, sup_port, SUPPLIER, groups["udstil-shared"]),
+                          Server("openssh", ssh2, ssh2_port, BENCH_USER, groups["openssh-shared"])]
+    on_shared = f"tree on {args.shared_name}"
     results: dict = {}
 
     def add(metric: str, server: str, value: float) -> None:
@@ -592,12 +616,24 @@ def main() -> None:
                     add(f"server CPU s/GiB, single stream, {short}", s.name, cpu / (total / GIB))
                     log(f"  {s.name:8} single {short}: {total / MIB / wall:8.1f} MiB/s, "
                         f"{cpu / (total / GIB):.2f} CPU s/GiB")
+                for s in shared_servers:
+                    wall, cpu, total = download(s, key, cipher, shared_remote, ["single.bin"], shared_sums,
+                                                downloads)
+                    add(f"single-stream MiB/s, {short}, {on_shared}", s.name, total / MIB / wall)
+                    add(f"server CPU s/GiB, single stream, {short}, {on_shared}", s.name, cpu / (total / GIB))
+                    log(f"  {s.name:8} single {short}, {on_shared}: {total / MIB / wall:8.1f} MiB/s, "
+                        f"{cpu / (total / GIB):.2f} CPU s/GiB")
             names = [f"c{i:02}.bin" for i in range(sizes.clients)]
             for s in servers:
                 wall, cpu, total = download(s, key, CIPHERS[0], remote, names, sums, downloads)
                 add(f"{sizes.clients} clients, aggregate MiB/s", s.name, total / MIB / wall)
                 add(f"server CPU s/GiB, {sizes.clients} clients", s.name, cpu / (total / GIB))
                 log(f"  {s.name:8} {sizes.clients} clients: {total / MIB / wall:8.1f} MiB/s")
+            for s in shared_servers:
+                wall, cpu, total = download(s, key, CIPHERS[0], shared_remote, names, shared_sums, downloads)
+                add(f"{sizes.clients} clients, aggregate MiB/s, {on_shared}", s.name, total / MIB / wall)
+                add(f"server CPU s/GiB, {sizes.clients} clients, {on_shared}", s.name, cpu / (total / GIB))
+                log(f"  {s.name:8} {sizes.clients} clients, {on_shared}: {total / MIB / wall:8.1f} MiB/s")
             for s in servers:
                 lat = login_latencies(s, key, remote, sizes.sessions, downloads)
                 add("login + ls + exit p50 ms", s.name, pct(lat, 0.5) * 1000)
@@ -610,9 +646,9 @@ def main() -> None:
                 log(f"  {s.name:8} {sizes.idle} idle: RSS {rss / MIB:.1f} MiB (before {before / MIB:.1f}), "
                     f"PSS {pss / MIB:.1f} MiB")
     finally:
-        for s in servers:
+        for s in servers + shared_servers:
             s.proc.send_signal(signal.SIGTERM)
-        for s in servers:
+        for s in servers + shared_servers:
             try:
                 s.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -641,8 +677,12 @@ def main() -> None:
         "Reproduce (as root, with Debian's `openssh-server` and `openssh-client` installed; the system's sshd need not run; about 15 minutes):",
         "",
         "    cargo build --release",
-        "    python3 bench/sftp_vs_openssh.py",
+        "    python3 bench/sftp_vs_openssh.py"
+        + (f" --shared {args.shared} --shared-name {args.shared_name}" if args.shared else ""),
         "",
+        *([f"The rows marked \"{on_shared}\" have both servers serving a second copy of the files "
+           f"from {args.shared}, a mount of {args.shared_name} (see the notes below for how it was set "
+           "up); their own folders stay on local disk.", ""] if args.shared else []),
         "Machine:",
         "",
         *machine(binary),
