@@ -76,7 +76,33 @@ enum OpenHandle {
         /// Bytes sent, and the highest offset reached, for the audit trail.
         served: u64,
         reached: u64,
+        /// The block after the last one read, being read already.
+        ahead: Option<ReadAhead>,
     },
+}
+
+/// A read started before it was asked for: clients read a file from start
+/// to end, so while one block is encrypted and sent the next is read. It
+/// hides the latency of a slow file system (a shared one, a cold disk).
+struct ReadAhead {
+    offset: u64,
+    len: usize,
+    read: tokio::task::JoinHandle<std::io::Result<Vec<u8>>>,
+}
+
+/// Reads `len` bytes at `offset` on a blocking thread.
+fn read_at(
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: usize,
+) -> tokio::task::JoinHandle<std::io::Result<Vec<u8>>> {
+    tokio::task::spawn_blocking(move || {
+        // Read into the fresh buffer's spare capacity: zeroing it first
+        // was a visible share of the server's CPU in a download.
+        let mut buf = Vec::with_capacity(len);
+        rustix::io::pread(&*file, rustix::buffer::spare_capacity(&mut buf), offset)?;
+        Ok(buf)
+    })
 }
 
 impl SftpSession {
@@ -587,6 +613,7 @@ impl russh_sftp::server::Handler for SftpSession {
             checked: self.checked_now(),
             served: 0,
             reached: 0,
+            ahead: None,
         })?;
         tracing::info!(supplier = %self.supplier, path = %loc.virtual_path(), "file opened");
         self.audit
@@ -611,7 +638,13 @@ impl russh_sftp::server::Handler for SftpSession {
 
     async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Reply<Data> {
         self.recheck(&handle)?;
-        let Some(OpenHandle::File { content, size, .. }) = self.handles.get(&handle) else {
+        let Some(OpenHandle::File {
+            content,
+            size,
+            ahead,
+            ..
+        }) = self.handles.get_mut(&handle)
+        else {
             return Err(StatusCode::Failure.with_message("not an open file handle"));
         };
         if offset >= *size {
@@ -624,17 +657,23 @@ impl russh_sftp::server::Handler for SftpSession {
                 data[offset as usize..end].to_vec()
             }
             Content::Disk(file) => {
-                let file = file.clone();
-                tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-                    // Read into the fresh buffer's spare capacity: zeroing it first
-                    // was a visible share of the server's CPU in a download.
-                    let mut buf = Vec::with_capacity(len);
-                    rustix::io::pread(&*file, rustix::buffer::spare_capacity(&mut buf), offset)?;
-                    Ok(buf)
-                })
-                .await
-                .map_err(|_| StatusReply::from(StatusCode::Failure))?
-                .map_err(failure)?
+                // The block read ahead if it is the one asked for; any
+                // other read ahead is dropped (its result unused).
+                let read = match ahead.take() {
+                    Some(a) if a.offset == offset && a.len == len => a.read,
+                    _ => read_at(file.clone(), offset, len),
+                };
+                let next = offset + len as u64;
+                if next < *size {
+                    *ahead = Some(ReadAhead {
+                        offset: next,
+                        len,
+                        read: read_at(file.clone(), next, len),
+                    });
+                }
+                read.await
+                    .map_err(|_| StatusReply::from(StatusCode::Failure))?
+                    .map_err(failure)?
             }
         };
         if data.is_empty() {
