@@ -18,6 +18,7 @@ mod pipe;
 mod proxy;
 mod quickack;
 mod session;
+pub mod wire;
 
 pub use session::LedgerSource;
 
