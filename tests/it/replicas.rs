@@ -415,6 +415,27 @@ async fn a_rolling_restart_behind_haproxy_needs_at_most_one_retry_per_download()
     assert_eq!(addresses.len(), 8, "{addresses:?}");
 }
 
+/// The host key a server at `addr` offers, read by paramiko from an address
+/// that is not a balancer's (127.0.0.1 must send a PROXY header).
+fn host_key_of(addr: std::net::SocketAddr) -> String {
+    let script = format!(
+        "import socket, paramiko\n\
+         s = socket.create_connection(('{}', {}), source_address=('127.0.0.9', 0))\n\
+         t = paramiko.Transport(s)\n\
+         t.start_client(timeout=10)\n\
+         print(t.get_remote_server_key().get_base64())\n\
+         t.close()\n",
+        addr.ip(),
+        addr.port()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 with paramiko (.ci/run installs it)");
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
 /// Sets its flag when dropped.
 struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
 
@@ -513,6 +534,13 @@ async fn three_replicas_on_glusterfs_behind_haproxy_survive_a_kill_mid_load_and_
             "{name} never up"
         );
     }
+    // One host key on every replica (from the one file they share), so a
+    // supplier's known_hosts holds whichever one the balancer picks.
+    let host_keys: std::collections::BTreeSet<String> = servers
+        .iter()
+        .map(|(_, sftp, _)| host_key_of(*sftp))
+        .collect();
+    assert_eq!(host_keys.len(), 1, "{host_keys:?}");
 
     // DFDG changes all along.
     let changing = std::sync::Arc::new(AtomicBool::new(true));
