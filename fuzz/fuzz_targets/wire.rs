@@ -1,8 +1,10 @@
 //! Coverage-guided fuzzing of the SFTP codec (`sftp::wire`): any bytes a
 //! client sends are framed and decoded without a panic, and every request
-//! that decodes encodes back to the same packet, except where the decoder
-//! read past what it does not keep (extended attributes, INIT's extension
-//! pairs): those decode again to the same request.
+//! that decodes encodes back to a packet no longer than its own that decodes
+//! to the same request (the same bytes, except where the decoder read past
+//! what it does not keep: extended attributes, INIT's extension pairs, and
+//! attribute flag bits version 3 does not define, which it ignores as
+//! OpenSSH's sftp-server does).
 #![no_main]
 
 use bytes::BytesMut;
@@ -33,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let lossless = out[4..] == packet[..];
         assert!(
-            lossless || packet.len() > out.len() - 4,
+            lossless || packet.len() >= out.len() - 4,
             "a request re-encoded longer than its packet"
         );
     }

@@ -347,3 +347,18 @@ fn an_abandoned_data_reply_leaves_the_buffer_as_it_was() {
     let reply = begin_data(&mut out, 1, u32::MAX);
     assert_eq!(reply.room(&mut out).len(), MAX_READ as usize);
 }
+
+#[test]
+fn attribute_flags_version_3_does_not_define_are_ignored() {
+    // OPEN "f" with attribute flags 0x10 (not a version 3 flag) and no fields.
+    let packet = [3, 0, 0, 0, 1, 0, 0, 0, 1, b'f', 0, 0, 0, 1, 0, 0, 0, 0x10];
+    assert_eq!(
+        decode(&packet),
+        Ok(Request::Open {
+            id: 1,
+            path: "f",
+            pflags: 1,
+            attrs: Attrs::default()
+        })
+    );
+}
