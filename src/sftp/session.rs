@@ -642,6 +642,7 @@ impl russh_sftp::server::Handler for SftpSession {
             content,
             size,
             ahead,
+            reached,
             ..
         }) = self.handles.get_mut(&handle)
         else {
@@ -659,12 +660,18 @@ impl russh_sftp::server::Handler for SftpSession {
             Content::Disk(file) => {
                 // The block read ahead if it is the one asked for; any
                 // other read ahead is dropped (its result unused).
-                let read = match ahead.take() {
-                    Some(a) if a.offset == offset && a.len == len => a.read,
-                    _ => read_at(file.clone(), offset, len),
+                let (read, sequential) = match ahead.take() {
+                    Some(a) if a.offset == offset && a.len == len => (a.read, true),
+                    _ => (
+                        read_at(file.clone(), offset, len),
+                        offset == 0 || offset == *reached,
+                    ),
                 };
+                // Only a reader going from start to end gets read ahead
+                // for: one that jumps about (a Parquet reader seeking its
+                // footer, then its row groups) would make it wasted reads.
                 let next = offset + len as u64;
-                if next < *size {
+                if sequential && next < *size {
                     *ahead = Some(ReadAhead {
                         offset: next,
                         len,
