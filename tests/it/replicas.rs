@@ -323,41 +323,19 @@ async fn a_rolling_restart_behind_haproxy_needs_at_most_one_retry_per_download()
 
     // Eight clients, each from its own address, download until told to stop.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for c in 0..8 {
-        let (stop, file, want) = (stop.clone(), file.clone(), want.clone());
-        let key = dir.path().join("keys/bi-alpha");
-        let out = dir.path().join(format!("client{c}"));
-        std::fs::create_dir_all(&out).unwrap();
-        clients.push(tokio::task::spawn_blocking(move || {
-            let (mut done, mut retried, mut failed) = (0u32, 0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                let dest = out.join("part.parquet");
-                let mut ok = false;
-                for attempt in 0..2 {
-                    let _ = std::fs::remove_file(&dest);
-                    let got = sftp_with_key(
-                        front,
-                        "bi-alpha",
-                        &key,
-                        &format!("get {file} {}\n", dest.display()),
-                        &["-o", &format!("BindAddress=127.0.0.{}", 20 + c)],
-                    );
-                    if got.status.success() && sha256_file(&dest) == want {
-                        ok = true;
-                        retried += attempt;
-                        break;
-                    }
-                }
-                if ok {
-                    done += 1;
-                } else {
-                    failed.push(done);
-                }
-            }
-            (done, retried, failed)
-        }));
-    }
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let client = Client {
+                front,
+                key: dir.path().join("keys/bi-alpha"),
+                out: dir.path().join(format!("client{c}")),
+                file: file.clone(),
+                want: want.clone(),
+                options: vec!["-o".into(), format!("BindAddress=127.0.0.{}", 20 + c)],
+            };
+            client.download_until(stop.clone())
+        })
+        .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Restart each replica in turn (SIGTERM: a graceful stop), waiting
@@ -383,16 +361,7 @@ async fn a_rolling_restart_behind_haproxy_needs_at_most_one_retry_per_download()
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Release);
-    let mut total = (0, 0);
-    for (c, client) in clients.into_iter().enumerate() {
-        let (done, retried, failed) = client.await.unwrap();
-        assert!(
-            failed.is_empty(),
-            "client {c}: downloads that failed twice: {failed:?}"
-        );
-        assert!(done > 0, "client {c} downloaded nothing");
-        total = (total.0 + done, total.1 + retried);
-    }
+    let total = downloads_of(clients).await;
     println!(
         "rolling restart of 3 replicas: {} downloads by 8 clients, {} needed one retry, none more",
         total.0, total.1
@@ -413,6 +382,73 @@ async fn a_rolling_restart_behind_haproxy_needs_at_most_one_retry_per_download()
         .collect();
     assert!(!addresses.contains("127.0.0.1"), "{addresses:?}");
     assert_eq!(addresses.len(), 8, "{addresses:?}");
+}
+
+/// A supplier's client downloading one file through the balancer in a loop.
+struct Client {
+    front: std::net::SocketAddr,
+    key: std::path::PathBuf,
+    /// Its own folder for what it fetches.
+    out: std::path::PathBuf,
+    file: String,
+    /// The file's sha256.
+    want: String,
+    /// More `sftp` options (its own address, a rate limit).
+    options: Vec<String>,
+}
+
+impl Client {
+    /// Downloads until `stop` is set; a download that fails or does not
+    /// verify is retried once. Gives the downloads done, those done on
+    /// their retry, and (by the count done before) those that failed twice.
+    fn download_until(
+        self,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> tokio::task::JoinHandle<(u32, u32, Vec<u32>)> {
+        std::fs::create_dir_all(&self.out).unwrap();
+        tokio::task::spawn_blocking(move || {
+            let options: Vec<&str> = self.options.iter().map(String::as_str).collect();
+            let dest = self.out.join("part.parquet");
+            let (mut done, mut retried, mut failed) = (0u32, 0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let ok = (0..2).find(|_| {
+                    let _ = std::fs::remove_file(&dest);
+                    let got = sftp_with_key(
+                        self.front,
+                        "bi-alpha",
+                        &self.key,
+                        &format!("get {} {}\n", self.file, dest.display()),
+                        &options,
+                    );
+                    got.status.success() && sha256_file(&dest) == self.want
+                });
+                match ok {
+                    Some(attempt) => {
+                        done += 1;
+                        retried += attempt;
+                    }
+                    None => failed.push(done),
+                }
+            }
+            (done, retried, failed)
+        })
+    }
+}
+
+/// Waits for the clients (told to stop) and asserts each downloaded
+/// something and none failed twice; gives the downloads and retries in all.
+async fn downloads_of(clients: Vec<tokio::task::JoinHandle<(u32, u32, Vec<u32>)>>) -> (u32, u32) {
+    let mut total = (0, 0);
+    for (c, client) in clients.into_iter().enumerate() {
+        let (done, retried, failed) = client.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "client {c}: downloads that failed twice: {failed:?}"
+        );
+        assert!(done > 0, "client {c} downloaded nothing");
+        total = (total.0 + done, total.1 + retried);
+    }
+    total
 }
 
 /// The host key a server at `addr` offers, read by paramiko from an address
@@ -564,46 +600,24 @@ async fn three_replicas_on_glusterfs_behind_haproxy_survive_a_kill_mid_load_and_
     };
     // Six suppliers' clients, each from its own address, download until
     // told to stop; a download that fails is retried once.
-    let mut clients = Vec::new();
-    for c in 0..6 {
-        let (stop, file, want, limit) = (stop.clone(), file.clone(), want.clone(), limit.clone());
-        let key = dir.path().join("keys/bi-alpha");
-        let out = dir.path().join(format!("client{c}"));
-        std::fs::create_dir_all(&out).unwrap();
-        clients.push(tokio::task::spawn_blocking(move || {
-            let (mut done, mut retried, mut failed) = (0u32, 0u32, Vec::new());
-            while !stop.load(Ordering::Acquire) {
-                let dest = out.join("part.parquet");
-                let mut ok = false;
-                for attempt in 0..2 {
-                    let _ = std::fs::remove_file(&dest);
-                    let got = sftp_with_key(
-                        front,
-                        "bi-alpha",
-                        &key,
-                        &format!("get {file} {}\n", dest.display()),
-                        &[
-                            "-l",
-                            &limit,
-                            "-o",
-                            &format!("BindAddress=127.0.0.{}", 40 + c),
-                        ],
-                    );
-                    if got.status.success() && sha256_file(&dest) == want {
-                        ok = true;
-                        retried += attempt;
-                        break;
-                    }
-                }
-                if ok {
-                    done += 1;
-                } else {
-                    failed.push(done);
-                }
-            }
-            (done, retried, failed)
-        }));
-    }
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            let client = Client {
+                front,
+                key: dir.path().join("keys/bi-alpha"),
+                out: dir.path().join(format!("client{c}")),
+                file: file.clone(),
+                want: want.clone(),
+                options: vec![
+                    "-l".into(),
+                    limit.clone(),
+                    "-o".into(),
+                    format!("BindAddress=127.0.0.{}", 40 + c),
+                ],
+            };
+            client.download_until(stop.clone())
+        })
+        .collect();
 
     // A delta by the replicas, then: at a later tick, kill the replica
     // running the delta as soon as it also serves a download.
@@ -694,16 +708,7 @@ async fn three_replicas_on_glusterfs_behind_haproxy_survive_a_kill_mid_load_and_
         "the last delta was never recorded as published"
     );
     stop.store(true, Ordering::Release);
-    let mut total = (0, 0);
-    for (c, client) in clients.into_iter().enumerate() {
-        let (done, retried, failed) = client.await.unwrap();
-        assert!(
-            failed.is_empty(),
-            "client {c}: downloads that failed twice: {failed:?}"
-        );
-        assert!(done > 0, "client {c} downloaded nothing");
-        total = (total.0 + done, total.1 + retried);
-    }
+    let total = downloads_of(clients).await;
     println!(
         "{} downloads by 6 clients through HAProxy, {} completed on a retry",
         total.0, total.1
