@@ -1,4 +1,4 @@
-//! The SSH front door (russh) and the SFTP subsystem (russh-sftp).
+//! The SSH front door (russh) and the SFTP subsystem (spoken by udstil: `wire`, `session`, `pipe`).
 //!
 //! Step 1, platform access: the SSH user name is the supplier id and only
 //! public-key authentication with one of that supplier's keys, valid now,
@@ -43,7 +43,7 @@ use crate::metrics::{Outcome, Reason};
 use crate::tree::Store;
 pub use defender::{Defender, Verdict};
 pub use gate::{Admission, Caps, Gate};
-pub use session::{MAX_READ, SftpSession};
+pub use session::SftpSession;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SftpError {
@@ -1154,8 +1154,10 @@ impl russh::server::Handler for Connection {
             return Ok(());
         };
         session.channel_success(channel_id)?;
-        let handler = self.sftp_session(supplier);
-        russh_sftp::server::run(pipe::stream(channel, self.state.activity.clone()), handler).await;
+        let session = self.sftp_session(supplier);
+        self.shared
+            .tracker
+            .spawn(pipe::run(channel, session, self.state.activity.clone()));
         Ok(())
     }
 }

@@ -1,149 +1,201 @@
-//! The channel plumbing between russh and the SFTP handler.
+//! The channel plumbing of an SFTP session: bytes in from russh, packets
+//! through [`wire`], answers from the [`SftpSession`], replies out.
 //!
-//! russh-sftp handles one request at a time: read, answer, write. If the write
-//! waits for channel window while the client keeps pipelining requests, the
-//! channel's bounded message queue fills, the SSH session loop blocks on it
-//! and never reads the client's WINDOW_ADJUST: a deadlock (seen with
-//! `sftp -R 256`). So a pump task drains the channel into an unbounded queue
-//! at all times; the SSH loop never blocks on us. The queue is capped in bytes:
-//! a client that pipelines more than [`MAX_QUEUED_BYTES`] of requests without
-//! reading answers is misbehaving, and its channel is closed.
+//! Reads of files on disk are kept under way several at a time
+//! ([`MAX_IN_FLIGHT`]) and answered as they finish, in any order (the
+//! protocol matches replies to requests by id), so one slow read does not
+//! hold up the requests behind it, and replies are ready when the client's
+//! window opens. A CLOSE waits for the reads before it, so the audit trail
+//! counts every byte its file's reads sent.
 //!
-//! The pump also follows the SFTP framing (a 4-byte length before each
-//! packet): a packet longer than the SFTP limit, or empty, closes the channel.
-//! russh-sftp would answer the first with an error and go on reading the
-//! packet's body as the next packet, out of step with the client for good.
+//! Sending a reply waits for channel window. If that wait also stopped us
+//! reading the channel, russh's bounded queue toward us would fill, its
+//! session loop would block on it and never read the client's
+//! WINDOW_ADJUST: a deadlock (seen with `sftp -R 256`). So a pump task
+//! drains the channel into an unbounded queue at all times; the SSH loop
+//! never blocks on us. The queue is capped in bytes: a client that
+//! pipelines more than [`MAX_QUEUED_BYTES`] of requests without reading
+//! answers is misbehaving, and its channel is closed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use russh::Channel;
+use futures::stream::FuturesUnordered;
 use russh::server::Msg;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio_util::io::StreamReader;
+use russh::{Channel, ChannelMsg, ChannelWriteHalf};
+
+use super::session::{Answer, Finished, SftpSession};
+use super::wire::{self, Frames, Request, StatusCode, WireError};
 
 /// Requests are small (a read request is 30 bytes), so this is thousands of them.
 pub const MAX_QUEUED_BYTES: usize = 8 << 20;
 
-/// The longest SFTP packet a client may send (russh-sftp's limit, and OpenSSH's).
-pub const MAX_PACKET_LEN: u32 = 256 * 1024;
+/// Reads of one session under way at once: 16 blocks of 255 KiB cover a
+/// client window of 4 MiB (OpenSSH's is 2 MiB) with replies ready to go.
+pub const MAX_IN_FLIGHT: usize = 16;
 
-/// Follows packet boundaries in the client's byte stream.
-#[derive(Debug, Default)]
-pub struct Framer {
-    header: [u8; 4],
-    have: usize,
-    /// Body bytes of the current packet still to come.
-    remaining: u32,
-}
-
-impl Framer {
-    /// Takes the next bytes of the stream; an error names the bad length.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), u32> {
-        while !bytes.is_empty() {
-            if self.remaining > 0 {
-                let n = bytes.len().min(self.remaining as usize);
-                self.remaining -= n as u32;
-                bytes = &bytes[n..];
-                continue;
-            }
-            let n = (4 - self.have).min(bytes.len());
-            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
-            self.have += n;
-            bytes = &bytes[n..];
-            if self.have == 4 {
-                let len = u32::from_be_bytes(self.header);
-                if len == 0 || len > MAX_PACKET_LEN {
-                    return Err(len);
-                }
-                self.have = 0;
-                self.remaining = len;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Splits the channel into a stream for the SFTP handler that cannot stall
-/// the SSH session.
+/// Serves SFTP on `channel` until the client ends it or breaks the protocol.
 /// Every chunk the client sends touches `activity` (for the idle timeout).
-pub fn stream(
-    channel: Channel<Msg>,
-    activity: Arc<super::Activity>,
-) -> impl AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    let (mut read, write) = tokio::io::split(channel.into_stream());
-    let (tx, rx) = futures::channel::mpsc::unbounded::<Bytes>();
+pub async fn run(channel: Channel<Msg>, session: SftpSession, activity: Arc<super::Activity>) {
+    let (mut read, write) = channel.split();
+    let (tx, mut rx) = futures::channel::mpsc::unbounded::<Bytes>();
     let queued = Arc::new(AtomicUsize::new(0));
     let pumped = queued.clone();
     tokio::spawn(async move {
-        let mut framer = Framer::default();
-        loop {
-            let mut buf = BytesMut::with_capacity(64 * 1024);
-            match read.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
+        while let Some(msg) = read.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
                     activity.touch();
-                    if let Err(len) = framer.feed(&buf) {
-                        tracing::warn!(
-                            length = len,
-                            "malformed sftp packet length; closing channel"
-                        );
-                        break;
-                    }
+                    let n = data.len();
                     if pumped.fetch_add(n, Ordering::AcqRel) + n > MAX_QUEUED_BYTES {
                         tracing::warn!(
                             "sftp client pipelined too much without reading; closing channel"
                         );
                         break;
                     }
-                    if tx.unbounded_send(buf.freeze()).is_err() {
+                    if tx.unbounded_send(data).is_err() {
                         break;
                     }
                 }
+                ChannelMsg::Eof => break,
+                _ => {}
             }
         }
     });
-    let reader = StreamReader::new(rx.map(move |b| {
-        queued.fetch_sub(b.len(), Ordering::AcqRel);
-        Ok::<_, std::io::Error>(b)
-    }));
-    tokio::io::join(reader, write)
+    let mut served = Served {
+        session,
+        write,
+        out: BytesMut::new(),
+        in_flight: FuturesUnordered::new(),
+    };
+    let mut frames = Frames::default();
+    let mut started = false;
+    let broken = loop {
+        match served.answer_arrived(&mut frames, &mut started).await {
+            Ok(()) => {}
+            Err(Stop::Broken(why)) => break Some(why),
+            Err(Stop::Gone) => break None,
+        }
+        if served.flush().await.is_err() {
+            break None;
+        }
+        let room = served.in_flight.len() < MAX_IN_FLIGHT;
+        tokio::select! {
+            biased;
+            Some(done) = served.in_flight.next(), if !served.in_flight.is_empty() => {
+                if served.deliver(done).await.is_err() {
+                    break None;
+                }
+            }
+            chunk = rx.next(), if room => match chunk {
+                Some(bytes) => {
+                    queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+                    frames.extend(&bytes);
+                }
+                None => break None,
+            },
+        }
+    };
+    if let Some(why) = broken {
+        tracing::warn!(reason = why, "sftp protocol violation; closing channel");
+    } else {
+        // The client is done sending; what it asked for still goes out.
+        let _ = served.drain().await;
+        let _ = served.flush().await;
+    }
+    let Served { session, write, .. } = served;
+    // Ends the session (its open handles' downloads are audited) before the channel.
+    drop(session);
+    let _ = write.eof().await;
+    let _ = write.close().await;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Why the loop stops.
+enum Stop {
+    /// The client broke the protocol.
+    Broken(&'static str),
+    /// The channel is gone.
+    Gone,
+}
 
-    fn packet(body_len: u32) -> Vec<u8> {
-        let mut p = body_len.to_be_bytes().to_vec();
-        p.resize(4 + body_len as usize, 7);
-        p
+struct Served {
+    session: SftpSession,
+    write: ChannelWriteHalf<Msg>,
+    /// Replies other than DATA, sent together.
+    out: BytesMut,
+    in_flight: FuturesUnordered<super::session::InFlight>,
+}
+
+impl Served {
+    /// Answers the whole packets received, as far as the reads in flight allow.
+    async fn answer_arrived(
+        &mut self,
+        frames: &mut Frames,
+        started: &mut bool,
+    ) -> Result<(), Stop> {
+        while self.in_flight.len() < MAX_IN_FLIGHT {
+            let packet = match frames.next_packet() {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(WireError::TooLong(_)) => return Err(Stop::Broken("packet too long")),
+                Err(_) => return Err(Stop::Broken("empty packet")),
+            };
+            let request = match wire::decode(&packet) {
+                Ok(r) => r,
+                Err(WireError::Malformed {
+                    id: Some(id), what, ..
+                }) if *started => {
+                    wire::put_status(&mut self.out, id, StatusCode::BadMessage, what);
+                    continue;
+                }
+                Err(_) => return Err(Stop::Broken("malformed packet")),
+            };
+            if !*started {
+                let Request::Init { .. } = request else {
+                    return Err(Stop::Broken("a request before INIT"));
+                };
+                self.session.init(&mut self.out);
+                *started = true;
+                continue;
+            }
+            if let Request::Close { .. } = request {
+                self.drain().await.map_err(|()| Stop::Gone)?;
+            }
+            match self.session.answer(request, &mut self.out).await {
+                Answer::Done => {}
+                Answer::Reading(read) => self.in_flight.push(read),
+                Answer::End(why) => return Err(Stop::Broken(why)),
+            }
+        }
+        Ok(())
     }
 
-    #[test]
-    fn packets_split_anywhere_are_followed() {
-        let stream: Vec<u8> = [packet(5), packet(MAX_PACKET_LEN), packet(1), packet(30)].concat();
-        for chunk in [1, 2, 3, 4, 5, 7, 4096, stream.len()] {
-            let mut f = Framer::default();
-            for c in stream.chunks(chunk) {
-                assert_eq!(f.feed(c), Ok(()), "chunk {chunk}");
-            }
-            assert_eq!((f.have, f.remaining), (0, 0));
+    /// Sends the replies gathered in `out`.
+    async fn flush(&mut self) -> Result<(), ()> {
+        if self.out.is_empty() {
+            return Ok(());
         }
+        let replies = self.out.split().freeze();
+        self.write.data_bytes(replies).await.map_err(drop)
     }
 
-    #[test]
-    fn an_empty_or_oversized_packet_is_refused_even_mid_stream() {
-        for bad in [0, MAX_PACKET_LEN + 1, u32::MAX] {
-            let mut stream = packet(9);
-            stream.extend_from_slice(&bad.to_be_bytes());
-            for chunk in [1, 3, stream.len()] {
-                let mut f = Framer::default();
-                let r: Result<Vec<()>, u32> = stream.chunks(chunk).map(|c| f.feed(c)).collect();
-                assert_eq!(r, Err(bad), "chunk {chunk}");
-            }
+    /// Sends a finished read's reply.
+    async fn deliver(&mut self, done: Finished) -> Result<(), ()> {
+        let Some(mut data) = self.session.finished(done, &mut self.out) else {
+            return Ok(());
+        };
+        let reply = data.split().freeze();
+        self.session.recycle(data);
+        self.write.data_bytes(reply).await.map_err(drop)
+    }
+
+    /// Waits for every read under way and sends its reply.
+    async fn drain(&mut self) -> Result<(), ()> {
+        while let Some(done) = self.in_flight.next().await {
+            self.deliver(done).await?;
         }
+        self.flush().await
     }
 }

@@ -1,18 +1,22 @@
 //! One supplier's SFTP session: read-only, confined to its view. Every path
 //! goes through [`tree::resolve`], then the access policy at the current
 //! time, then to the disk. File-system and policy errors become SFTP status
-//! codes here and nowhere else.
+//! codes here and nowhere else. Requests come decoded by [`wire`]; replies
+//! are encoded into the caller's buffer. Reads of files on disk run on
+//! blocking threads and finish in any order ([`InFlight`]): the channel
+//! plumbing ([`super::pipe`]) keeps several under way.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
+use bytes::BytesMut;
 use chrono::Utc;
-use russh_sftp::protocol::{
-    Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
-    StatusCode, Version,
-};
-use russh_sftp::server::StatusReply;
+
+use super::wire::{self, Attrs, DataReply, Entry, Request, StatusCode};
 
 use crate::audit::{Action, Event, Trail};
 use crate::authority::AuthorityKind;
@@ -24,9 +28,6 @@ use crate::tree::{self, Location, Store};
 /// agreement or a config edit stops its reads within this time.
 const RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Largest read answered (as OpenSSH's sftp-server: 256 KiB less headers).
-pub const MAX_READ: u32 = 261_120;
-const MAX_PACKET: u64 = 262_144;
 const MAX_HANDLES: usize = 256;
 
 pub struct SftpSession {
@@ -34,9 +35,12 @@ pub struct SftpSession {
     config: Arc<Live>,
     /// The published tree (its root with symlinks resolved).
     store: Store,
-    handles: HashMap<String, OpenHandle>,
+    handles: HashMap<u64, OpenHandle>,
     next_handle: u64,
-    version_seen: bool,
+    /// Buffers for DATA replies: one comes back (empty) when its reply is
+    /// sent, and reclaims its memory once the SSH layer has encrypted it,
+    /// so a download does not allocate per read.
+    buffers: Vec<BytesMut>,
     audit: Trail,
     address: std::net::IpAddr,
     /// Makes the supplier's `LEDGER.json`; none without a state database.
@@ -61,10 +65,13 @@ enum Content {
     Memory(Arc<Vec<u8>>),
 }
 
+/// A listing entry: name and attributes.
+type Listed = (String, Attrs);
+
 enum OpenHandle {
     Dir {
         location: Location,
-        entries: Option<Vec<File>>,
+        entries: Option<Vec<Listed>>,
         checked: Checked,
     },
     File {
@@ -76,7 +83,10 @@ enum OpenHandle {
         /// Bytes sent, and the highest offset reached, for the audit trail.
         served: u64,
         reached: u64,
-        /// The block after the last one read, being read already.
+        /// Where the last read asked for ended: a read starting there (or
+        /// at 0) is sequential.
+        asked_to: u64,
+        /// The block after the last one asked for, being read already.
         ahead: Option<ReadAhead>,
     },
 }
@@ -87,22 +97,71 @@ enum OpenHandle {
 struct ReadAhead {
     offset: u64,
     len: usize,
-    read: tokio::task::JoinHandle<std::io::Result<Vec<u8>>>,
+    read: Block,
 }
 
-/// Reads `len` bytes at `offset` on a blocking thread.
-fn read_at(
-    file: Arc<std::fs::File>,
-    offset: u64,
-    len: usize,
-) -> tokio::task::JoinHandle<std::io::Result<Vec<u8>>> {
+/// A block being read on a blocking thread, into a DATA reply without its id.
+type Block = tokio::task::JoinHandle<std::io::Result<(BytesMut, DataReply)>>;
+
+/// Reads `len` bytes at `offset` on a blocking thread, straight into the
+/// DATA reply in `buf`: the bytes are written once, then encrypted.
+fn read_block(file: Arc<std::fs::File>, offset: u64, len: usize, mut buf: BytesMut) -> Block {
     tokio::task::spawn_blocking(move || {
-        // Read into the fresh buffer's spare capacity: zeroing it first
-        // was a visible share of the server's CPU in a download.
-        let mut buf = Vec::with_capacity(len);
-        rustix::io::pread(&*file, rustix::buffer::spare_capacity(&mut buf), offset)?;
-        Ok(buf)
+        buf.clear();
+        buf.reserve(wire::DATA_HEADER + len);
+        let reply = wire::begin_data(&mut buf);
+        let start = buf.len();
+        // Read into the spare capacity: zeroing the room first was a
+        // visible share of the server's CPU in a download.
+        let got = rustix::io::pread(&*file, &mut buf.spare_capacity_mut()[..len], offset)?
+            .0
+            .len();
+        // SAFETY: pread initialised the first `got` bytes after `start`.
+        unsafe { buf.set_len(start + got) };
+        Ok((buf, reply))
     })
+}
+
+/// A read of a file on disk under way: a future that yields the finished
+/// read with what the session needs to answer it.
+pub struct InFlight {
+    id: u32,
+    handle: u64,
+    offset: u64,
+    read: Block,
+}
+
+/// A read that finished (or failed).
+pub struct Finished {
+    id: u32,
+    handle: u64,
+    offset: u64,
+    result: std::io::Result<(BytesMut, DataReply)>,
+}
+
+impl std::future::Future for InFlight {
+    type Output = Finished;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finished> {
+        let result = ready!(Pin::new(&mut self.read).poll(cx))
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        Poll::Ready(Finished {
+            id: self.id,
+            handle: self.handle,
+            offset: self.offset,
+            result,
+        })
+    }
+}
+
+/// What a request leads to.
+pub enum Answer {
+    /// The reply is in the buffer (or none is due).
+    Done,
+    /// A read of a file on disk was started; it answers when it finishes.
+    Reading(InFlight),
+    /// The client broke the protocol; the session ends.
+    End(&'static str),
 }
 
 impl SftpSession {
@@ -167,11 +226,45 @@ struct Checked {
     generation: u64,
 }
 
-type Reply<T> = Result<T, StatusReply>;
+/// A request refused or failed: the STATUS that answers it.
+#[derive(Debug)]
+struct Refusal {
+    code: StatusCode,
+    message: Cow<'static, str>,
+}
 
-fn denied(what: &str) -> StatusReply {
+impl Refusal {
+    fn new(code: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StatusCode> for Refusal {
+    fn from(code: StatusCode) -> Self {
+        let message = match code {
+            StatusCode::Ok => "Ok",
+            StatusCode::Eof => "end of file",
+            StatusCode::NoSuchFile => "no such file or folder",
+            StatusCode::PermissionDenied => "permission denied",
+            StatusCode::Failure => "failure",
+            StatusCode::BadMessage => "bad message",
+            StatusCode::OpUnsupported => "operation not supported",
+        };
+        Refusal::new(code, message)
+    }
+}
+
+type Reply<T> = Result<T, Refusal>;
+
+fn denied(what: &str) -> Refusal {
     refused("read_only");
-    StatusCode::PermissionDenied.with_message(format!("{what}: the platform is read-only"))
+    Refusal::new(
+        StatusCode::PermissionDenied,
+        format!("{what}: the platform is read-only"),
+    )
 }
 
 /// Counts a refused request by reason (a fixed set).
@@ -182,34 +275,31 @@ fn refused(reason: &'static str) {
         .inc();
 }
 
-fn not_found() -> StatusReply {
-    StatusCode::NoSuchFile.with_message("no such file or folder")
+fn not_found() -> Refusal {
+    StatusCode::NoSuchFile.into()
 }
 
-fn failure(e: std::io::Error) -> StatusReply {
+fn failure(e: std::io::Error) -> Refusal {
     if e.kind() == std::io::ErrorKind::NotFound {
         not_found()
     } else if e.kind() == std::io::ErrorKind::IsADirectory {
-        StatusCode::Failure.with_message("not a regular file")
+        Refusal::new(StatusCode::Failure, "not a regular file")
     } else {
         tracing::warn!(error = %e, "sftp file-system error");
-        StatusCode::Failure.with_message("internal error")
+        Refusal::new(StatusCode::Failure, "internal error")
     }
 }
 
-fn dir_attrs(mtime: u32) -> FileAttributes {
-    FileAttributes {
+fn dir_attrs(mtime: u32) -> Attrs {
+    Attrs {
         size: Some(0),
-        uid: Some(0),
-        gid: Some(0),
+        uid_gid: Some((0, 0)),
         permissions: Some(0o040_555),
-        atime: Some(mtime),
-        mtime: Some(mtime),
-        ..FileAttributes::empty()
+        times: Some((mtime, mtime)),
     }
 }
 
-fn attrs_of(meta: &std::fs::Metadata) -> FileAttributes {
+fn attrs_of(meta: &std::fs::Metadata) -> Attrs {
     let mtime = meta.mtime().clamp(0, u32::MAX as i64) as u32;
     if meta.is_dir() {
         dir_attrs(mtime)
@@ -219,34 +309,51 @@ fn attrs_of(meta: &std::fs::Metadata) -> FileAttributes {
 }
 
 /// A read-only file's attributes.
-fn file_attrs(size: u64, mtime: u32) -> FileAttributes {
-    FileAttributes {
+fn file_attrs(size: u64, mtime: u32) -> Attrs {
+    Attrs {
         size: Some(size),
-        uid: Some(0),
-        gid: Some(0),
+        uid_gid: Some((0, 0)),
         permissions: Some(0o100_444),
-        atime: Some(mtime),
-        mtime: Some(mtime),
-        ..FileAttributes::empty()
+        times: Some((mtime, mtime)),
     }
 }
 
+/// The `ls -l` line of a listing entry, as OpenSSH's sftp-server makes it
+/// (clients such as FileZilla show it; owner and group are `0`).
+fn long_name(name: &str, attrs: &Attrs) -> String {
+    let perm = attrs.permissions.unwrap_or(0);
+    let mut mode = String::with_capacity(10);
+    mode.push(if perm & 0o170_000 == 0o040_000 {
+        'd'
+    } else {
+        '-'
+    });
+    for shift in [6, 3, 0] {
+        let bits = perm >> shift;
+        mode.push(if bits & 4 != 0 { 'r' } else { '-' });
+        mode.push(if bits & 2 != 0 { 'w' } else { '-' });
+        mode.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    let mtime = attrs.times.map_or(0, |(_, m)| i64::from(m));
+    let when = chrono::DateTime::from_timestamp(mtime, 0).unwrap_or_default();
+    // Within about six months the time of day is shown, else the year (ls).
+    let recent = (Utc::now() - when).num_days().abs() < 182;
+    let when = if recent {
+        when.format("%b %e %H:%M")
+    } else {
+        when.format("%b %e  %Y")
+    };
+    let size = attrs.size.unwrap_or(0);
+    format!("{mode}    1 0        0        {size:>8} {when} {name}")
+}
+
 /// A read-only file made for the session.
-fn memory_attrs(size: u64) -> FileAttributes {
+fn memory_attrs(size: u64) -> Attrs {
     file_attrs(size, now_mtime())
 }
 
 fn now_mtime() -> u32 {
     Utc::now().timestamp().clamp(0, u32::MAX as i64) as u32
-}
-
-fn ok(id: u32) -> Status {
-    Status {
-        id,
-        status_code: StatusCode::Ok,
-        error_message: "Ok".into(),
-        language_tag: "en-US".into(),
-    }
 }
 
 /// Whether `supplier` may see `loc` now, under the config in force.
@@ -275,7 +382,7 @@ impl SftpSession {
             store,
             handles: HashMap::new(),
             next_handle: 0,
-            version_seen: false,
+            buffers: Vec::new(),
             audit,
             address,
             ledger,
@@ -358,7 +465,7 @@ impl SftpSession {
 
     /// Re-checks an open handle's access when its last check is stale, so
     /// the hot read path neither evaluates the policy nor allocates per packet.
-    fn recheck(&mut self, handle: &str) -> Reply<()> {
+    fn recheck(&mut self, handle: u64) -> Reply<()> {
         let generation = self.config.generation();
         let Some(
             OpenHandle::File {
@@ -367,9 +474,9 @@ impl SftpSession {
             | OpenHandle::Dir {
                 location, checked, ..
             },
-        ) = self.handles.get_mut(handle)
+        ) = self.handles.get_mut(&handle)
         else {
-            return Err(StatusCode::Failure.with_message("unknown handle"));
+            return Err(Refusal::new(StatusCode::Failure, "unknown handle"));
         };
         if checked.generation == generation && checked.at.elapsed() < RECHECK {
             return Ok(());
@@ -382,7 +489,7 @@ impl SftpSession {
             return Ok(());
         }
         tracing::info!(supplier = %self.supplier, path = %location.virtual_path(), "access ended while a handle was open");
-        if let Some(h) = self.handles.remove(handle)
+        if let Some(h) = self.handles.remove(&handle)
             && let Some(e) = self.download_event(&h, "access ended")
         {
             self.audit.record_detached(e);
@@ -398,7 +505,7 @@ impl SftpSession {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || call(&store))
             .await
-            .map_err(|_| StatusReply::from(StatusCode::Failure))?
+            .map_err(|_| Refusal::from(StatusCode::Failure))?
             .map_err(failure)
     }
 
@@ -436,7 +543,7 @@ impl SftpSession {
             .ok_or_else(not_found)
     }
 
-    async fn attrs(&self, loc: &Location) -> Reply<FileAttributes> {
+    async fn attrs(&self, loc: &Location) -> Reply<Attrs> {
         match loc {
             Location::Ledger => return Ok(memory_attrs(self.ledger().await?.len() as u64)),
             Location::Announcement(name) => {
@@ -462,30 +569,30 @@ impl SftpSession {
         })
     }
 
-    async fn list(&self, loc: &Location) -> Reply<Vec<File>> {
+    async fn list(&self, loc: &Location) -> Reply<Vec<Listed>> {
         let now = Utc::now();
         let visible = self.config.get().agreements.visible(&self.supplier, now);
         let mtime = self.root_mtime().await;
         let mut out = vec![
-            File::new(".", dir_attrs(mtime)),
-            File::new("..", dir_attrs(mtime)),
+            (".".to_string(), dir_attrs(mtime)),
+            ("..".to_string(), dir_attrs(mtime)),
         ];
         match loc {
             Location::Root => {
                 for kind in AuthorityKind::ALL {
                     if Location::Kind(kind).is_visible(&visible) {
-                        out.push(File::new(kind.as_str(), dir_attrs(mtime)));
+                        out.push((kind.as_str().to_string(), dir_attrs(mtime)));
                     }
                 }
                 if let Ok(ledger) = self.ledger().await {
-                    out.push(File::new(tree::LEDGER, memory_attrs(ledger.len() as u64)));
+                    out.push((tree::LEDGER.to_string(), memory_attrs(ledger.len() as u64)));
                 }
                 if !self.announcements().is_empty() {
-                    out.push(File::new(crate::announce::FOLDER, dir_attrs(mtime)));
+                    out.push((crate::announce::FOLDER.to_string(), dir_attrs(mtime)));
                 }
             }
             Location::Ledger | Location::Announcement(_) => {
-                return Err(StatusCode::Failure.with_message("not a folder"));
+                return Err(Refusal::new(StatusCode::Failure, "not a folder"));
             }
             Location::Announcements => {
                 let files = self.announcements();
@@ -495,7 +602,7 @@ impl SftpSession {
                 out.extend(
                     files
                         .into_iter()
-                        .map(|(name, data)| File::new(name, memory_attrs(data.len() as u64))),
+                        .map(|(name, data)| (name, memory_attrs(data.len() as u64))),
                 );
             }
             // The synthetic levels list what is visible and has something published.
@@ -507,7 +614,7 @@ impl SftpSession {
                     .collect();
                 for at in self.published(candidates).await? {
                     if let Location::Authority(a) = at {
-                        out.push(File::new(a.code_str(), dir_attrs(mtime)));
+                        out.push((a.code_str().to_string(), dir_attrs(mtime)));
                     }
                 }
             }
@@ -524,7 +631,7 @@ impl SftpSession {
                     .collect();
                 for at in self.published(candidates).await? {
                     if let Location::Area { area, .. } = at {
-                        out.push(File::new(area, dir_attrs(mtime)));
+                        out.push((area, dir_attrs(mtime)));
                     }
                 }
             }
@@ -534,7 +641,7 @@ impl SftpSession {
                 out.extend(
                     entries
                         .into_iter()
-                        .map(|(name, meta)| File::new(name, attrs_of(&meta))),
+                        .map(|(name, meta)| (name, attrs_of(&meta))),
                 );
             }
         }
@@ -547,50 +654,210 @@ impl SftpSession {
             .await
     }
 
-    fn new_handle(&mut self, h: OpenHandle) -> Reply<String> {
+    /// A new handle, as the client will send it back: its number in decimal.
+    fn new_handle(&mut self, h: OpenHandle) -> Reply<u64> {
         if self.handles.len() >= MAX_HANDLES {
-            return Err(StatusCode::Failure.with_message("too many open handles"));
+            return Err(Refusal::new(StatusCode::Failure, "too many open handles"));
         }
         self.next_handle += 1;
-        let id = self.next_handle.to_string();
-        self.handles.insert(id.clone(), h);
-        Ok(id)
+        self.handles.insert(self.next_handle, h);
+        Ok(self.next_handle)
     }
 }
 
-impl russh_sftp::server::Handler for SftpSession {
-    type Error = StatusReply;
+/// Most entries sent in one NAME reply to READDIR (as OpenSSH's
+/// sftp-server): a long listing goes in several, each well inside a
+/// client's packet limit.
+const ENTRIES_PER_READDIR: usize = 100;
 
-    fn unimplemented(&self) -> Self::Error {
-        StatusCode::OpUnsupported.into()
+/// Most DATA buffers kept for reuse.
+const KEPT_BUFFERS: usize = 32;
+
+/// A handle as the client sends it back: the decimal number udstil gave.
+fn handle_key(handle: &[u8]) -> Reply<u64> {
+    std::str::from_utf8(handle)
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .ok_or_else(|| Refusal::new(StatusCode::Failure, "unknown handle"))
+}
+
+impl SftpSession {
+    /// The VERSION that answers the client's INIT.
+    pub fn init(&self, out: &mut BytesMut) {
+        wire::put_version(out, &[("limits@openssh.com", "1")]);
     }
 
-    async fn init(&mut self, _version: u32, _ext: HashMap<String, String>) -> Reply<Version> {
-        if self.version_seen {
-            return Err(StatusCode::ConnectionLost.into());
+    /// Answers one request after INIT: the reply goes into `out`, or a read
+    /// of a file on disk is started and answers when it finishes.
+    pub async fn answer(&mut self, request: Request<'_>, out: &mut BytesMut) -> Answer {
+        let Some(id) = request.id() else {
+            return Answer::End("a second INIT");
+        };
+        let result = match request {
+            Request::Read {
+                handle,
+                offset,
+                len,
+                ..
+            } => match self.read(id, handle, offset, len, out) {
+                Ok(answer) => return answer,
+                Err(r) => Err(r),
+            },
+            Request::Open { path, pflags, .. } => self.open(id, path, pflags, out).await,
+            Request::Close { handle, .. } => self.close(id, handle, out).await,
+            Request::Lstat { path, .. } | Request::Stat { path, .. } => {
+                self.stat(id, path, out).await
+            }
+            Request::Fstat { handle, .. } => self.fstat(id, handle, out).await,
+            Request::Opendir { path, .. } => self.opendir(id, path, out).await,
+            Request::Readdir { handle, .. } => self.readdir(id, handle, out),
+            Request::Realpath { path, .. } => self.realpath(id, path, out).await,
+            Request::Readlink { .. } => Err(not_found()),
+            Request::Write { .. } => Err(denied("write")),
+            Request::Setstat { .. } | Request::Fsetstat { .. } => Err(denied("setstat")),
+            Request::Remove { .. } => Err(denied("remove")),
+            Request::Mkdir { .. } => Err(denied("mkdir")),
+            Request::Rmdir { .. } => Err(denied("rmdir")),
+            Request::Rename { .. } => Err(denied("rename")),
+            Request::Symlink { .. } => Err(denied("symlink")),
+            Request::Extended {
+                name: "limits@openssh.com",
+                ..
+            } => {
+                wire::put_limits(out, id, MAX_HANDLES as u64);
+                Ok(())
+            }
+            Request::Extended { .. } | Request::Unknown { .. } | Request::Init { .. } => {
+                Err(StatusCode::OpUnsupported.into())
+            }
+        };
+        if let Err(r) = result {
+            wire::put_status(out, id, r.code, &r.message);
         }
-        self.version_seen = true;
-        let mut v = Version::new();
-        v.extensions.insert("limits@openssh.com".into(), "1".into());
-        Ok(v)
+        Answer::Done
     }
 
-    async fn open(
+    /// Answers a read that finished: the DATA reply to send, or `None` when
+    /// a STATUS went into `out` instead (end of file, a failed read).
+    pub fn finished(&mut self, done: Finished, out: &mut BytesMut) -> Option<BytesMut> {
+        let (mut buf, reply) = match done.result {
+            Ok(read) => read,
+            Err(e) => {
+                let r = failure(e);
+                wire::put_status(out, done.id, r.code, &r.message);
+                return None;
+            }
+        };
+        let got = reply.len(&buf);
+        if got == 0 {
+            wire::put_status(out, done.id, StatusCode::Eof, "end of file");
+            self.recycle(buf);
+            return None;
+        }
+        reply.finish(&mut buf, done.id);
+        if let Some(OpenHandle::File {
+            served, reached, ..
+        }) = self.handles.get_mut(&done.handle)
+        {
+            *served += got as u64;
+            *reached = (*reached).max(done.offset + got as u64);
+        }
+        Some(buf)
+    }
+
+    /// Takes back a DATA reply's buffer once its bytes are split off to be
+    /// sent; it reclaims its memory when they have been encrypted.
+    pub fn recycle(&mut self, buf: BytesMut) {
+        if self.buffers.len() < KEPT_BUFFERS {
+            self.buffers.push(buf);
+        }
+    }
+
+    fn read(
         &mut self,
         id: u32,
-        filename: String,
-        pflags: OpenFlags,
-        _attrs: FileAttributes,
-    ) -> Reply<Handle> {
-        let writes = OpenFlags::WRITE
-            | OpenFlags::APPEND
-            | OpenFlags::CREATE
-            | OpenFlags::TRUNCATE
-            | OpenFlags::EXCLUDE;
-        if pflags.intersects(writes) {
+        handle: &[u8],
+        offset: u64,
+        len: u32,
+        out: &mut BytesMut,
+    ) -> Reply<Answer> {
+        let key = handle_key(handle)?;
+        self.recheck(key)?;
+        let Some(OpenHandle::File {
+            content,
+            size,
+            ahead,
+            asked_to,
+            served,
+            reached,
+            ..
+        }) = self.handles.get_mut(&key)
+        else {
+            return Err(Refusal::new(StatusCode::Failure, "not an open file handle"));
+        };
+        if offset >= *size {
+            return Err(StatusCode::Eof.into());
+        }
+        let len = len.min(wire::MAX_READ) as usize;
+        match content {
+            Content::Memory(data) => {
+                let start = offset as usize;
+                let chunk = &data[start..start.saturating_add(len).min(data.len())];
+                if chunk.is_empty() {
+                    return Err(StatusCode::Eof.into());
+                }
+                let reply = wire::begin_data(out);
+                out.extend_from_slice(chunk);
+                reply.finish(out, id);
+                *served += chunk.len() as u64;
+                *reached = (*reached).max(offset + chunk.len() as u64);
+                Ok(Answer::Done)
+            }
+            Content::Disk(file) => {
+                let sequential = offset == 0 || offset == *asked_to;
+                let next = offset + len as u64;
+                *asked_to = next;
+                // The block read ahead if it is the one asked for; any
+                // other read ahead is dropped (its result unused).
+                let read = match ahead.take() {
+                    Some(a) if a.offset == offset && a.len == len => a.read,
+                    _ => read_block(
+                        file.clone(),
+                        offset,
+                        len,
+                        self.buffers.pop().unwrap_or_default(),
+                    ),
+                };
+                // Only a reader going from start to end gets read ahead
+                // for: one that jumps about (a Parquet reader seeking its
+                // footer, then its row groups) would make it wasted reads.
+                if sequential && next < *size {
+                    *ahead = Some(ReadAhead {
+                        offset: next,
+                        len,
+                        read: read_block(
+                            file.clone(),
+                            next,
+                            len,
+                            self.buffers.pop().unwrap_or_default(),
+                        ),
+                    });
+                }
+                Ok(Answer::Reading(InFlight {
+                    id,
+                    handle: key,
+                    offset,
+                    read,
+                }))
+            }
+        }
+    }
+
+    async fn open(&mut self, id: u32, path: &str, pflags: u32, out: &mut BytesMut) -> Reply<()> {
+        if pflags & wire::OPEN_WRITING != 0 {
             return Err(denied("open for writing"));
         }
-        let loc = self.locate_audited(&filename, Action::FileOpen).await?;
+        let loc = self.locate_audited(path, Action::FileOpen).await?;
         let made = match &loc {
             Location::Ledger => Some(self.ledger().await?),
             Location::Announcement(name) => Some(self.announcement(name)?),
@@ -613,6 +880,7 @@ impl russh_sftp::server::Handler for SftpSession {
             checked: self.checked_now(),
             served: 0,
             reached: 0,
+            asked_to: 0,
             ahead: None,
         })?;
         tracing::info!(supplier = %self.supplier, path = %loc.virtual_path(), "file opened");
@@ -622,121 +890,43 @@ impl russh_sftp::server::Handler for SftpSession {
                     .detail(&format!("file size {size}")),
             )
             .await;
-        Ok(Handle { id, handle })
+        wire::put_handle(out, id, handle.to_string().as_bytes());
+        Ok(())
     }
 
-    async fn close(&mut self, id: u32, handle: String) -> Reply<Status> {
+    async fn close(&mut self, id: u32, handle: &[u8], out: &mut BytesMut) -> Reply<()> {
         let h = self
             .handles
-            .remove(&handle)
-            .ok_or_else(|| StatusReply::from(StatusCode::Failure))?;
+            .remove(&handle_key(handle)?)
+            .ok_or_else(|| Refusal::new(StatusCode::Failure, "unknown handle"))?;
         if let Some(e) = self.download_event(&h, "closed") {
             self.audit.record(e).await;
         }
-        Ok(ok(id))
+        wire::put_status(out, id, StatusCode::Ok, "Ok");
+        Ok(())
     }
 
-    async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Reply<Data> {
-        self.recheck(&handle)?;
-        let Some(OpenHandle::File {
-            content,
-            size,
-            ahead,
-            reached,
-            ..
-        }) = self.handles.get_mut(&handle)
-        else {
-            return Err(StatusCode::Failure.with_message("not an open file handle"));
+    async fn stat(&mut self, id: u32, path: &str, out: &mut BytesMut) -> Reply<()> {
+        let loc = self.locate_audited(path, Action::Lookup).await?;
+        let attrs = self.attrs(&loc).await?;
+        wire::put_attrs_reply(out, id, &attrs);
+        Ok(())
+    }
+
+    async fn fstat(&mut self, id: u32, handle: &[u8], out: &mut BytesMut) -> Reply<()> {
+        let key = handle_key(handle)?;
+        self.recheck(key)?;
+        let attrs = match self.handles.get(&key) {
+            Some(OpenHandle::File { size, mtime, .. }) => file_attrs(*size, *mtime),
+            Some(OpenHandle::Dir { .. }) => dir_attrs(self.root_mtime().await),
+            None => return Err(Refusal::new(StatusCode::Failure, "unknown handle")),
         };
-        if offset >= *size {
-            return Err(StatusCode::Eof.into());
-        }
-        let len = len.min(MAX_READ) as usize;
-        let data = match content {
-            Content::Memory(data) => {
-                let end = (offset as usize).saturating_add(len).min(data.len());
-                data[offset as usize..end].to_vec()
-            }
-            Content::Disk(file) => {
-                // The block read ahead if it is the one asked for; any
-                // other read ahead is dropped (its result unused).
-                let (read, sequential) = match ahead.take() {
-                    Some(a) if a.offset == offset && a.len == len => (a.read, true),
-                    _ => (
-                        read_at(file.clone(), offset, len),
-                        offset == 0 || offset == *reached,
-                    ),
-                };
-                // Only a reader going from start to end gets read ahead
-                // for: one that jumps about (a Parquet reader seeking its
-                // footer, then its row groups) would make it wasted reads.
-                let next = offset + len as u64;
-                if sequential && next < *size {
-                    *ahead = Some(ReadAhead {
-                        offset: next,
-                        len,
-                        read: read_at(file.clone(), next, len),
-                    });
-                }
-                read.await
-                    .map_err(|_| StatusReply::from(StatusCode::Failure))?
-                    .map_err(failure)?
-            }
-        };
-        if data.is_empty() {
-            return Err(StatusCode::Eof.into());
-        }
-        if let Some(OpenHandle::File {
-            served, reached, ..
-        }) = self.handles.get_mut(&handle)
-        {
-            *served += data.len() as u64;
-            *reached = (*reached).max(offset + data.len() as u64);
-        }
-        Ok(Data { id, data })
+        wire::put_attrs_reply(out, id, &attrs);
+        Ok(())
     }
 
-    async fn write(&mut self, _id: u32, _h: String, _o: u64, _d: Vec<u8>) -> Reply<Status> {
-        Err(denied("write"))
-    }
-
-    async fn lstat(&mut self, id: u32, path: String) -> Reply<Attrs> {
-        let loc = self.locate_audited(&path, Action::Lookup).await?;
-        Ok(Attrs {
-            id,
-            attrs: self.attrs(&loc).await?,
-        })
-    }
-
-    async fn stat(&mut self, id: u32, path: String) -> Reply<Attrs> {
-        self.lstat(id, path).await
-    }
-
-    async fn fstat(&mut self, id: u32, handle: String) -> Reply<Attrs> {
-        self.recheck(&handle)?;
-        match self.handles.get(&handle) {
-            Some(OpenHandle::File { size, mtime, .. }) => Ok(Attrs {
-                id,
-                attrs: file_attrs(*size, *mtime),
-            }),
-            Some(OpenHandle::Dir { .. }) => Ok(Attrs {
-                id,
-                attrs: dir_attrs(self.root_mtime().await),
-            }),
-            None => Err(StatusCode::Failure.with_message("unknown handle")),
-        }
-    }
-
-    async fn setstat(&mut self, _id: u32, _p: String, _a: FileAttributes) -> Reply<Status> {
-        Err(denied("setstat"))
-    }
-
-    async fn fsetstat(&mut self, _id: u32, _h: String, _a: FileAttributes) -> Reply<Status> {
-        Err(denied("setstat"))
-    }
-
-    async fn opendir(&mut self, id: u32, path: String) -> Reply<Handle> {
-        let loc = self.locate_audited(&path, Action::Listing).await?;
+    async fn opendir(&mut self, id: u32, path: &str, out: &mut BytesMut) -> Reply<()> {
+        let loc = self.locate_audited(path, Action::Listing).await?;
         // Listing happens now, so the handle shows the view as it was when opened.
         let entries = self.list(&loc).await?;
         self.audit
@@ -750,62 +940,79 @@ impl russh_sftp::server::Handler for SftpSession {
             entries: Some(entries),
             checked: self.checked_now(),
         })?;
-        Ok(Handle { id, handle })
+        wire::put_handle(out, id, handle.to_string().as_bytes());
+        Ok(())
     }
 
-    async fn readdir(&mut self, id: u32, handle: String) -> Reply<Name> {
-        self.recheck(&handle)?;
-        match self.handles.get_mut(&handle) {
-            Some(OpenHandle::Dir { entries, .. }) => match entries.take() {
-                Some(files) => Ok(Name { id, files }),
-                None => Err(StatusCode::Eof.into()),
-            },
-            _ => Err(StatusCode::Failure.with_message("not an open folder handle")),
-        }
+    fn readdir(&mut self, id: u32, handle: &[u8], out: &mut BytesMut) -> Reply<()> {
+        let key = handle_key(handle)?;
+        self.recheck(key)?;
+        let Some(OpenHandle::Dir { entries, .. }) = self.handles.get_mut(&key) else {
+            return Err(Refusal::new(
+                StatusCode::Failure,
+                "not an open folder handle",
+            ));
+        };
+        let Some(left) = entries.as_mut().filter(|e| !e.is_empty()) else {
+            *entries = None;
+            return Err(StatusCode::Eof.into());
+        };
+        let batch: Vec<Listed> = left.drain(..left.len().min(ENTRIES_PER_READDIR)).collect();
+        let longs: Vec<String> = batch.iter().map(|(n, a)| long_name(n, a)).collect();
+        let named: Vec<Entry<'_>> = batch
+            .iter()
+            .zip(&longs)
+            .map(|((name, attrs), long)| Entry {
+                name,
+                long,
+                attrs: *attrs,
+            })
+            .collect();
+        wire::put_name(out, id, &named);
+        Ok(())
     }
 
-    async fn remove(&mut self, _id: u32, _f: String) -> Reply<Status> {
-        Err(denied("remove"))
-    }
-
-    async fn mkdir(&mut self, _id: u32, _p: String, _a: FileAttributes) -> Reply<Status> {
-        Err(denied("mkdir"))
-    }
-
-    async fn rmdir(&mut self, _id: u32, _p: String) -> Reply<Status> {
-        Err(denied("rmdir"))
-    }
-
-    async fn realpath(&mut self, id: u32, path: String) -> Reply<Name> {
-        let loc = self.locate_audited(&path, Action::Lookup).await?;
-        Ok(Name {
+    async fn realpath(&mut self, id: u32, path: &str, out: &mut BytesMut) -> Reply<()> {
+        let loc = self.locate_audited(path, Action::Lookup).await?;
+        let name = loc.virtual_path();
+        // As OpenSSH's sftp-server: the long name is the path, no attributes.
+        wire::put_name(
+            out,
             id,
-            files: vec![File::dummy(loc.virtual_path())],
-        })
+            &[Entry {
+                name: &name,
+                long: &name,
+                attrs: Attrs::default(),
+            }],
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_read_as_ls_does() {
+        let now = now_mtime();
+        let line = long_name("part-0.parquet", &file_attrs(1234, now));
+        assert!(
+            line.starts_with("-r--r--r--    1 0        0            1234 "),
+            "{line}"
+        );
+        assert!(line.ends_with(" part-0.parquet"), "{line}");
+        let line = long_name("joblog", &dir_attrs(0));
+        assert!(line.starts_with("dr-xr-xr-x "), "{line}");
+        // An old time shows the year instead of the time of day.
+        assert!(line.contains("Jan  1  1970 joblog"), "{line}");
     }
 
-    async fn rename(&mut self, _id: u32, _o: String, _n: String) -> Reply<Status> {
-        Err(denied("rename"))
-    }
-
-    async fn readlink(&mut self, _id: u32, _p: String) -> Reply<Name> {
-        Err(not_found())
-    }
-
-    async fn symlink(&mut self, _id: u32, _l: String, _t: String) -> Reply<Status> {
-        Err(denied("symlink"))
-    }
-
-    async fn extended(&mut self, id: u32, request: String, _data: Vec<u8>) -> Reply<Packet> {
-        match request.as_str() {
-            "limits@openssh.com" => {
-                let mut data = Vec::with_capacity(32);
-                for v in [MAX_PACKET, MAX_READ as u64, 0, MAX_HANDLES as u64] {
-                    data.extend_from_slice(&v.to_be_bytes());
-                }
-                Ok(Packet::ExtendedReply(ExtendedReply { id, data }))
-            }
-            _ => Err(StatusCode::OpUnsupported.into()),
+    #[test]
+    fn handles_are_the_numbers_given_and_nothing_else() {
+        assert_eq!(handle_key(b"17").unwrap(), 17);
+        for bad in [&b""[..], b"x", b"-1", b"18446744073709551616", b"\xff"] {
+            assert!(handle_key(bad).is_err(), "{bad:?}");
         }
     }
 }

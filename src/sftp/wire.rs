@@ -585,37 +585,39 @@ pub fn put_limits(out: &mut BytesMut, id: u32, open_handles: u64) {
     put_extended_reply(out, id, &data);
 }
 
-/// A DATA reply under way: its header is in the buffer, followed by room
-/// for the data, which the caller reads straight into [`DataReply::room`].
-#[derive(Debug)]
+/// Length of a DATA reply's header: packet length, type, id, data length.
+pub const DATA_HEADER: usize = 13;
+
+/// A DATA reply under way: its header's place is held in the buffer and the
+/// data is appended after it by the caller (read straight from a file into
+/// the buffer's spare room); [`DataReply::finish`] writes the header once
+/// the request id and the length are known. A block read ahead of its
+/// request has no id yet.
+#[derive(Debug, Clone, Copy)]
 pub struct DataReply {
     at: usize,
-    len: usize,
 }
 
-/// Begins a DATA reply of at most `max` bytes (capped at [`MAX_READ`]).
-pub fn begin_data(out: &mut BytesMut, id: u32, max: u32) -> DataReply {
-    let max = max.min(MAX_READ) as usize;
-    let at = begin(out, kind::DATA);
-    out.put_u32(id);
-    out.put_u32(0);
-    let start = out.len();
-    out.resize(start + max, 0);
-    DataReply { at, len: max }
+/// Begins a DATA reply at the end of `out`.
+pub fn begin_data(out: &mut BytesMut) -> DataReply {
+    let at = out.len();
+    out.put_bytes(0, DATA_HEADER);
+    DataReply { at }
 }
 
 impl DataReply {
-    /// Where the data goes.
-    pub fn room<'b>(&self, out: &'b mut BytesMut) -> &'b mut [u8] {
-        let start = self.at + 13;
-        &mut out[start..start + self.len]
+    /// The data bytes appended so far.
+    pub fn len(&self, out: &BytesMut) -> usize {
+        out.len() - self.at - DATA_HEADER
     }
 
-    /// Ends the reply with the `got` bytes read (fewer than asked at the end
-    /// of a file); `got` must not exceed the room.
-    pub fn finish(self, out: &mut BytesMut, got: usize) {
-        assert!(got <= self.len, "read more than the room");
-        out.truncate(self.at + 13 + got);
+    /// Ends the reply to request `id`; the data appended must not exceed
+    /// [`MAX_READ`].
+    pub fn finish(self, out: &mut BytesMut, id: u32) {
+        let got = self.len(out);
+        assert!(got <= MAX_READ as usize, "DATA longer than MAX_READ");
+        out[self.at + 4] = kind::DATA;
+        out[self.at + 5..self.at + 9].copy_from_slice(&id.to_be_bytes());
         out[self.at + 9..self.at + 13].copy_from_slice(&(got as u32).to_be_bytes());
         finish(out, self.at);
     }

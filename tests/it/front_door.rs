@@ -251,13 +251,7 @@ async fn an_agreement_ending_during_a_session_cuts_access_within_a_second() {
         .await
         .unwrap();
     let full = "/kommune/101/joblog/v1/full";
-    let load = sftp
-        .read_dir(full)
-        .await
-        .unwrap()
-        .next()
-        .unwrap()
-        .file_name();
+    let load = first_entry(&sftp, full).await;
     let file_path = format!("{full}/{load}/SHA256SUMS");
     let mut file = sftp.open(&file_path).await.unwrap();
     let mut first = [0u8; 16];

@@ -92,13 +92,7 @@ async fn many_concurrent_library_sessions_read_consistently() {
     let env = start(400).await;
     let (_ssh, sftp) = connect(&env, "bi-alpha").await;
     let full = "/kommune/101/joblog/v1/full";
-    let load = sftp
-        .read_dir(full)
-        .await
-        .unwrap()
-        .map(|e| e.file_name())
-        .next()
-        .unwrap();
+    let load = first_entry(&sftp, full).await;
     let path = format!("{full}/{load}/part-00000.parquet");
     let want = sha256_file(&env.root().join(&path[1..]));
     let env = Arc::new(env);
@@ -131,13 +125,7 @@ async fn a_download_in_progress_survives_retention() {
     let env = start(400).await;
     let (_ssh, sftp) = connect(&env, "bi-alpha").await;
     let full = "/kommune/101/joblog/v1/full";
-    let first = sftp
-        .read_dir(full)
-        .await
-        .unwrap()
-        .map(|e| e.file_name())
-        .next()
-        .unwrap();
+    let first = first_entry(&sftp, full).await;
     let path = format!("{full}/{first}/part-00000.parquet");
     let want = sha256_file(&env.root().join(&path[1..]));
     let mut f = sftp.open(&path).await.unwrap();
@@ -249,5 +237,151 @@ async fn lookups_of_hidden_authorities_are_audited_as_refusals() {
             "no refused lookups audited: {text}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Raw SFTP on a channel: requests sent all at once are each answered
+/// under their own id (reads of two files, a stat, a malformed request
+/// between them), the reads' bytes are the file's, and a request whose
+/// fields are broken is answered BAD_MESSAGE without ending the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_by_id_and_a_malformed_one_does_not_end_the_session() {
+    use bytes::BytesMut;
+    use udstil::sftp::wire::{Attrs, Request, put_request};
+
+    let env = start(400).await;
+    let (ssh, sftp) = connect(&env, "bi-delta").await;
+    let full = "/akasse/905/unemployment-fund-membership/v1/full";
+    let load = first_entry(&sftp, full).await;
+    let dir = format!("{full}/{load}");
+    let mut names: Vec<String> = sftp
+        .read_dir(&dir)
+        .await
+        .unwrap()
+        .map(|e| e.file_name())
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    names.sort();
+    let mut files = Vec::new();
+    for name in ["MANIFEST.json", "SHA256SUMS"] {
+        assert!(names.iter().any(|n| n == name), "{names:?}");
+        let mut data = Vec::new();
+        sftp.open(format!("{dir}/{name}"))
+            .await
+            .unwrap()
+            .read_to_end(&mut data)
+            .await
+            .unwrap();
+        files.push((format!("{dir}/{name}"), data));
+    }
+
+    let mut ch = ssh.channel_open_session().await.unwrap();
+    ch.request_subsystem(true, "sftp").await.unwrap();
+    let mut replies = Replies::default();
+    let send = |r: Request<'_>| {
+        let mut out = BytesMut::new();
+        put_request(&mut out, &r);
+        out.to_vec()
+    };
+    ch.data(&send(Request::Init { version: 3 })[..])
+        .await
+        .unwrap();
+    assert_eq!(replies.next(&mut ch).await.0, 2, "VERSION");
+    let mut handles = Vec::new();
+    for (i, (path, _)) in files.iter().enumerate() {
+        let open = Request::Open {
+            id: i as u32,
+            path,
+            pflags: 1,
+            attrs: Attrs::default(),
+        };
+        ch.data(&send(open)[..]).await.unwrap();
+        let (kind, id, body) = replies.next(&mut ch).await;
+        assert_eq!((kind, id), (102, i as u32), "HANDLE");
+        handles.push(body[4..].to_vec());
+    }
+
+    // Everything in one write: 2 reads per file in small blocks, a stat, and
+    // a READ whose fields end early (id 77).
+    let mut batch = Vec::new();
+    let mut want = std::collections::BTreeMap::new();
+    for (f, handle) in handles.iter().enumerate() {
+        for block in 0..2u64 {
+            let id = 10 + f as u32 * 2 + block as u32;
+            batch.extend(send(Request::Read {
+                id,
+                handle,
+                offset: block * 64,
+                len: 64,
+            }));
+            let data = &files[f].1;
+            let start = (block as usize * 64).min(data.len());
+            want.insert(id, data[start..(start + 64).min(data.len())].to_vec());
+        }
+    }
+    batch.extend(send(Request::Stat { id: 50, path: &dir }));
+    batch.extend_from_slice(&[0, 0, 0, 9, 5, 0, 0, 0, 77, 0, 0, 0, 9]);
+    ch.data(&batch[..]).await.unwrap();
+    let mut got = std::collections::BTreeMap::new();
+    let (mut stat, mut bad) = (false, false);
+    while got.len() < want.len() || !stat || !bad {
+        let (kind, id, body) = replies.next(&mut ch).await;
+        match (kind, id) {
+            (103, _) => {
+                let len = u32::from_be_bytes(body[..4].try_into().unwrap()) as usize;
+                assert_eq!(body.len(), 4 + len);
+                assert!(
+                    got.insert(id, body[4..].to_vec()).is_none(),
+                    "id {id} twice"
+                );
+            }
+            (105, 50) => stat = true,
+            (101, 77) => {
+                assert_eq!(body[..4], 5u32.to_be_bytes(), "BAD_MESSAGE");
+                bad = true;
+            }
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+    assert_eq!(got, want);
+
+    // The session goes on: the handles close, a listing works.
+    for (i, handle) in handles.iter().enumerate() {
+        let id = 60 + i as u32;
+        ch.data(&send(Request::Close { id, handle })[..])
+            .await
+            .unwrap();
+        let (kind, rid, body) = replies.next(&mut ch).await;
+        assert_eq!((kind, rid, &body[..4]), (101, id, &0u32.to_be_bytes()[..]));
+    }
+}
+
+/// Reply packets read off a raw SFTP channel.
+#[derive(Default)]
+struct Replies {
+    buf: Vec<u8>,
+}
+
+impl Replies {
+    /// The next reply: its type, its id (0 for VERSION) and what follows the id.
+    async fn next(&mut self, ch: &mut russh::Channel<russh::client::Msg>) -> (u8, u32, Vec<u8>) {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
+                if self.buf.len() >= 4 + len {
+                    let packet: Vec<u8> = self.buf.drain(..4 + len).skip(4).collect();
+                    let id = u32::from_be_bytes(packet[1..5].try_into().unwrap());
+                    return (packet[0], id, packet[5..].to_vec());
+                }
+            }
+            let msg = tokio::time::timeout(std::time::Duration::from_secs(10), ch.wait())
+                .await
+                .expect("a reply within 10 s");
+            match msg {
+                Some(russh::ChannelMsg::Data { data }) => self.buf.extend_from_slice(&data),
+                Some(_) => {}
+                None => panic!("the channel ended"),
+            }
+        }
     }
 }

@@ -241,6 +241,15 @@ pub async fn library_session(
     Ok((session, sftp))
 }
 
+/// The first entry of a folder through the client library (a load's id, say).
+pub async fn first_entry(sftp: &russh_sftp::client::SftpSession, dir: &str) -> String {
+    let mut entries = sftp.read_dir(dir).await.unwrap();
+    entries
+        .next()
+        .unwrap_or_else(|| panic!("{dir} is empty"))
+        .file_name()
+}
+
 pub fn sha256_file(path: &Path) -> String {
     let mut f = std::fs::File::open(path).unwrap();
     let mut h = Sha256::new();
