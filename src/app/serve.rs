@@ -230,6 +230,10 @@ pub async fn reload(live: &Live, path: &Path) -> Result<Vec<AccessChange>, Confi
             "[sftp] legacy_profile",
             old.sftp.legacy_host_key != new.sftp.legacy_host_key,
         ),
+        (
+            "[sftp] channel_window_kib",
+            old.sftp.channel_window != new.sftp.channel_window,
+        ),
         ("[storage] root", old.storage_root != new.storage_root),
         ("[state] url", old.state_url != new.state_url),
         ("[http] listen", old.http_listen != new.http_listen),

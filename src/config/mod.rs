@@ -119,6 +119,10 @@ pub struct SftpSettings {
     pub stop_timeout: Duration,
     /// The legacy profile's ECDSA P-256 host key; `None` when the profile is off.
     pub legacy_host_key: Option<PathBuf>,
+    /// The SSH channel window offered to clients, in bytes.
+    pub channel_window: u32,
+    /// Reads of files kept under way per SFTP session.
+    pub reads_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -893,6 +897,19 @@ impl Validator<'_> {
                 .as_ref()
                 .map_or(defaults::LEGACY_PROFILE, |on| *on.get_ref())
                 .then(|| self.path(&format!("{}_ecdsa", sftp.host_key.get_ref()))),
+            channel_window: self.within(
+                "[sftp] channel_window_kib",
+                &sftp.channel_window_kib,
+                defaults::CHANNEL_WINDOW_KIB,
+                64..=(1 << 20),
+            ) as u32
+                * 1024,
+            reads_in_flight: self.within(
+                "[sftp] reads_in_flight",
+                &sftp.reads_in_flight,
+                defaults::READS_IN_FLIGHT,
+                1..=256,
+            ) as usize,
         }
     }
 
@@ -1392,6 +1409,34 @@ impl Validator<'_> {
                 self.err(
                     n.span(),
                     format!("{what} = {} must be at least 1", n.get_ref()),
+                );
+                default
+            }
+        }
+    }
+
+    /// A whole number in `range`, or the default (with an error naming the range).
+    fn within(
+        &mut self,
+        what: &str,
+        v: &Option<Spanned<i64>>,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> u64 {
+        match v {
+            None => default,
+            Some(n) if u64::try_from(*n.get_ref()).is_ok_and(|n| range.contains(&n)) => {
+                *n.get_ref() as u64
+            }
+            Some(n) => {
+                self.err(
+                    n.span(),
+                    format!(
+                        "{what} = {} must be from {} to {}",
+                        n.get_ref(),
+                        range.start(),
+                        range.end()
+                    ),
                 );
                 default
             }

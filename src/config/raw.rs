@@ -75,6 +75,15 @@ pub struct RawSftp {
     /// P-256 and an ECDSA P-256 host key (`<host_key>_ecdsa`, created on first
     /// start). ssh-audit fails both, so it is off unless set.
     pub legacy_profile: Option<Spanned<bool>>,
+    /// The SSH channel window udstil offers a client, in KiB: how much it
+    /// may send unanswered. A download is paced by the client's own window,
+    /// which udstil fills (see `reads_in_flight`). Takes effect at restart.
+    pub channel_window_kib: Option<Spanned<i64>>,
+    /// Reads of files kept under way per SFTP session (255 KiB each at
+    /// most): enough to fill the client's window on a long link. 16 covers
+    /// 4 MiB, twice the window of OpenSSH's client; raise it for clients
+    /// with wider windows (HPN-SSH). 1 to 256.
+    pub reads_in_flight: Option<Spanned<i64>>,
 }
 
 impl RawSftp {
@@ -95,6 +104,8 @@ impl RawSftp {
             proxy_protocol_from: Vec::new(),
             stop_timeout_seconds: None,
             legacy_profile: None,
+            channel_window_kib: None,
+            reads_in_flight: None,
         }
     }
 }
@@ -451,6 +462,8 @@ pub mod defaults {
         "sftp.handshake_seconds" => HANDSHAKE_SECONDS: u64 = 10;
         "sftp.stop_timeout_seconds" => STOP_TIMEOUT_SECONDS: u64 = 10;
         "sftp.legacy_profile" => LEGACY_PROFILE: bool = false;
+        "sftp.channel_window_kib" => CHANNEL_WINDOW_KIB: u64 = 8192;
+        "sftp.reads_in_flight" => READS_IN_FLIGHT: u64 = 16;
         "audit.retention_days" => RETENTION_DAYS: u64 = 183;
         "audit.key_file" => AUDIT_KEY_FILE: &str = "audit.key";
         "supplier.max_sessions" => SUPPLIER_MAX_SESSIONS: &str = "sftp.max_sessions_per_supplier";

@@ -615,3 +615,36 @@ production_from = "2027-02-01"
         ]
     );
 }
+
+#[test]
+fn the_channel_window_and_reads_in_flight_have_defaults_and_bounds() {
+    let c = parse(Path::new("/etc/udstil/u.toml"), &minimal("")).unwrap();
+    assert_eq!(
+        (c.sftp.channel_window, c.sftp.reads_in_flight),
+        (8 << 20, 16)
+    );
+    let set = |window: i64, reads: i64| {
+        minimal("").replacen(
+            "[sftp]\n",
+            &format!("[sftp]\nchannel_window_kib = {window}\nreads_in_flight = {reads}\n"),
+            1,
+        )
+    };
+    let c = parse(Path::new("/etc/udstil/u.toml"), &set(65_536, 64)).unwrap();
+    assert_eq!(
+        (c.sftp.channel_window, c.sftp.reads_in_flight),
+        (64 << 20, 64)
+    );
+    let e = errors(&set(16, 0));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].contains(":2:")
+            && e[0].contains("[sftp] channel_window_kib = 16 must be from 64 to 1048576"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].contains(":3:") && e[1].contains("[sftp] reads_in_flight = 0 must be from 1 to 256"),
+        "{e:?}"
+    );
+    assert_eq!(errors(&set(2 << 20, 257)).len(), 2);
+}

@@ -132,8 +132,9 @@ const KEX_LEGACY: &[russh::kex::Name] = &[
 
 /// russh settings: public key only, modern algorithms only, strict key
 /// exchange (the Terrapin counter-measure) advertised. `legacy` adds the
-/// legacy profile's key exchange; `keys` are the host keys to offer.
-pub fn ssh_config(keys: Vec<PrivateKey>, legacy: bool) -> russh::server::Config {
+/// legacy profile's key exchange; `keys` are the host keys to offer;
+/// `window` is the channel window offered to clients, in bytes.
+pub fn ssh_config(keys: Vec<PrivateKey>, legacy: bool, window: u32) -> russh::server::Config {
     use russh::{cipher, mac};
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
@@ -150,7 +151,9 @@ pub fn ssh_config(keys: Vec<PrivateKey>, legacy: bool) -> russh::server::Config 
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(60)),
         keepalive_max: 3,
-        window_size: 8 << 20,
+        window_size: window,
+        // What a client may send in one SSH packet (requests are small);
+        // what udstil sends is cut to the client's own maximum.
         maximum_packet_size: 65_535,
         channel_buffer_size: 256,
         preferred: russh::Preferred {
@@ -426,7 +429,8 @@ pub async fn serve(
     keys: Vec<PrivateKey>,
     legacy: bool,
 ) -> Result<(), SftpError> {
-    let ssh = Arc::new(ssh_config(keys, legacy));
+    let window = shared.config.get().sftp.channel_window;
+    let ssh = Arc::new(ssh_config(keys, legacy, window));
     let mut trim = tokio::time::interval(TRIM_EVERY);
     let mut summary = tokio::time::interval(SUMMARY_EVERY);
     let mut ended_at_trim = 0;
@@ -1155,9 +1159,13 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(channel_id)?;
         let session = self.sftp_session(supplier);
-        self.shared
-            .tracker
-            .spawn(pipe::run(channel, session, self.state.activity.clone()));
+        let reads = self.shared.config.get().sftp.reads_in_flight;
+        self.shared.tracker.spawn(pipe::run(
+            channel,
+            session,
+            reads,
+            self.state.activity.clone(),
+        ));
         Ok(())
     }
 }

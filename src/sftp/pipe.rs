@@ -1,8 +1,8 @@
 //! The channel plumbing of an SFTP session: bytes in from russh, packets
 //! through [`wire`], answers from the [`SftpSession`], replies out.
 //!
-//! Reads of files on disk are kept under way several at a time
-//! ([`MAX_IN_FLIGHT`]) and answered as they finish, in any order (the
+//! Reads of files on disk are kept under way several at a time (`[sftp]
+//! reads_in_flight`) and answered as they finish, in any order (the
 //! protocol matches replies to requests by id), so one slow read does not
 //! hold up the requests behind it, and replies are ready when the client's
 //! window opens. A CLOSE waits for the reads before it, so the audit trail
@@ -32,13 +32,15 @@ use super::wire::{self, Frames, Request, StatusCode, WireError};
 /// Requests are small (a read request is 30 bytes), so this is thousands of them.
 pub const MAX_QUEUED_BYTES: usize = 8 << 20;
 
-/// Reads of one session under way at once: 16 blocks of 255 KiB cover a
-/// client window of 4 MiB (OpenSSH's is 2 MiB) with replies ready to go.
-pub const MAX_IN_FLIGHT: usize = 16;
-
-/// Serves SFTP on `channel` until the client ends it or breaks the protocol.
+/// Serves SFTP on `channel` until the client ends it or breaks the protocol,
+/// with at most `reads` reads of files under way.
 /// Every chunk the client sends touches `activity` (for the idle timeout).
-pub async fn run(channel: Channel<Msg>, session: SftpSession, activity: Arc<super::Activity>) {
+pub async fn run(
+    channel: Channel<Msg>,
+    session: SftpSession,
+    reads: usize,
+    activity: Arc<super::Activity>,
+) {
     let (mut read, write) = channel.split();
     let (tx, mut rx) = futures::channel::mpsc::unbounded::<Bytes>();
     let queued = Arc::new(AtomicUsize::new(0));
@@ -69,6 +71,7 @@ pub async fn run(channel: Channel<Msg>, session: SftpSession, activity: Arc<supe
         write,
         out: BytesMut::new(),
         in_flight: FuturesUnordered::new(),
+        reads: reads.max(1),
     };
     let mut frames = Frames::default();
     let mut started = false;
@@ -81,7 +84,7 @@ pub async fn run(channel: Channel<Msg>, session: SftpSession, activity: Arc<supe
         if served.flush().await.is_err() {
             break None;
         }
-        let room = served.in_flight.len() < MAX_IN_FLIGHT;
+        let room = served.in_flight.len() < served.reads;
         tokio::select! {
             biased;
             Some(done) = served.in_flight.next(), if !served.in_flight.is_empty() => {
@@ -126,6 +129,8 @@ struct Served {
     /// Replies other than DATA, sent together.
     out: BytesMut,
     in_flight: FuturesUnordered<super::session::InFlight>,
+    /// The most reads under way at once.
+    reads: usize,
 }
 
 impl Served {
@@ -135,7 +140,7 @@ impl Served {
         frames: &mut Frames,
         started: &mut bool,
     ) -> Result<(), Stop> {
-        while self.in_flight.len() < MAX_IN_FLIGHT {
+        while self.in_flight.len() < self.reads {
             let packet = match frames.next_packet() {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(()),
