@@ -171,6 +171,7 @@ impl Served {
             match self.session.answer(request, &mut self.out).await {
                 Answer::Done => {}
                 Answer::Reading(read) => self.in_flight.push(read),
+                Answer::Ready(done) => self.deliver(done).await.map_err(|()| Stop::Gone)?,
                 Answer::End(why) => return Err(Stop::Broken(why)),
             }
         }

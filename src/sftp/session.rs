@@ -39,8 +39,9 @@ pub struct SftpSession {
     next_handle: u64,
     /// Buffers for DATA replies: one comes back (empty) when its reply is
     /// sent, and reclaims its memory once the SSH layer has encrypted it,
-    /// so a download does not allocate per read.
-    buffers: Vec<BytesMut>,
+    /// so a download does not allocate per read. Taken oldest first: the
+    /// newest may still be on its way.
+    buffers: std::collections::VecDeque<BytesMut>,
     audit: Trail,
     address: std::net::IpAddr,
     /// Makes the supplier's `LEDGER.json`; none without a state database.
@@ -88,6 +89,9 @@ enum OpenHandle {
         asked_to: u64,
         /// The block after the last one asked for, being read already.
         ahead: Option<ReadAhead>,
+        /// Whether the file system answers reads from the page cache
+        /// without waiting (`RWF_NOWAIT`); FUSE file systems may not.
+        nowait: bool,
     },
 }
 
@@ -120,6 +124,49 @@ fn read_block(file: Arc<std::fs::File>, offset: u64, len: usize, mut buf: BytesM
         unsafe { buf.set_len(start + got) };
         Ok((buf, reply))
     })
+}
+
+/// What a read from the page cache alone found.
+enum Cached {
+    /// Every byte asked for was there, and is now in the buffer.
+    All,
+    /// Some must come from storage: read on a blocking thread.
+    Not,
+    /// The file system cannot tell without waiting.
+    Unsupported,
+}
+
+/// Appends `want` bytes at `offset` of `file` to `out` if all of them are
+/// in the page cache, without waiting for storage (`preadv2` with
+/// `RWF_NOWAIT`); `want` must not reach past the end of the file.
+fn read_cached(file: &std::fs::File, offset: u64, want: usize, out: &mut BytesMut) -> Cached {
+    use std::os::fd::AsRawFd;
+    out.reserve(want);
+    let room = &mut out.spare_capacity_mut()[..want];
+    let iov = libc::iovec {
+        iov_base: room.as_mut_ptr().cast(),
+        iov_len: want,
+    };
+    let Ok(at) = i64::try_from(offset) else {
+        return Cached::Unsupported;
+    };
+    // SAFETY: `iov` points at `want` bytes of `out`'s spare capacity, which
+    // outlive the call and are written by nothing else.
+    let got = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+    if got < 0 {
+        return match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => Cached::Not,
+            // Not supported here (EOPNOTSUPP), or an error the blocking
+            // read will meet again and report.
+            _ => Cached::Unsupported,
+        };
+    }
+    if got as usize != want {
+        return Cached::Not;
+    }
+    // SAFETY: preadv2 initialised the `want` bytes after the current end.
+    unsafe { out.set_len(out.len() + want) };
+    Cached::All
 }
 
 /// A read of a file on disk under way: a future that yields the finished
@@ -160,6 +207,8 @@ pub enum Answer {
     Done,
     /// A read of a file on disk was started; it answers when it finishes.
     Reading(InFlight),
+    /// A read of a file on disk answered from the page cache at once.
+    Ready(Finished),
     /// The client broke the protocol; the session ends.
     End(&'static str),
 }
@@ -382,7 +431,7 @@ impl SftpSession {
             store,
             handles: HashMap::new(),
             next_handle: 0,
-            buffers: Vec::new(),
+            buffers: std::collections::VecDeque::new(),
             audit,
             address,
             ledger,
@@ -769,7 +818,7 @@ impl SftpSession {
     /// sent; it reclaims its memory when they have been encrypted.
     pub fn recycle(&mut self, buf: BytesMut) {
         if self.buffers.len() < KEPT_BUFFERS {
-            self.buffers.push(buf);
+            self.buffers.push_back(buf);
         }
     }
 
@@ -790,6 +839,7 @@ impl SftpSession {
             asked_to,
             served,
             reached,
+            nowait,
             ..
         }) = self.handles.get_mut(&key)
         else {
@@ -817,6 +867,30 @@ impl SftpSession {
                 let sequential = offset == 0 || offset == *asked_to;
                 let next = offset + len as u64;
                 *asked_to = next;
+                let read_ahead = matches!(ahead, Some(a) if a.offset == offset && a.len == len);
+                // Bytes in the page cache are copied at once, here: a trip
+                // to a blocking thread and back costs more than the copy.
+                // Only bytes that must come from storage go the long way.
+                if !read_ahead && *nowait {
+                    let want = len.min((*size - offset) as usize);
+                    let mut buf = self.buffers.pop_front().unwrap_or_default();
+                    buf.clear();
+                    let reply = wire::begin_data(&mut buf);
+                    match read_cached(file, offset, want, &mut buf) {
+                        Cached::All => {
+                            *ahead = None;
+                            return Ok(Answer::Ready(Finished {
+                                id,
+                                handle: key,
+                                offset,
+                                result: Ok((buf, reply)),
+                            }));
+                        }
+                        Cached::Not => {}
+                        Cached::Unsupported => *nowait = false,
+                    }
+                    self.buffers.push_front(buf);
+                }
                 // The block read ahead if it is the one asked for; any
                 // other read ahead is dropped (its result unused).
                 let read = match ahead.take() {
@@ -825,12 +899,14 @@ impl SftpSession {
                         file.clone(),
                         offset,
                         len,
-                        self.buffers.pop().unwrap_or_default(),
+                        self.buffers.pop_front().unwrap_or_default(),
                     ),
                 };
                 // Only a reader going from start to end gets read ahead
                 // for: one that jumps about (a Parquet reader seeking its
                 // footer, then its row groups) would make it wasted reads.
+                // It starts when the page cache missed: the file is coming
+                // from storage.
                 if sequential && next < *size {
                     *ahead = Some(ReadAhead {
                         offset: next,
@@ -839,7 +915,7 @@ impl SftpSession {
                             file.clone(),
                             next,
                             len,
-                            self.buffers.pop().unwrap_or_default(),
+                            self.buffers.pop_front().unwrap_or_default(),
                         ),
                     });
                 }
@@ -882,6 +958,7 @@ impl SftpSession {
             reached: 0,
             asked_to: 0,
             ahead: None,
+            nowait: true,
         })?;
         tracing::info!(supplier = %self.supplier, path = %loc.virtual_path(), "file opened");
         self.audit
@@ -1006,6 +1083,19 @@ mod tests {
         assert!(line.starts_with("dr-xr-xr-x "), "{line}");
         // An old time shows the year instead of the time of day.
         assert!(line.contains("Jan  1  1970 joblog"), "{line}");
+    }
+
+    #[test]
+    fn bytes_in_the_page_cache_are_read_without_waiting_and_appended() {
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, b"0123456789").unwrap();
+        let mut out = BytesMut::from(&b"head"[..]);
+        assert!(matches!(read_cached(&file, 3, 5, &mut out), Cached::All));
+        assert_eq!(&out[..], b"head34567");
+        // Fewer bytes than asked (past the end) are not all of them: the
+        // buffer is left as it was.
+        assert!(matches!(read_cached(&file, 8, 5, &mut out), Cached::Not));
+        assert_eq!(&out[..], b"head34567");
     }
 
     #[test]

@@ -302,48 +302,58 @@ async fn pipelined_requests_are_answered_by_id_and_a_malformed_one_does_not_end_
     }
 
     // Everything in one write: 2 reads per file in small blocks, a stat, and
-    // a READ whose fields end early (id 77).
-    let mut batch = Vec::new();
-    let mut want = std::collections::BTreeMap::new();
-    for (f, handle) in handles.iter().enumerate() {
-        for block in 0..2u64 {
-            let id = 10 + f as u32 * 2 + block as u32;
-            batch.extend(send(Request::Read {
-                id,
-                handle,
-                offset: block * 64,
-                len: 64,
-            }));
-            let data = &files[f].1;
-            let start = (block as usize * 64).min(data.len());
-            want.insert(id, data[start..(start + 64).min(data.len())].to_vec());
-        }
-    }
-    batch.extend(send(Request::Stat { id: 50, path: &dir }));
-    batch.extend_from_slice(&[0, 0, 0, 9, 5, 0, 0, 0, 77, 0, 0, 0, 9]);
-    ch.data(&batch[..]).await.unwrap();
-    let mut got = std::collections::BTreeMap::new();
-    let (mut stat, mut bad) = (false, false);
-    while got.len() < want.len() || !stat || !bad {
-        let (kind, id, body) = replies.next(&mut ch).await;
-        match (kind, id) {
-            (103, _) => {
-                let len = u32::from_be_bytes(body[..4].try_into().unwrap()) as usize;
-                assert_eq!(body.len(), 4 + len);
-                assert!(
-                    got.insert(id, body[4..].to_vec()).is_none(),
-                    "id {id} twice"
-                );
+    // a READ whose fields end early (id 77). Twice: first with the files'
+    // pages dropped from the page cache, so the reads go to storage on
+    // blocking threads and finish in any order, then with them cached, so
+    // they are answered at once.
+    for cached in [false, true] {
+        if !cached {
+            for (path, _) in &files {
+                drop_from_page_cache(&env.root().join(&path[1..]));
             }
-            (105, 50) => stat = true,
-            (101, 77) => {
-                assert_eq!(body[..4], 5u32.to_be_bytes(), "BAD_MESSAGE");
-                bad = true;
-            }
-            other => panic!("unexpected reply {other:?}"),
         }
+        let mut batch = Vec::new();
+        let mut want = std::collections::BTreeMap::new();
+        for (f, handle) in handles.iter().enumerate() {
+            for block in 0..2u64 {
+                let id = 10 + f as u32 * 2 + block as u32;
+                batch.extend(send(Request::Read {
+                    id,
+                    handle,
+                    offset: block * 64,
+                    len: 64,
+                }));
+                let data = &files[f].1;
+                let start = (block as usize * 64).min(data.len());
+                want.insert(id, data[start..(start + 64).min(data.len())].to_vec());
+            }
+        }
+        batch.extend(send(Request::Stat { id: 50, path: &dir }));
+        batch.extend_from_slice(&[0, 0, 0, 9, 5, 0, 0, 0, 77, 0, 0, 0, 9]);
+        ch.data(&batch[..]).await.unwrap();
+        let mut got = std::collections::BTreeMap::new();
+        let (mut stat, mut bad) = (false, false);
+        while got.len() < want.len() || !stat || !bad {
+            let (kind, id, body) = replies.next(&mut ch).await;
+            match (kind, id) {
+                (103, _) => {
+                    let len = u32::from_be_bytes(body[..4].try_into().unwrap()) as usize;
+                    assert_eq!(body.len(), 4 + len);
+                    assert!(
+                        got.insert(id, body[4..].to_vec()).is_none(),
+                        "id {id} twice"
+                    );
+                }
+                (105, 50) => stat = true,
+                (101, 77) => {
+                    assert_eq!(body[..4], 5u32.to_be_bytes(), "BAD_MESSAGE");
+                    bad = true;
+                }
+                other => panic!("unexpected reply {other:?} (cached: {cached})"),
+            }
+        }
+        assert_eq!(got, want, "cached: {cached}");
     }
-    assert_eq!(got, want);
 
     // The session goes on: the handles close, a listing works.
     for (i, handle) in handles.iter().enumerate() {
@@ -354,6 +364,17 @@ async fn pipelined_requests_are_answered_by_id_and_a_malformed_one_does_not_end_
         let (kind, rid, body) = replies.next(&mut ch).await;
         assert_eq!((kind, rid, &body[..4]), (101, id, &0u32.to_be_bytes()[..]));
     }
+}
+
+/// Asks the kernel to drop a file's pages from the page cache, so the next
+/// read goes to storage.
+fn drop_from_page_cache(path: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    file.sync_all().unwrap();
+    // SAFETY: a valid descriptor; advice only.
+    let r = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0, "posix_fadvise on {}", path.display());
 }
 
 /// Reply packets read off a raw SFTP channel.
