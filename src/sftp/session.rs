@@ -114,30 +114,59 @@ fn read_block(file: Arc<std::fs::File>, offset: u64, len: usize, mut buf: BytesM
         buf.clear();
         buf.reserve(wire::DATA_HEADER + len);
         let reply = wire::begin_data(&mut buf);
-        let start = buf.len();
-        // Read into the spare capacity: zeroing the room first was a
-        // visible share of the server's CPU in a download.
-        let got = rustix::io::pread(&*file, &mut buf.spare_capacity_mut()[..len], offset)?
-            .0
-            .len();
-        // SAFETY: pread initialised the first `got` bytes after `start`.
-        unsafe { buf.set_len(start + got) };
+        append_read(&file, offset, len, &mut buf)?;
         Ok((buf, reply))
     })
+}
+
+/// Reads the rest of a DATA reply begun in `buf` on a blocking thread.
+fn read_rest(
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: usize,
+    mut buf: BytesMut,
+    reply: DataReply,
+) -> Block {
+    tokio::task::spawn_blocking(move || {
+        append_read(&file, offset, len, &mut buf)?;
+        Ok((buf, reply))
+    })
+}
+
+/// Appends up to `len` bytes at `offset` of `file` to `buf`.
+fn append_read(
+    file: &std::fs::File,
+    offset: u64,
+    len: usize,
+    buf: &mut BytesMut,
+) -> std::io::Result<()> {
+    buf.reserve(len);
+    let start = buf.len();
+    // Read into the spare capacity: zeroing the room first was a visible
+    // share of the server's CPU in a download.
+    let got = rustix::io::pread(file, &mut buf.spare_capacity_mut()[..len], offset)?
+        .0
+        .len();
+    // SAFETY: pread initialised the first `got` bytes after `start`.
+    unsafe { buf.set_len(start + got) };
+    Ok(())
 }
 
 /// What a read from the page cache alone found.
 enum Cached {
     /// Every byte asked for was there, and is now in the buffer.
     All,
-    /// Some must come from storage: read on a blocking thread.
+    /// The first bytes were there and are in the buffer; the rest must come
+    /// from storage (the kernel's read-ahead is under way, say).
+    Part(usize),
+    /// None was there: read on a blocking thread.
     Not,
     /// The file system cannot tell without waiting.
     Unsupported,
 }
 
-/// Appends `want` bytes at `offset` of `file` to `out` if all of them are
-/// in the page cache, without waiting for storage (`preadv2` with
+/// Appends the bytes of `want` at `offset` of `file` that are in the page
+/// cache to `out`, without waiting for storage (`preadv2` with
 /// `RWF_NOWAIT`); `want` must not reach past the end of the file.
 fn read_cached(file: &std::fs::File, offset: u64, want: usize, out: &mut BytesMut) -> Cached {
     use std::os::fd::AsRawFd;
@@ -161,12 +190,17 @@ fn read_cached(file: &std::fs::File, offset: u64, want: usize, out: &mut BytesMu
             _ => Cached::Unsupported,
         };
     }
-    if got as usize != want {
+    let got = got as usize;
+    if got == 0 {
         return Cached::Not;
     }
-    // SAFETY: preadv2 initialised the `want` bytes after the current end.
-    unsafe { out.set_len(out.len() + want) };
-    Cached::All
+    // SAFETY: preadv2 initialised the `got` bytes after the current end.
+    unsafe { out.set_len(out.len() + got) };
+    if got < want {
+        Cached::Part(got)
+    } else {
+        Cached::All
+    }
 }
 
 /// A read of a file on disk under way: a future that yields the finished
@@ -871,10 +905,12 @@ impl SftpSession {
                 // Bytes in the page cache are copied at once, here: a trip
                 // to a blocking thread and back costs more than the copy.
                 // Only bytes that must come from storage go the long way.
+                let mut started = None;
                 if !read_ahead && *nowait {
                     let want = len.min((*size - offset) as usize);
                     let mut buf = self.buffers.pop_front().unwrap_or_default();
                     buf.clear();
+                    buf.reserve(wire::DATA_HEADER + want);
                     let reply = wire::begin_data(&mut buf);
                     match read_cached(file, offset, want, &mut buf) {
                         Cached::All => {
@@ -886,15 +922,28 @@ impl SftpSession {
                                 result: Ok((buf, reply)),
                             }));
                         }
-                        Cached::Not => {}
-                        Cached::Unsupported => *nowait = false,
+                        // What was cached is kept; only the rest is read.
+                        Cached::Part(got) => {
+                            started = Some(read_rest(
+                                file.clone(),
+                                offset + got as u64,
+                                want - got,
+                                buf,
+                                reply,
+                            ));
+                        }
+                        Cached::Not => self.buffers.push_front(buf),
+                        Cached::Unsupported => {
+                            *nowait = false;
+                            self.buffers.push_front(buf);
+                        }
                     }
-                    self.buffers.push_front(buf);
                 }
                 // The block read ahead if it is the one asked for; any
                 // other read ahead is dropped (its result unused).
-                let read = match ahead.take() {
-                    Some(a) if a.offset == offset && a.len == len => a.read,
+                let read = match (started, ahead.take()) {
+                    (Some(read), _) => read,
+                    (None, Some(a)) if a.offset == offset && a.len == len => a.read,
                     _ => read_block(
                         file.clone(),
                         offset,
@@ -1092,10 +1141,60 @@ mod tests {
         let mut out = BytesMut::from(&b"head"[..]);
         assert!(matches!(read_cached(&file, 3, 5, &mut out), Cached::All));
         assert_eq!(&out[..], b"head34567");
-        // Fewer bytes than asked (past the end) are not all of them: the
-        // buffer is left as it was.
-        assert!(matches!(read_cached(&file, 8, 5, &mut out), Cached::Not));
-        assert_eq!(&out[..], b"head34567");
+        // Fewer bytes than asked (here: past the end) are a part, kept.
+        assert!(matches!(
+            read_cached(&file, 8, 5, &mut out),
+            Cached::Part(2)
+        ));
+        assert_eq!(&out[..], b"head3456789");
+        // None at all leaves the buffer as it was.
+        assert!(matches!(read_cached(&file, 10, 5, &mut out), Cached::Not));
+        assert_eq!(&out[..], b"head3456789");
+    }
+
+    /// A block whose first part is cached and the rest not: the cached part
+    /// is kept and only the rest is read from storage, into the same reply.
+    #[tokio::test]
+    async fn a_partly_cached_block_keeps_its_cached_part_and_reads_the_rest() {
+        use std::os::fd::AsRawFd;
+        const MIB: usize = 1 << 20;
+        let data: Vec<u8> = (0..8 * MIB).map(|i| (i % 251) as u8).collect();
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &data).unwrap();
+        file.sync_all().unwrap();
+        // Drops the second half from the page cache (from a boundary no
+        // large folio straddles).
+        // SAFETY: a valid descriptor; advice only.
+        let dropped = unsafe {
+            libc::posix_fadvise(
+                file.as_raw_fd(),
+                4 * MIB as i64,
+                0,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        assert_eq!(dropped, 0);
+        let (offset, want) = (4 * MIB - 64 * 1024, 128 * 1024);
+        let mut buf = BytesMut::new();
+        let reply = wire::begin_data(&mut buf);
+        let got = match read_cached(&file, offset as u64, want, &mut buf) {
+            Cached::Part(got) => got,
+            Cached::All => panic!("all of it was cached"),
+            Cached::Not => panic!("none of it was cached"),
+            Cached::Unsupported => panic!("RWF_NOWAIT is not supported here"),
+        };
+        assert_eq!(got, 64 * 1024);
+        let rest = read_rest(
+            Arc::new(file),
+            (offset + got) as u64,
+            want - got,
+            buf,
+            reply,
+        );
+        let (mut buf, reply) = rest.await.unwrap().unwrap();
+        reply.finish(&mut buf, 7);
+        assert_eq!(&buf[5..9], &7u32.to_be_bytes());
+        assert_eq!(&buf[wire::DATA_HEADER..], &data[offset..offset + want]);
     }
 
     #[test]
