@@ -3,7 +3,8 @@
 
 Starts udstil (this repo's binary) and a private OpenSSH sshd on two loopback
 ports, both serving one generated tree read-only, and drives both with the
-OpenSSH `sftp` client in batch mode, alternating udstil / OpenSSH per round.
+OpenSSH `sftp` client in batch mode, udstil first in odd rounds and OpenSSH
+first in even ones (the page cache and the machine's state favour neither).
 Every download is checked against the sha256 of the generated file, so a fast
 wrong answer cannot win.
 
@@ -682,9 +683,13 @@ def main() -> None:
     def add(metric: str, server: str, value: float) -> None:
         results.setdefault(metric, {}).setdefault(server, []).append(value)
 
+    def turns(on: list) -> list:
+        """The servers in this round's order."""
+        return on if rnd % 2 else on[::-1]
+
     def single(on: list, remote: str, sums: dict, cipher: str, label: str) -> None:
         """One download of the big file from each server in `on`."""
-        for s in on:
+        for s in turns(on):
             wall, cpu, total = download(s, key, cipher, remote, ["single.bin"], sums, downloads)
             add(f"single-stream MiB/s, {label}", s.name, total / MIB / wall)
             add(f"server CPU s/GiB, single stream, {label}", s.name, cpu / (total / GIB))
@@ -700,22 +705,22 @@ def main() -> None:
                 single(relayed, remote, sums, cipher, f"{short}, {far}")
                 single(shared_servers, shared_remote, shared_sums, cipher, f"{short}, {on_shared}")
             names = [f"c{i:02}.bin" for i in range(sizes.clients)]
-            for s in servers:
+            for s in turns(servers):
                 wall, cpu, total = download(s, key, CIPHERS[0], remote, names, sums, downloads)
                 add(f"{sizes.clients} clients, aggregate MiB/s", s.name, total / MIB / wall)
                 add(f"server CPU s/GiB, {sizes.clients} clients", s.name, cpu / (total / GIB))
                 log(f"  {s.name:8} {sizes.clients} clients: {total / MIB / wall:8.1f} MiB/s")
-            for s in shared_servers:
+            for s in turns(shared_servers):
                 wall, cpu, total = download(s, key, CIPHERS[0], shared_remote, names, shared_sums, downloads)
                 add(f"{sizes.clients} clients, aggregate MiB/s, {on_shared}", s.name, total / MIB / wall)
                 add(f"server CPU s/GiB, {sizes.clients} clients, {on_shared}", s.name, cpu / (total / GIB))
                 log(f"  {s.name:8} {sizes.clients} clients, {on_shared}: {total / MIB / wall:8.1f} MiB/s")
-            for s in servers:
+            for s in turns(servers):
                 lat = login_latencies(s, key, remote, sizes.sessions, downloads)
                 add("login + ls + exit p50 ms", s.name, pct(lat, 0.5) * 1000)
                 add("login + ls + exit p95 ms", s.name, pct(lat, 0.95) * 1000)
                 log(f"  {s.name:8} login p50 {pct(lat, 0.5) * 1000:.1f} ms, p95 {pct(lat, 0.95) * 1000:.1f} ms")
-            for s in servers:
+            for s in turns(servers):
                 rss, pss, before = idle_sessions(s, key, sizes.idle)
                 add(f"memory with {sizes.idle} idle sessions, RSS MiB", s.name, rss / MIB)
                 add(f"memory with {sizes.idle} idle sessions, PSS MiB", s.name, pss / MIB)
@@ -747,8 +752,9 @@ def main() -> None:
         "# Benchmarks: udstil against OpenSSH internal-sftp",
         "",
         f"The figures of the last {title}: medians over {sizes.rounds} rounds, each round "
-        "running udstil then OpenSSH on the same files with the same client (OpenSSH `sftp` "
-        f"in batch mode, key exchange {KEX}, ed25519 keys). Every download's sha256 was "
+        "running both servers on the same files with the same client (OpenSSH `sftp` "
+        f"in batch mode, key exchange {KEX}, ed25519 keys), udstil first in odd rounds and "
+        "OpenSSH first in even ones. Every download's sha256 was "
         "checked against the generated file.",
         "",
         "Reproduce (as root, with Debian's `openssh-server` and `openssh-client` installed; the system's sshd need not run; about 20 minutes):",
