@@ -72,11 +72,11 @@ pub async fn run(
         out: BytesMut::new(),
         in_flight: FuturesUnordered::new(),
         reads: reads.max(1),
+        frames: Frames::default(),
+        started: false,
     };
-    let mut frames = Frames::default();
-    let mut started = false;
     let broken = loop {
-        match served.answer_arrived(&mut frames, &mut started).await {
+        match served.answer_arrived().await {
             Ok(()) => {}
             Err(Stop::Broken(why)) => break Some(why),
             Err(Stop::Gone) => break None,
@@ -95,7 +95,7 @@ pub async fn run(
             chunk = rx.next(), if room => match chunk {
                 Some(bytes) => {
                     queued.fetch_sub(bytes.len(), Ordering::AcqRel);
-                    frames.extend(&bytes);
+                    served.frames.extend(&bytes);
                 }
                 None => break None,
             },
@@ -131,17 +131,17 @@ struct Served {
     in_flight: FuturesUnordered<super::session::InFlight>,
     /// The most reads under way at once.
     reads: usize,
+    /// The client's bytes, cut into packets.
+    frames: Frames,
+    /// Whether INIT has been answered.
+    started: bool,
 }
 
 impl Served {
     /// Answers the whole packets received, as far as the reads in flight allow.
-    async fn answer_arrived(
-        &mut self,
-        frames: &mut Frames,
-        started: &mut bool,
-    ) -> Result<(), Stop> {
+    async fn answer_arrived(&mut self) -> Result<(), Stop> {
         while self.in_flight.len() < self.reads {
-            let packet = match frames.next_packet() {
+            let packet = match self.frames.next_packet() {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(()),
                 Err(WireError::TooLong(_)) => return Err(Stop::Broken("packet too long")),
@@ -151,18 +151,18 @@ impl Served {
                 Ok(r) => r,
                 Err(WireError::Malformed {
                     id: Some(id), what, ..
-                }) if *started => {
+                }) if self.started => {
                     wire::put_status(&mut self.out, id, StatusCode::BadMessage, what);
                     continue;
                 }
                 Err(_) => return Err(Stop::Broken("malformed packet")),
             };
-            if !*started {
+            if !self.started {
                 let Request::Init { .. } = request else {
                     return Err(Stop::Broken("a request before INIT"));
                 };
                 self.session.init(&mut self.out);
-                *started = true;
+                self.started = true;
                 continue;
             }
             if let Request::Close { .. } = request {

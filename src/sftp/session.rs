@@ -72,7 +72,8 @@ type Listed = (String, Attrs);
 enum OpenHandle {
     Dir {
         location: Location,
-        entries: Option<Vec<Listed>>,
+        /// Entries not yet sent; none left means the listing is done.
+        entries: Vec<Listed>,
         checked: Checked,
     },
     File {
@@ -1063,7 +1064,7 @@ impl SftpSession {
             .await;
         let handle = self.new_handle(OpenHandle::Dir {
             location: loc,
-            entries: Some(entries),
+            entries,
             checked: self.checked_now(),
         })?;
         wire::put_handle(out, id, handle.to_string().as_bytes());
@@ -1079,11 +1080,12 @@ impl SftpSession {
                 "not an open folder handle",
             ));
         };
-        let Some(left) = entries.as_mut().filter(|e| !e.is_empty()) else {
-            *entries = None;
+        if entries.is_empty() {
             return Err(StatusCode::Eof.into());
-        };
-        let batch: Vec<Listed> = left.drain(..left.len().min(ENTRIES_PER_READDIR)).collect();
+        }
+        let batch: Vec<Listed> = entries
+            .drain(..entries.len().min(ENTRIES_PER_READDIR))
+            .collect();
         let longs: Vec<String> = batch.iter().map(|(n, a)| long_name(n, a)).collect();
         let named: Vec<Entry<'_>> = batch
             .iter()
